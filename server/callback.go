@@ -1,0 +1,116 @@
+package server
+
+import (
+	"errors"
+	"html/template"
+	"log/slog"
+	"net/http"
+	"net/url"
+
+	"github.com/tokenvault/tokenvault/vault"
+)
+
+// callbackHandler serves the provider's redirect back to the sidecar:
+// GET /oauth/callback/{provider}?code=...&state=... (or ?error=...).
+type callbackHandler struct {
+	v   *vault.Vault
+	log *slog.Logger
+}
+
+var pageTmpl = template.Must(template.New("page").Parse(`<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{{.Title}}</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>body{font-family:system-ui,sans-serif;max-width:36rem;margin:4rem auto;padding:0 1rem;color:#222}h1{font-size:1.4rem}</style>
+</head><body><h1>{{.Title}}</h1><p>{{.Message}}</p>{{if .ConnectionID}}<p>Connection: <code>{{.ConnectionID}}</code></p>{{end}}</body></html>
+`))
+
+type page struct {
+	Title, Message, ConnectionID string
+}
+
+func (h *callbackHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	provider := r.PathValue("provider")
+	res, err := h.v.CompleteConnect(r.Context(), provider, q.Get("state"), q.Get("code"), q.Get("error"))
+	if err != nil {
+		h.fail(w, r, res, err)
+		return
+	}
+	h.log.LogAttrs(r.Context(), slog.LevelInfo, "connected",
+		slog.String("connection", res.Connection.ID), slog.String("provider", provider),
+		slog.Bool("reconnected", res.Reconnected))
+	if res.ReturnTo != "" {
+		http.Redirect(w, r, withQuery(res.ReturnTo, "connection_id", res.Connection.ID, "status", "connected"), http.StatusSeeOther)
+		return
+	}
+	render(w, http.StatusOK, page{Title: "Connected", Message: "You can close this window and return to the application.", ConnectionID: res.Connection.ID})
+}
+
+func (h *callbackHandler) fail(w http.ResponseWriter, r *http.Request, res *vault.CallbackResult, err error) {
+	var (
+		st     = http.StatusBadRequest
+		p      page
+		reason string
+	)
+	var pe *vault.ProviderError
+	switch {
+	case errors.Is(err, vault.ErrInvalidState):
+		reason = "invalid_state"
+		p = page{Title: "This link is no longer valid", Message: "The connection request is unknown, was already used, or expired. Start connecting again from the application."}
+	case errors.Is(err, vault.ErrConsentDenied):
+		reason = "access_denied"
+		p = page{Title: "Connection cancelled", Message: "The authorization was declined, so nothing was connected."}
+	case errors.As(err, &pe) && errors.Is(err, vault.ErrMisconfigured):
+		reason, st = "provider_misconfigured", http.StatusBadGateway
+		p = page{Title: "Connection failed", Message: "The service rejected this application's configuration. The operator has been told; try again later."}
+	case errors.As(err, &pe) && errors.Is(err, vault.ErrUnavailable):
+		reason, st = "provider_unavailable", http.StatusBadGateway
+		p = page{Title: "Connection failed", Message: "The service could not be reached. Start connecting again in a moment."}
+	case errors.As(err, &pe):
+		reason = "exchange_failed"
+		p = page{Title: "Connection failed", Message: "The service did not accept the authorization. Start connecting again from the application."}
+	default:
+		reason, st = "internal", http.StatusInternalServerError
+		p = page{Title: "Connection failed", Message: "Something went wrong on our side. Start connecting again from the application."}
+	}
+	attrs := []slog.Attr{slog.String("reason", reason), slog.String("provider", r.PathValue("provider"))}
+	if pe != nil {
+		attrs = append(attrs, slog.String("code", pe.Code))
+	}
+	lvl := slog.LevelInfo
+	if st >= 500 || errors.Is(err, vault.ErrMisconfigured) {
+		lvl = slog.LevelError
+	}
+	h.log.LogAttrs(r.Context(), lvl, "connect callback failed", attrs...)
+	if res != nil && res.ReturnTo != "" && !errors.Is(err, vault.ErrInvalidState) {
+		http.Redirect(w, r, withQuery(res.ReturnTo, "status", "error", "error", reason), http.StatusSeeOther)
+		return
+	}
+	render(w, st, p)
+}
+
+func render(w http.ResponseWriter, status int, p page) {
+	h := w.Header()
+	h.Set("Content-Type", "text/html; charset=utf-8")
+	h.Set("Cache-Control", "no-store")
+	h.Set("Referrer-Policy", "no-referrer")
+	h.Set("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'")
+	h.Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(status)
+	_ = pageTmpl.Execute(w, p)
+}
+
+// withQuery adds key/value pairs to the query of u, which the vault has
+// checked against the allowlist.
+func withQuery(u string, kv ...string) string {
+	pu, err := url.Parse(u)
+	if err != nil {
+		return u
+	}
+	q := pu.Query()
+	for i := 0; i+1 < len(kv); i += 2 {
+		q.Set(kv[i], kv[i+1])
+	}
+	pu.RawQuery = q.Encode()
+	return pu.String()
+}

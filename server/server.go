@@ -1,0 +1,219 @@
+// Package server serves a vault over gRPC (TokenVaultService, AdminService,
+// health, reflection) and HTTP (the OAuth callback, health, and in dev mode
+// the sandbox provider). It is the one place domain errors become gRPC
+// statuses.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"runtime/debug"
+	"sync"
+	"time"
+
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/reflection"
+
+	tvv1 "github.com/tokenvault/tokenvault/proto/tokenvault/v1"
+	"github.com/tokenvault/tokenvault/providers"
+	"github.com/tokenvault/tokenvault/vault"
+)
+
+// Config configures a Server.
+type Config struct {
+	Vault *vault.Vault
+	// Providers are the configured providers, described by ListProviders.
+	Providers []providers.Info
+	Logger    *slog.Logger
+	// DefaultDeadline applies to calls that arrive without a deadline;
+	// default 30 seconds.
+	DefaultDeadline time.Duration
+	// MaxRecvMsgSize bounds a request; default 1 MiB.
+	MaxRecvMsgSize int
+	// MaxConcurrentStreams bounds concurrent calls per connection; default
+	// 1000.
+	MaxConcurrentStreams uint32
+	// ExtraHTTP, if set, is mounted on the HTTP listener under its pattern
+	// (dev mode mounts the sandbox provider this way).
+	ExtraHTTP map[string]http.Handler
+	// GRPCOptions are appended to the server's options (tests, benchmarks).
+	GRPCOptions []grpc.ServerOption
+	// Register, if set, registers further services on the gRPC server
+	// (benchmarks register an empty service beside the real one).
+	Register func(*grpc.Server)
+}
+
+// A Server is the sidecar's gRPC and HTTP front.
+type Server struct {
+	cfg    Config
+	log    *slog.Logger
+	grpc   *grpc.Server
+	health *health.Server
+	http   *http.Server
+}
+
+// New builds a Server; Serve starts it.
+func New(cfg Config) *Server {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.DefaultDeadline <= 0 {
+		cfg.DefaultDeadline = 30 * time.Second
+	}
+	if cfg.MaxRecvMsgSize <= 0 {
+		cfg.MaxRecvMsgSize = 1 << 20
+	}
+	if cfg.MaxConcurrentStreams == 0 {
+		cfg.MaxConcurrentStreams = 1000
+	}
+	s := &Server{cfg: cfg, log: cfg.Logger, health: health.NewServer()}
+
+	panicHandler := recovery.WithRecoveryHandlerContext(func(ctx context.Context, p any) error {
+		// The panic value may hold anything, secrets included: it goes
+		// nowhere. The stack says where.
+		s.log.LogAttrs(ctx, slog.LevelError, "panic in handler", slog.String("stack", string(debug.Stack())))
+		return statusWithReason(codes.Internal, ReasonInternal, "internal error", nil)
+	})
+	logOpts := []logging.Option{
+		logging.WithLogOnEvents(logging.FinishCall),
+		logging.WithLevels(func(c codes.Code) logging.Level {
+			switch c {
+			case codes.OK, codes.NotFound, codes.InvalidArgument, codes.FailedPrecondition, codes.Canceled:
+				return logging.LevelDebug
+			case codes.Internal, codes.Unknown, codes.DataLoss:
+				return logging.LevelError
+			}
+			return logging.LevelWarn
+		}),
+	}
+	opts := []grpc.ServerOption{
+		grpc.ChainUnaryInterceptor(
+			recovery.UnaryServerInterceptor(panicHandler),
+			logging.UnaryServerInterceptor(slogLogger(s.log), logOpts...),
+			deadlineUnary(cfg.DefaultDeadline),
+		),
+		grpc.ChainStreamInterceptor(
+			recovery.StreamServerInterceptor(panicHandler),
+			logging.StreamServerInterceptor(slogLogger(s.log), logOpts...),
+		),
+		grpc.MaxRecvMsgSize(cfg.MaxRecvMsgSize),
+		grpc.MaxConcurrentStreams(cfg.MaxConcurrentStreams),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+		grpc.ConnectionTimeout(10 * time.Second),
+	}
+	opts = append(opts, cfg.GRPCOptions...)
+	s.grpc = grpc.NewServer(opts...)
+
+	infos := make([]*tvv1.Provider, 0, len(cfg.Providers))
+	for _, p := range cfg.Providers {
+		infos = append(infos, &tvv1.Provider{
+			Name: p.Name, Kind: p.Kind, DisplayName: p.DisplayName, DefaultScopes: p.DefaultScopes,
+			Pkce: p.PKCE, SupportsRefresh: p.Refresh, SupportsRevocation: p.Revocation,
+			ClientId: p.ClientID, RedirectUrl: p.RedirectURL,
+		})
+	}
+	tvv1.RegisterTokenVaultServiceServer(s.grpc, &tokenService{v: cfg.Vault, providers: infos})
+	tvv1.RegisterAdminServiceServer(s.grpc, &adminService{v: cfg.Vault})
+	healthpb.RegisterHealthServer(s.grpc, s.health)
+	reflection.Register(s.grpc)
+	if cfg.Register != nil {
+		cfg.Register(s.grpc)
+	}
+
+	mux := http.NewServeMux()
+	cb := &callbackHandler{v: cfg.Vault, log: s.log}
+	mux.Handle("GET /oauth/callback/{provider}", cb)
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		fmt.Fprintln(w, "ok")
+	})
+	for pattern, h := range cfg.ExtraHTTP {
+		mux.Handle(pattern, h)
+	}
+	s.http = &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      60 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+	}
+	return s
+}
+
+// GRPC returns the gRPC server, for tests that serve it on bufconn.
+func (s *Server) GRPC() *grpc.Server { return s.grpc }
+
+// HTTPHandler returns the HTTP listener's handler.
+func (s *Server) HTTPHandler() http.Handler { return s.http.Handler }
+
+// Serve serves gRPC on gl and HTTP on hl until ctx is done, then stops
+// gracefully: in-flight calls get up to grace to finish before they are cut.
+func (s *Server) Serve(ctx context.Context, gl, hl net.Listener, grace time.Duration) error {
+	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	s.health.SetServingStatus(tvv1.TokenVaultService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+	errc := make(chan error, 2)
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		if err := s.grpc.Serve(gl); err != nil {
+			errc <- fmt.Errorf("grpc: %w", err)
+		}
+	}()
+	go func() {
+		defer wg.Done()
+		if err := s.http.Serve(hl); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			errc <- fmt.Errorf("http: %w", err)
+		}
+	}()
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+	}
+	s.health.Shutdown()
+	sctx, cancel := context.WithTimeout(context.Background(), grace)
+	defer cancel()
+	_ = s.http.Shutdown(sctx)
+	done := make(chan struct{})
+	go func() { s.grpc.GracefulStop(); close(done) }()
+	select {
+	case <-done:
+	case <-sctx.Done():
+		s.grpc.Stop()
+	}
+	wg.Wait()
+	return err
+}
+
+// deadlineUnary gives calls that arrive without a deadline a default one.
+func deadlineUnary(d time.Duration) grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		if _, ok := ctx.Deadline(); ok {
+			return handler(ctx, req)
+		}
+		ctx, cancel := context.WithTimeout(ctx, d)
+		defer cancel()
+		return handler(ctx, req)
+	}
+}
+
+// slogLogger adapts slog to the logging interceptor. Only the interceptor's
+// own fields are logged (method, code, duration); never payloads.
+func slogLogger(l *slog.Logger) logging.Logger {
+	return logging.LoggerFunc(func(ctx context.Context, lvl logging.Level, msg string, fields ...any) {
+		l.Log(ctx, slog.Level(lvl), msg, fields...)
+	})
+}
