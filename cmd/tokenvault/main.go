@@ -1,0 +1,71 @@
+// Command tokenvault is the tokenvault sidecar and its operator CLI.
+//
+//	tokenvault serve [--dev] [--config FILE] [flags]
+//	tokenvault connections list|get|revoke [flags]
+//	tokenvault token CONNECTION_ID [flags]
+//	tokenvault keys rotate
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	os.Exit(Main(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr))
+}
+
+const usage = `tokenvault holds your users' OAuth connections beside your application.
+
+Usage:
+  tokenvault serve [--dev] [--config FILE] [flags]   run the sidecar
+  tokenvault connections list [--owner O] [--provider P] [--status S] [-o json]
+  tokenvault connections get CONNECTION_ID [-o json]
+  tokenvault connections revoke CONNECTION_ID [--reason R]
+  tokenvault token CONNECTION_ID [--min-valid 5m] [--force] [--credential NAME]
+  tokenvault keys rotate
+
+Operator commands talk to a running sidecar at --addr (default
+$TOKENVAULT_ADDR or 127.0.0.1:7070). Run 'tokenvault COMMAND -h' for flags.
+`
+
+// Main runs the command line args and returns the process exit code. It is
+// the whole program: main only supplies the process's environment, so tests
+// run it in-process.
+func Main(ctx context.Context, args []string, env func(string) string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	var err error
+	switch args[0] {
+	case "serve":
+		err = serve(ctx, args[1:], env, stdout, stderr)
+	case "connections":
+		err = connectionsCmd(ctx, args[1:], env, stdout)
+	case "token":
+		err = tokenCmd(ctx, args[1:], env, stdout)
+	case "keys":
+		err = keysCmd(ctx, args[1:], env, stdout)
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return 0
+	default:
+		fmt.Fprintf(stderr, "tokenvault: unknown command %q\n\n%s", args[0], usage)
+		return 2
+	}
+	if err != nil {
+		if err == errUsage {
+			return 2
+		}
+		fmt.Fprintf(stderr, "tokenvault %s: %v\n", args[0], err)
+		return 1
+	}
+	return 0
+}

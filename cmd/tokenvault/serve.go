@@ -1,0 +1,230 @@
+package main
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/tokenvault/tokenvault/providers"
+	"github.com/tokenvault/tokenvault/server"
+	"github.com/tokenvault/tokenvault/vault"
+	"github.com/tokenvault/tokenvault/vault/bolt"
+)
+
+var errUsage = errors.New("usage")
+
+type serveFlags struct {
+	config, grpcAddr, httpAddr, publicURL, dataDir, logLevel, readyFile, masterKeyFile string
+	dev, allowNonLoopback                                                             bool
+	devTokenLifetime                                                                  time.Duration
+}
+
+func serve(ctx context.Context, args []string, env func(string) string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var f serveFlags
+	fs.StringVar(&f.config, "config", "", "YAML config file")
+	fs.BoolVar(&f.dev, "dev", false, "dev mode: no config needed; local data dir, generated master key, built-in sandbox provider")
+	fs.StringVar(&f.grpcAddr, "grpc-addr", "", "gRPC listen address (host:port or unix:///path; default 127.0.0.1:7070)")
+	fs.StringVar(&f.httpAddr, "http-addr", "", "HTTP (OAuth callback) listen address (default 127.0.0.1:7071)")
+	fs.StringVar(&f.publicURL, "public-url", "", "the HTTP listener's URL as browsers reach it (default http://<http-addr>)")
+	fs.StringVar(&f.dataDir, "data-dir", "", "directory of the bbolt file (dev default .tokenvault-dev)")
+	fs.StringVar(&f.masterKeyFile, "master-key-file", "", "file holding the 32-byte master key (or set $TOKENVAULT_MASTER_KEY)")
+	fs.BoolVar(&f.allowNonLoopback, "allow-non-loopback", false, "allow listening on non-loopback addresses")
+	fs.StringVar(&f.logLevel, "log-level", "", "debug, info, warn or error (default info)")
+	fs.StringVar(&f.readyFile, "ready-file", "", "write the listening addresses as JSON to this file once serving")
+	fs.DurationVar(&f.devTokenLifetime, "dev-token-lifetime", time.Hour, "dev mode: access-token lifetime of the sandbox provider")
+	if err := fs.Parse(args); err != nil {
+		return errUsage
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "serve takes no arguments, got %q\n", fs.Args())
+		return errUsage
+	}
+
+	cfg := &Config{}
+	if f.config != "" {
+		var err error
+		if cfg, err = loadConfig(f.config); err != nil {
+			return err
+		}
+	} else if !f.dev {
+		return errors.New("no --config given; run 'tokenvault serve --dev' to try it with no configuration")
+	}
+	// Flags override the file.
+	cfg.GRPCAddr = cmp.Or(f.grpcAddr, cfg.GRPCAddr, "127.0.0.1:7070")
+	cfg.HTTPAddr = cmp.Or(f.httpAddr, cfg.HTTPAddr, "127.0.0.1:7071")
+	cfg.PublicURL = cmp.Or(f.publicURL, cfg.PublicURL)
+	cfg.DataDir = cmp.Or(f.dataDir, cfg.DataDir)
+	cfg.MasterKeyFile = cmp.Or(f.masterKeyFile, cfg.MasterKeyFile)
+	cfg.MasterKeyEnv = cmp.Or(cfg.MasterKeyEnv, "TOKENVAULT_MASTER_KEY")
+	cfg.LogLevel = cmp.Or(f.logLevel, cfg.LogLevel, "info")
+	cfg.AllowNonLoopback = cfg.AllowNonLoopback || f.allowNonLoopback
+	if f.dev {
+		cfg.DataDir = cmp.Or(cfg.DataDir, ".tokenvault-dev")
+	}
+	if cfg.DataDir == "" {
+		return errors.New("data_dir is not set")
+	}
+
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(cfg.LogLevel)); err != nil {
+		return fmt.Errorf("log_level: %w", err)
+	}
+	log := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: level}))
+
+	if err := checkLoopback(cfg.GRPCAddr, cfg.AllowNonLoopback); err != nil {
+		return err
+	}
+	if err := checkLoopback(cfg.HTTPAddr, cfg.AllowNonLoopback); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return fmt.Errorf("data dir: %w", err)
+	}
+	mk, err := masterKey(cfg, f.dev, env, log)
+	if err != nil {
+		return err
+	}
+	store, err := bolt.Open(filepath.Join(cfg.DataDir, "tokenvault.db"), bolt.Options{})
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+	kr, err := vault.OpenKeyring(ctx, store, mk)
+	if err != nil {
+		return err
+	}
+
+	gl, err := listen(cfg.GRPCAddr)
+	if err != nil {
+		return fmt.Errorf("grpc listen: %w", err)
+	}
+	defer gl.Close()
+	hl, err := listen(cfg.HTTPAddr)
+	if err != nil {
+		return fmt.Errorf("http listen: %w", err)
+	}
+	defer hl.Close()
+	httpBase := "http://" + hl.Addr().String()
+	cfg.PublicURL = strings.TrimSuffix(cmp.Or(cfg.PublicURL, httpBase), "/")
+
+	extraHTTP := map[string]http.Handler{}
+	provs, err := buildProviders(cfg, env)
+	if err != nil {
+		return err
+	}
+	if f.dev {
+		sb, h, err := sandboxProvider(cfg.PublicURL, httpBase, f.devTokenLifetime)
+		if err != nil {
+			return err
+		}
+		if _, taken := provs["sandbox"]; !taken {
+			provs["sandbox"] = sb
+			extraHTTP["/sandbox/"] = h
+		}
+		if len(cfg.ReturnTo) == 0 {
+			cfg.ReturnTo = []string{"http://127.0.0.1/", "http://localhost/"}
+		}
+	}
+	vprovs := make(map[string]vault.Provider, len(provs))
+	var infos []providers.Info
+	for name, p := range provs {
+		vprovs[name] = server.AdaptProvider(p)
+		infos = append(infos, p.Info())
+	}
+	v, err := vault.Open(ctx, vault.Config{
+		Store: store, Keyring: kr, Providers: vprovs,
+		ReturnTo: cfg.ReturnTo, DefaultReturnTo: cfg.DefaultReturnTo,
+		StateTTL: cfg.StateTTL, DefaultMinValid: cfg.DefaultMinValid, Logger: log,
+	})
+	if err != nil {
+		return err
+	}
+	srv := server.New(server.Config{Vault: v, Providers: infos, Logger: log, ExtraHTTP: extraHTTP})
+
+	go background(ctx, v, log)
+	log.Info("tokenvault serving",
+		slog.String("grpc", gl.Addr().String()), slog.String("http", hl.Addr().String()),
+		slog.String("public_url", cfg.PublicURL), slog.Int("connections", v.Len()),
+		slog.Int("providers", len(provs)), slog.Bool("dev", f.dev))
+	if f.dev {
+		fmt.Fprintf(stdout, "tokenvault dev mode\n  gRPC:     %s\n  callback: %s/oauth/callback/{provider}\n  sandbox provider: %s/sandbox/\n  try: grpcurl -plaintext -d '{\"owner\":\"alice\",\"provider\":\"sandbox\"}' %s tokenvault.v1.TokenVaultService/StartConnect\n",
+			gl.Addr(), cfg.PublicURL, cfg.PublicURL, gl.Addr())
+	}
+	if f.readyFile != "" {
+		b, _ := json.Marshal(map[string]string{"grpc_addr": gl.Addr().String(), "http_addr": hl.Addr().String(), "public_url": cfg.PublicURL})
+		if err := os.WriteFile(f.readyFile, b, 0o600); err != nil {
+			return fmt.Errorf("ready file: %w", err)
+		}
+	}
+	err = srv.Serve(ctx, gl, hl, 10*time.Second)
+	log.Info("tokenvault stopped")
+	return err
+}
+
+// background resolves interrupted refreshes left by a crash, then sweeps
+// expired connect flows every minute until ctx is done.
+func background(ctx context.Context, v *vault.Vault, log *slog.Logger) {
+	if n, err := v.RecoverInterrupted(ctx); err != nil {
+		log.Error("recover interrupted refreshes", slog.String("err", err.Error()))
+	} else if n > 0 {
+		log.Warn("resolved interrupted refreshes", slog.Int("count", n))
+	}
+	t := time.NewTicker(time.Minute)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if _, err := v.SweepStates(ctx); err != nil && ctx.Err() == nil {
+				log.Warn("sweep connect states", slog.String("err", err.Error()))
+			}
+		}
+	}
+}
+
+// masterKey reads the master key from its file or environment variable. In
+// dev mode with neither, it generates one into the data dir (0600).
+func masterKey(cfg *Config, dev bool, env func(string) string, log *slog.Logger) (vault.MasterKey, error) {
+	if cfg.MasterKeyFile != "" {
+		b, err := os.ReadFile(cfg.MasterKeyFile)
+		if err != nil {
+			return vault.MasterKey{}, fmt.Errorf("master key: %w", err)
+		}
+		return vault.ParseMasterKey(b)
+	}
+	if s := env(cfg.MasterKeyEnv); s != "" {
+		return vault.ParseMasterKey([]byte(s))
+	}
+	if !dev {
+		return vault.MasterKey{}, fmt.Errorf("no master key: set master_key_file or $%s", cfg.MasterKeyEnv)
+	}
+	path := filepath.Join(cfg.DataDir, "master.key")
+	if b, err := os.ReadFile(path); err == nil {
+		return vault.ParseMasterKey(b)
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return vault.MasterKey{}, fmt.Errorf("master key: %w", err)
+	}
+	mk, err := vault.GenerateMasterKey()
+	if err != nil {
+		return vault.MasterKey{}, err
+	}
+	if err := os.WriteFile(path, []byte(mk.Encode()+"\n"), 0o600); err != nil {
+		return vault.MasterKey{}, fmt.Errorf("write generated master key: %w", err)
+	}
+	log.Warn("dev mode: generated a master key beside the data; anyone who can read the data dir can open the vault. Never use this in production.",
+		slog.String("path", path))
+	return mk, nil
+}
