@@ -25,8 +25,8 @@ var errUsage = errors.New("usage")
 
 type serveFlags struct {
 	config, grpcAddr, httpAddr, publicURL, dataDir, logLevel, readyFile, masterKeyFile string
-	dev, allowNonLoopback                                                             bool
-	devTokenLifetime                                                                  time.Duration
+	dev, allowNonLoopback                                                              bool
+	devTokenLifetime                                                                   time.Duration
 }
 
 func serve(ctx context.Context, args []string, env func(string) string, stdout, stderr io.Writer) error {
