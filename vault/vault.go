@@ -23,7 +23,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"golang.org/x/oauth2"
 	"golang.org/x/sync/singleflight"
 )
 
@@ -581,7 +580,7 @@ func (v *Vault) StartConnect(ctx context.Context, r ConnectRequest) (string, tim
 		Expires: v.now().Add(v.cfg.StateTTL),
 	}
 	if p.PKCE() {
-		st.Verifier = oauth2.GenerateVerifier()
+		st.Verifier = pkceVerifier()
 	}
 	state := rand.Text() // crypto/rand, 26 base32 characters = 130 bits
 	u, err := p.AuthURL(AuthRequest{State: state, Verifier: st.Verifier, Scopes: r.Scopes, Options: r.Options})
@@ -888,4 +887,12 @@ func ParsePageToken(tok string) (string, error) {
 		return "", fmt.Errorf("%w: bad page token", ErrInvalidArgument)
 	}
 	return string(b), nil
+}
+
+// pkceVerifier returns a fresh RFC 7636 code verifier: 32 random bytes,
+// base64url without padding (43 characters).
+func pkceVerifier() string {
+	var b [32]byte
+	_, _ = rand.Read(b[:])
+	return base64.RawURLEncoding.EncodeToString(b[:])
 }
