@@ -264,6 +264,11 @@ func (p *OAuth2) Exchange(ctx context.Context, req ExchangeRequest) (Grant, erro
 		"redirect_uri": {p.cfg.RedirectURL},
 	}
 	if p.cfg.PKCE && req.Verifier != "" {
+		if !validVerifier(req.Verifier) {
+			// Checked here too: the server would reject it only after
+			// spending the code.
+			return Grant{}, p.invalid(opExchange, "invalid_verifier", "the PKCE verifier must be 43 to 128 unreserved characters")
+		}
 		form.Set("code_verifier", req.Verifier)
 	}
 	now := p.cfg.Now()

@@ -626,6 +626,13 @@ func TestOAuth2_AuthURL(t *testing.T) {
 		_, err := p.AuthURL(tc.req)
 		wantErr(t, "AuthURL("+tc.name+")", err, providers.ClassInvalidRequest, tc.code)
 	}
+	_, err = p.Exchange(context.Background(), providers.ExchangeRequest{Code: "c", Verifier: strings.Repeat("~", 129)})
+	wantErr(t, "Exchange(long verifier)", err, providers.ClassInvalidRequest, "invalid_verifier")
+	_, err = p.Exchange(context.Background(), providers.ExchangeRequest{Code: "c", Options: map[string]string{"x": "y"}})
+	wantErr(t, "Exchange(unknown option)", err, providers.ClassInvalidRequest, "unknown_option")
+	if n := srv.Stats().Token["authorization_code"]; n != 0 {
+		t.Errorf("invalid Exchange calls sent %d requests; want 0", n)
+	}
 }
 
 func TestOAuth2_Authorize_Denied(t *testing.T) {
