@@ -1275,6 +1275,448 @@ func (x *RotateKeysResponse) GetRewrapped() int64 {
 	return 0
 }
 
+// Event is one change of a connection's state. Its event_id is stable across
+// redeliveries (it is the webhook-id of its webhook deliveries).
+type Event struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	EventId string                 `protobuf:"bytes,1,opt,name=event_id,json=eventId,proto3" json:"event_id,omitempty"`
+	// "connection.created", "connection.reconnected", "connection.needs_reauth",
+	// "connection.recovered", "connection.revoked", "connection.scopes_changed".
+	Type string `protobuf:"bytes,2,opt,name=type,proto3" json:"type,omitempty"`
+	// Position in the sidecar's event log; increases by one per event.
+	Sequence uint64 `protobuf:"varint,3,opt,name=sequence,proto3" json:"sequence,omitempty"`
+	// Position among this connection's events; increases by one per event.
+	ConnectionSequence uint64                 `protobuf:"varint,4,opt,name=connection_sequence,json=connectionSequence,proto3" json:"connection_sequence,omitempty"`
+	Time               *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=time,proto3" json:"time,omitempty"`
+	// The connection after the change, without token material.
+	Connection *Connection `protobuf:"bytes,6,opt,name=connection,proto3" json:"connection,omitempty"`
+	// Why, e.g. "invalid_grant" for connection.needs_reauth.
+	Reason        string `protobuf:"bytes,7,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Event) Reset() {
+	*x = Event{}
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Event) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Event) ProtoMessage() {}
+
+func (x *Event) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Event.ProtoReflect.Descriptor instead.
+func (*Event) Descriptor() ([]byte, []int) {
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *Event) GetEventId() string {
+	if x != nil {
+		return x.EventId
+	}
+	return ""
+}
+
+func (x *Event) GetType() string {
+	if x != nil {
+		return x.Type
+	}
+	return ""
+}
+
+func (x *Event) GetSequence() uint64 {
+	if x != nil {
+		return x.Sequence
+	}
+	return 0
+}
+
+func (x *Event) GetConnectionSequence() uint64 {
+	if x != nil {
+		return x.ConnectionSequence
+	}
+	return 0
+}
+
+func (x *Event) GetTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Time
+	}
+	return nil
+}
+
+func (x *Event) GetConnection() *Connection {
+	if x != nil {
+		return x.Connection
+	}
+	return nil
+}
+
+func (x *Event) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+type WatchEventsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	AfterSequence uint64                 `protobuf:"varint,1,opt,name=after_sequence,json=afterSequence,proto3" json:"after_sequence,omitempty"`
+	// Only these event types; empty: all.
+	Types         []string `protobuf:"bytes,2,rep,name=types,proto3" json:"types,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchEventsRequest) Reset() {
+	*x = WatchEventsRequest{}
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchEventsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchEventsRequest) ProtoMessage() {}
+
+func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchEventsRequest.ProtoReflect.Descriptor instead.
+func (*WatchEventsRequest) Descriptor() ([]byte, []int) {
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *WatchEventsRequest) GetAfterSequence() uint64 {
+	if x != nil {
+		return x.AfterSequence
+	}
+	return 0
+}
+
+func (x *WatchEventsRequest) GetTypes() []string {
+	if x != nil {
+		return x.Types
+	}
+	return nil
+}
+
+type WatchEventsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Event         *Event                 `protobuf:"bytes,1,opt,name=event,proto3" json:"event,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchEventsResponse) Reset() {
+	*x = WatchEventsResponse{}
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchEventsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchEventsResponse) ProtoMessage() {}
+
+func (x *WatchEventsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchEventsResponse.ProtoReflect.Descriptor instead.
+func (*WatchEventsResponse) Descriptor() ([]byte, []int) {
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *WatchEventsResponse) GetEvent() *Event {
+	if x != nil {
+		return x.Event
+	}
+	return nil
+}
+
+// AuditEvent records one call: who, what, on which connection, and how it
+// ended. It never holds token material.
+type AuditEvent struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	AuditId string                 `protobuf:"bytes,1,opt,name=audit_id,json=auditId,proto3" json:"audit_id,omitempty"`
+	Time    *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=time,proto3" json:"time,omitempty"`
+	// The credential's name (API key name, or "uid:<n>" on the unix socket).
+	Caller string `protobuf:"bytes,3,opt,name=caller,proto3" json:"caller,omitempty"`
+	// "application" or "operator".
+	Role string `protobuf:"bytes,4,opt,name=role,proto3" json:"role,omitempty"`
+	// The full gRPC method, or "http:callback" for the connect callback.
+	Method       string `protobuf:"bytes,5,opt,name=method,proto3" json:"method,omitempty"`
+	ConnectionId string `protobuf:"bytes,6,opt,name=connection_id,json=connectionId,proto3" json:"connection_id,omitempty"`
+	Provider     string `protobuf:"bytes,7,opt,name=provider,proto3" json:"provider,omitempty"`
+	// The gRPC code name ("OK", "NOT_FOUND", ...).
+	Outcome string `protobuf:"bytes,8,opt,name=outcome,proto3" json:"outcome,omitempty"`
+	// The ErrorInfo reason, if the call failed with one.
+	Reason        string `protobuf:"bytes,9,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuditEvent) Reset() {
+	*x = AuditEvent{}
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuditEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuditEvent) ProtoMessage() {}
+
+func (x *AuditEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuditEvent.ProtoReflect.Descriptor instead.
+func (*AuditEvent) Descriptor() ([]byte, []int) {
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *AuditEvent) GetAuditId() string {
+	if x != nil {
+		return x.AuditId
+	}
+	return ""
+}
+
+func (x *AuditEvent) GetTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Time
+	}
+	return nil
+}
+
+func (x *AuditEvent) GetCaller() string {
+	if x != nil {
+		return x.Caller
+	}
+	return ""
+}
+
+func (x *AuditEvent) GetRole() string {
+	if x != nil {
+		return x.Role
+	}
+	return ""
+}
+
+func (x *AuditEvent) GetMethod() string {
+	if x != nil {
+		return x.Method
+	}
+	return ""
+}
+
+func (x *AuditEvent) GetConnectionId() string {
+	if x != nil {
+		return x.ConnectionId
+	}
+	return ""
+}
+
+func (x *AuditEvent) GetProvider() string {
+	if x != nil {
+		return x.Provider
+	}
+	return ""
+}
+
+func (x *AuditEvent) GetOutcome() string {
+	if x != nil {
+		return x.Outcome
+	}
+	return ""
+}
+
+func (x *AuditEvent) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+type ListAuditEventsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Filters; empty matches everything.
+	ConnectionId string `protobuf:"bytes,1,opt,name=connection_id,json=connectionId,proto3" json:"connection_id,omitempty"`
+	Caller       string `protobuf:"bytes,2,opt,name=caller,proto3" json:"caller,omitempty"`
+	Method       string `protobuf:"bytes,3,opt,name=method,proto3" json:"method,omitempty"`
+	// At most 1000; default 100.
+	PageSize      int32  `protobuf:"varint,4,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	PageToken     string `protobuf:"bytes,5,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListAuditEventsRequest) Reset() {
+	*x = ListAuditEventsRequest{}
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListAuditEventsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListAuditEventsRequest) ProtoMessage() {}
+
+func (x *ListAuditEventsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListAuditEventsRequest.ProtoReflect.Descriptor instead.
+func (*ListAuditEventsRequest) Descriptor() ([]byte, []int) {
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *ListAuditEventsRequest) GetConnectionId() string {
+	if x != nil {
+		return x.ConnectionId
+	}
+	return ""
+}
+
+func (x *ListAuditEventsRequest) GetCaller() string {
+	if x != nil {
+		return x.Caller
+	}
+	return ""
+}
+
+func (x *ListAuditEventsRequest) GetMethod() string {
+	if x != nil {
+		return x.Method
+	}
+	return ""
+}
+
+func (x *ListAuditEventsRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListAuditEventsRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+type ListAuditEventsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Events        []*AuditEvent          `protobuf:"bytes,1,rep,name=events,proto3" json:"events,omitempty"`
+	NextPageToken string                 `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListAuditEventsResponse) Reset() {
+	*x = ListAuditEventsResponse{}
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListAuditEventsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListAuditEventsResponse) ProtoMessage() {}
+
+func (x *ListAuditEventsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListAuditEventsResponse.ProtoReflect.Descriptor instead.
+func (*ListAuditEventsResponse) Descriptor() ([]byte, []int) {
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *ListAuditEventsResponse) GetEvents() []*AuditEvent {
+	if x != nil {
+		return x.Events
+	}
+	return nil
+}
+
+func (x *ListAuditEventsResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
 var File_tokenvault_v1_tokenvault_proto protoreflect.FileDescriptor
 
 const file_tokenvault_v1_tokenvault_proto_rawDesc = "" +
@@ -1390,22 +1832,60 @@ const file_tokenvault_v1_tokenvault_proto_rawDesc = "" +
 	"\x11RotateKeysRequest\"F\n" +
 	"\x12RotateKeysResponse\x12\x12\n" +
 	"\x04term\x18\x01 \x01(\rR\x04term\x12\x1c\n" +
-	"\trewrapped\x18\x02 \x01(\x03R\trewrapped*\x96\x01\n" +
+	"\trewrapped\x18\x02 \x01(\x03R\trewrapped\"\x86\x02\n" +
+	"\x05Event\x12\x19\n" +
+	"\bevent_id\x18\x01 \x01(\tR\aeventId\x12\x12\n" +
+	"\x04type\x18\x02 \x01(\tR\x04type\x12\x1a\n" +
+	"\bsequence\x18\x03 \x01(\x04R\bsequence\x12/\n" +
+	"\x13connection_sequence\x18\x04 \x01(\x04R\x12connectionSequence\x12.\n" +
+	"\x04time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x129\n" +
+	"\n" +
+	"connection\x18\x06 \x01(\v2\x19.tokenvault.v1.ConnectionR\n" +
+	"connection\x12\x16\n" +
+	"\x06reason\x18\a \x01(\tR\x06reason\"Q\n" +
+	"\x12WatchEventsRequest\x12%\n" +
+	"\x0eafter_sequence\x18\x01 \x01(\x04R\rafterSequence\x12\x14\n" +
+	"\x05types\x18\x02 \x03(\tR\x05types\"A\n" +
+	"\x13WatchEventsResponse\x12*\n" +
+	"\x05event\x18\x01 \x01(\v2\x14.tokenvault.v1.EventR\x05event\"\x8e\x02\n" +
+	"\n" +
+	"AuditEvent\x12\x19\n" +
+	"\baudit_id\x18\x01 \x01(\tR\aauditId\x12.\n" +
+	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x16\n" +
+	"\x06caller\x18\x03 \x01(\tR\x06caller\x12\x12\n" +
+	"\x04role\x18\x04 \x01(\tR\x04role\x12\x16\n" +
+	"\x06method\x18\x05 \x01(\tR\x06method\x12#\n" +
+	"\rconnection_id\x18\x06 \x01(\tR\fconnectionId\x12\x1a\n" +
+	"\bprovider\x18\a \x01(\tR\bprovider\x12\x18\n" +
+	"\aoutcome\x18\b \x01(\tR\aoutcome\x12\x16\n" +
+	"\x06reason\x18\t \x01(\tR\x06reason\"\xa9\x01\n" +
+	"\x16ListAuditEventsRequest\x12#\n" +
+	"\rconnection_id\x18\x01 \x01(\tR\fconnectionId\x12\x16\n" +
+	"\x06caller\x18\x02 \x01(\tR\x06caller\x12\x16\n" +
+	"\x06method\x18\x03 \x01(\tR\x06method\x12\x1b\n" +
+	"\tpage_size\x18\x04 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x05 \x01(\tR\tpageToken\"t\n" +
+	"\x17ListAuditEventsResponse\x121\n" +
+	"\x06events\x18\x01 \x03(\v2\x19.tokenvault.v1.AuditEventR\x06events\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken*\x96\x01\n" +
 	"\x10ConnectionStatus\x12!\n" +
 	"\x1dCONNECTION_STATUS_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18CONNECTION_STATUS_ACTIVE\x10\x01\x12\"\n" +
 	"\x1eCONNECTION_STATUS_NEEDS_REAUTH\x10\x02\x12\x1d\n" +
-	"\x19CONNECTION_STATUS_REVOKED\x10\x032\xca\x04\n" +
+	"\x19CONNECTION_STATUS_REVOKED\x10\x032\xa2\x05\n" +
 	"\x11TokenVaultService\x12]\n" +
 	"\x0eGetAccessToken\x12$.tokenvault.v1.GetAccessTokenRequest\x1a%.tokenvault.v1.GetAccessTokenResponse\x12W\n" +
 	"\fStartConnect\x12\".tokenvault.v1.StartConnectRequest\x1a#.tokenvault.v1.StartConnectResponse\x12Z\n" +
 	"\rGetConnection\x12#.tokenvault.v1.GetConnectionRequest\x1a$.tokenvault.v1.GetConnectionResponse\x12`\n" +
 	"\x0fListConnections\x12%.tokenvault.v1.ListConnectionsRequest\x1a&.tokenvault.v1.ListConnectionsResponse\x12c\n" +
 	"\x10RevokeConnection\x12&.tokenvault.v1.RevokeConnectionRequest\x1a'.tokenvault.v1.RevokeConnectionResponse\x12Z\n" +
-	"\rListProviders\x12#.tokenvault.v1.ListProvidersRequest\x1a$.tokenvault.v1.ListProvidersResponse2a\n" +
+	"\rListProviders\x12#.tokenvault.v1.ListProvidersRequest\x1a$.tokenvault.v1.ListProvidersResponse\x12V\n" +
+	"\vWatchEvents\x12!.tokenvault.v1.WatchEventsRequest\x1a\".tokenvault.v1.WatchEventsResponse0\x012\xc3\x01\n" +
 	"\fAdminService\x12Q\n" +
 	"\n" +
-	"RotateKeys\x12 .tokenvault.v1.RotateKeysRequest\x1a!.tokenvault.v1.RotateKeysResponseBCZAgithub.com/tokenvault/tokenvault/proto/tokenvault/v1;tokenvaultv1b\x06proto3"
+	"RotateKeys\x12 .tokenvault.v1.RotateKeysRequest\x1a!.tokenvault.v1.RotateKeysResponse\x12`\n" +
+	"\x0fListAuditEvents\x12%.tokenvault.v1.ListAuditEventsRequest\x1a&.tokenvault.v1.ListAuditEventsResponseBCZAgithub.com/tokenvault/tokenvault/proto/tokenvault/v1;tokenvaultv1b\x06proto3"
 
 var (
 	file_tokenvault_v1_tokenvault_proto_rawDescOnce sync.Once
@@ -1420,7 +1900,7 @@ func file_tokenvault_v1_tokenvault_proto_rawDescGZIP() []byte {
 }
 
 var file_tokenvault_v1_tokenvault_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_tokenvault_v1_tokenvault_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
+var file_tokenvault_v1_tokenvault_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
 var file_tokenvault_v1_tokenvault_proto_goTypes = []any{
 	(ConnectionStatus)(0),            // 0: tokenvault.v1.ConnectionStatus
 	(*Connection)(nil),               // 1: tokenvault.v1.Connection
@@ -1439,50 +1919,65 @@ var file_tokenvault_v1_tokenvault_proto_goTypes = []any{
 	(*Provider)(nil),                 // 14: tokenvault.v1.Provider
 	(*RotateKeysRequest)(nil),        // 15: tokenvault.v1.RotateKeysRequest
 	(*RotateKeysResponse)(nil),       // 16: tokenvault.v1.RotateKeysResponse
-	nil,                              // 17: tokenvault.v1.Connection.MetadataEntry
-	nil,                              // 18: tokenvault.v1.GetAccessTokenResponse.MetadataEntry
-	nil,                              // 19: tokenvault.v1.StartConnectRequest.OptionsEntry
-	(*timestamppb.Timestamp)(nil),    // 20: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),      // 21: google.protobuf.Duration
+	(*Event)(nil),                    // 17: tokenvault.v1.Event
+	(*WatchEventsRequest)(nil),       // 18: tokenvault.v1.WatchEventsRequest
+	(*WatchEventsResponse)(nil),      // 19: tokenvault.v1.WatchEventsResponse
+	(*AuditEvent)(nil),               // 20: tokenvault.v1.AuditEvent
+	(*ListAuditEventsRequest)(nil),   // 21: tokenvault.v1.ListAuditEventsRequest
+	(*ListAuditEventsResponse)(nil),  // 22: tokenvault.v1.ListAuditEventsResponse
+	nil,                              // 23: tokenvault.v1.Connection.MetadataEntry
+	nil,                              // 24: tokenvault.v1.GetAccessTokenResponse.MetadataEntry
+	nil,                              // 25: tokenvault.v1.StartConnectRequest.OptionsEntry
+	(*timestamppb.Timestamp)(nil),    // 26: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),      // 27: google.protobuf.Duration
 }
 var file_tokenvault_v1_tokenvault_proto_depIdxs = []int32{
 	0,  // 0: tokenvault.v1.Connection.status:type_name -> tokenvault.v1.ConnectionStatus
-	17, // 1: tokenvault.v1.Connection.metadata:type_name -> tokenvault.v1.Connection.MetadataEntry
-	20, // 2: tokenvault.v1.Connection.create_time:type_name -> google.protobuf.Timestamp
-	20, // 3: tokenvault.v1.Connection.update_time:type_name -> google.protobuf.Timestamp
-	20, // 4: tokenvault.v1.Connection.last_refresh_time:type_name -> google.protobuf.Timestamp
-	20, // 5: tokenvault.v1.Connection.last_used_time:type_name -> google.protobuf.Timestamp
-	20, // 6: tokenvault.v1.Connection.last_validated_time:type_name -> google.protobuf.Timestamp
-	20, // 7: tokenvault.v1.Connection.token_expire_time:type_name -> google.protobuf.Timestamp
-	21, // 8: tokenvault.v1.GetAccessTokenRequest.min_valid_for:type_name -> google.protobuf.Duration
-	20, // 9: tokenvault.v1.GetAccessTokenResponse.expire_time:type_name -> google.protobuf.Timestamp
-	18, // 10: tokenvault.v1.GetAccessTokenResponse.metadata:type_name -> tokenvault.v1.GetAccessTokenResponse.MetadataEntry
-	19, // 11: tokenvault.v1.StartConnectRequest.options:type_name -> tokenvault.v1.StartConnectRequest.OptionsEntry
-	20, // 12: tokenvault.v1.StartConnectResponse.expire_time:type_name -> google.protobuf.Timestamp
+	23, // 1: tokenvault.v1.Connection.metadata:type_name -> tokenvault.v1.Connection.MetadataEntry
+	26, // 2: tokenvault.v1.Connection.create_time:type_name -> google.protobuf.Timestamp
+	26, // 3: tokenvault.v1.Connection.update_time:type_name -> google.protobuf.Timestamp
+	26, // 4: tokenvault.v1.Connection.last_refresh_time:type_name -> google.protobuf.Timestamp
+	26, // 5: tokenvault.v1.Connection.last_used_time:type_name -> google.protobuf.Timestamp
+	26, // 6: tokenvault.v1.Connection.last_validated_time:type_name -> google.protobuf.Timestamp
+	26, // 7: tokenvault.v1.Connection.token_expire_time:type_name -> google.protobuf.Timestamp
+	27, // 8: tokenvault.v1.GetAccessTokenRequest.min_valid_for:type_name -> google.protobuf.Duration
+	26, // 9: tokenvault.v1.GetAccessTokenResponse.expire_time:type_name -> google.protobuf.Timestamp
+	24, // 10: tokenvault.v1.GetAccessTokenResponse.metadata:type_name -> tokenvault.v1.GetAccessTokenResponse.MetadataEntry
+	25, // 11: tokenvault.v1.StartConnectRequest.options:type_name -> tokenvault.v1.StartConnectRequest.OptionsEntry
+	26, // 12: tokenvault.v1.StartConnectResponse.expire_time:type_name -> google.protobuf.Timestamp
 	1,  // 13: tokenvault.v1.GetConnectionResponse.connection:type_name -> tokenvault.v1.Connection
 	0,  // 14: tokenvault.v1.ListConnectionsRequest.status:type_name -> tokenvault.v1.ConnectionStatus
 	1,  // 15: tokenvault.v1.ListConnectionsResponse.connections:type_name -> tokenvault.v1.Connection
 	1,  // 16: tokenvault.v1.RevokeConnectionResponse.connection:type_name -> tokenvault.v1.Connection
 	14, // 17: tokenvault.v1.ListProvidersResponse.providers:type_name -> tokenvault.v1.Provider
-	2,  // 18: tokenvault.v1.TokenVaultService.GetAccessToken:input_type -> tokenvault.v1.GetAccessTokenRequest
-	4,  // 19: tokenvault.v1.TokenVaultService.StartConnect:input_type -> tokenvault.v1.StartConnectRequest
-	6,  // 20: tokenvault.v1.TokenVaultService.GetConnection:input_type -> tokenvault.v1.GetConnectionRequest
-	8,  // 21: tokenvault.v1.TokenVaultService.ListConnections:input_type -> tokenvault.v1.ListConnectionsRequest
-	10, // 22: tokenvault.v1.TokenVaultService.RevokeConnection:input_type -> tokenvault.v1.RevokeConnectionRequest
-	12, // 23: tokenvault.v1.TokenVaultService.ListProviders:input_type -> tokenvault.v1.ListProvidersRequest
-	15, // 24: tokenvault.v1.AdminService.RotateKeys:input_type -> tokenvault.v1.RotateKeysRequest
-	3,  // 25: tokenvault.v1.TokenVaultService.GetAccessToken:output_type -> tokenvault.v1.GetAccessTokenResponse
-	5,  // 26: tokenvault.v1.TokenVaultService.StartConnect:output_type -> tokenvault.v1.StartConnectResponse
-	7,  // 27: tokenvault.v1.TokenVaultService.GetConnection:output_type -> tokenvault.v1.GetConnectionResponse
-	9,  // 28: tokenvault.v1.TokenVaultService.ListConnections:output_type -> tokenvault.v1.ListConnectionsResponse
-	11, // 29: tokenvault.v1.TokenVaultService.RevokeConnection:output_type -> tokenvault.v1.RevokeConnectionResponse
-	13, // 30: tokenvault.v1.TokenVaultService.ListProviders:output_type -> tokenvault.v1.ListProvidersResponse
-	16, // 31: tokenvault.v1.AdminService.RotateKeys:output_type -> tokenvault.v1.RotateKeysResponse
-	25, // [25:32] is the sub-list for method output_type
-	18, // [18:25] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	26, // 18: tokenvault.v1.Event.time:type_name -> google.protobuf.Timestamp
+	1,  // 19: tokenvault.v1.Event.connection:type_name -> tokenvault.v1.Connection
+	17, // 20: tokenvault.v1.WatchEventsResponse.event:type_name -> tokenvault.v1.Event
+	26, // 21: tokenvault.v1.AuditEvent.time:type_name -> google.protobuf.Timestamp
+	20, // 22: tokenvault.v1.ListAuditEventsResponse.events:type_name -> tokenvault.v1.AuditEvent
+	2,  // 23: tokenvault.v1.TokenVaultService.GetAccessToken:input_type -> tokenvault.v1.GetAccessTokenRequest
+	4,  // 24: tokenvault.v1.TokenVaultService.StartConnect:input_type -> tokenvault.v1.StartConnectRequest
+	6,  // 25: tokenvault.v1.TokenVaultService.GetConnection:input_type -> tokenvault.v1.GetConnectionRequest
+	8,  // 26: tokenvault.v1.TokenVaultService.ListConnections:input_type -> tokenvault.v1.ListConnectionsRequest
+	10, // 27: tokenvault.v1.TokenVaultService.RevokeConnection:input_type -> tokenvault.v1.RevokeConnectionRequest
+	12, // 28: tokenvault.v1.TokenVaultService.ListProviders:input_type -> tokenvault.v1.ListProvidersRequest
+	18, // 29: tokenvault.v1.TokenVaultService.WatchEvents:input_type -> tokenvault.v1.WatchEventsRequest
+	15, // 30: tokenvault.v1.AdminService.RotateKeys:input_type -> tokenvault.v1.RotateKeysRequest
+	21, // 31: tokenvault.v1.AdminService.ListAuditEvents:input_type -> tokenvault.v1.ListAuditEventsRequest
+	3,  // 32: tokenvault.v1.TokenVaultService.GetAccessToken:output_type -> tokenvault.v1.GetAccessTokenResponse
+	5,  // 33: tokenvault.v1.TokenVaultService.StartConnect:output_type -> tokenvault.v1.StartConnectResponse
+	7,  // 34: tokenvault.v1.TokenVaultService.GetConnection:output_type -> tokenvault.v1.GetConnectionResponse
+	9,  // 35: tokenvault.v1.TokenVaultService.ListConnections:output_type -> tokenvault.v1.ListConnectionsResponse
+	11, // 36: tokenvault.v1.TokenVaultService.RevokeConnection:output_type -> tokenvault.v1.RevokeConnectionResponse
+	13, // 37: tokenvault.v1.TokenVaultService.ListProviders:output_type -> tokenvault.v1.ListProvidersResponse
+	19, // 38: tokenvault.v1.TokenVaultService.WatchEvents:output_type -> tokenvault.v1.WatchEventsResponse
+	16, // 39: tokenvault.v1.AdminService.RotateKeys:output_type -> tokenvault.v1.RotateKeysResponse
+	22, // 40: tokenvault.v1.AdminService.ListAuditEvents:output_type -> tokenvault.v1.ListAuditEventsResponse
+	32, // [32:41] is the sub-list for method output_type
+	23, // [23:32] is the sub-list for method input_type
+	23, // [23:23] is the sub-list for extension type_name
+	23, // [23:23] is the sub-list for extension extendee
+	0,  // [0:23] is the sub-list for field type_name
 }
 
 func init() { file_tokenvault_v1_tokenvault_proto_init() }
@@ -1496,7 +1991,7 @@ func file_tokenvault_v1_tokenvault_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tokenvault_v1_tokenvault_proto_rawDesc), len(file_tokenvault_v1_tokenvault_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   19,
+			NumMessages:   25,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

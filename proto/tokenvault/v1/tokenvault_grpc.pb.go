@@ -46,6 +46,7 @@ const (
 	TokenVaultService_ListConnections_FullMethodName  = "/tokenvault.v1.TokenVaultService/ListConnections"
 	TokenVaultService_RevokeConnection_FullMethodName = "/tokenvault.v1.TokenVaultService/RevokeConnection"
 	TokenVaultService_ListProviders_FullMethodName    = "/tokenvault.v1.TokenVaultService/ListProviders"
+	TokenVaultService_WatchEvents_FullMethodName      = "/tokenvault.v1.TokenVaultService/WatchEvents"
 )
 
 // TokenVaultServiceClient is the client API for TokenVaultService service.
@@ -70,6 +71,11 @@ type TokenVaultServiceClient interface {
 	RevokeConnection(ctx context.Context, in *RevokeConnectionRequest, opts ...grpc.CallOption) (*RevokeConnectionResponse, error)
 	// ListProviders lists the configured providers, never their secrets.
 	ListProviders(ctx context.Context, in *ListProvidersRequest, opts ...grpc.CallOption) (*ListProvidersResponse, error)
+	// WatchEvents streams connection events in sequence order, starting after
+	// after_sequence (0: from the oldest retained event), then as they happen.
+	// A client that reconnects with the last sequence it saw misses nothing
+	// that is still retained.
+	WatchEvents(ctx context.Context, in *WatchEventsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchEventsResponse], error)
 }
 
 type tokenVaultServiceClient struct {
@@ -140,6 +146,25 @@ func (c *tokenVaultServiceClient) ListProviders(ctx context.Context, in *ListPro
 	return out, nil
 }
 
+func (c *tokenVaultServiceClient) WatchEvents(ctx context.Context, in *WatchEventsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchEventsResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &TokenVaultService_ServiceDesc.Streams[0], TokenVaultService_WatchEvents_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[WatchEventsRequest, WatchEventsResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type TokenVaultService_WatchEventsClient = grpc.ServerStreamingClient[WatchEventsResponse]
+
 // TokenVaultServiceServer is the server API for TokenVaultService service.
 // All implementations must embed UnimplementedTokenVaultServiceServer
 // for forward compatibility.
@@ -162,6 +187,11 @@ type TokenVaultServiceServer interface {
 	RevokeConnection(context.Context, *RevokeConnectionRequest) (*RevokeConnectionResponse, error)
 	// ListProviders lists the configured providers, never their secrets.
 	ListProviders(context.Context, *ListProvidersRequest) (*ListProvidersResponse, error)
+	// WatchEvents streams connection events in sequence order, starting after
+	// after_sequence (0: from the oldest retained event), then as they happen.
+	// A client that reconnects with the last sequence it saw misses nothing
+	// that is still retained.
+	WatchEvents(*WatchEventsRequest, grpc.ServerStreamingServer[WatchEventsResponse]) error
 	mustEmbedUnimplementedTokenVaultServiceServer()
 }
 
@@ -189,6 +219,9 @@ func (UnimplementedTokenVaultServiceServer) RevokeConnection(context.Context, *R
 }
 func (UnimplementedTokenVaultServiceServer) ListProviders(context.Context, *ListProvidersRequest) (*ListProvidersResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListProviders not implemented")
+}
+func (UnimplementedTokenVaultServiceServer) WatchEvents(*WatchEventsRequest, grpc.ServerStreamingServer[WatchEventsResponse]) error {
+	return status.Error(codes.Unimplemented, "method WatchEvents not implemented")
 }
 func (UnimplementedTokenVaultServiceServer) mustEmbedUnimplementedTokenVaultServiceServer() {}
 func (UnimplementedTokenVaultServiceServer) testEmbeddedByValue()                           {}
@@ -319,6 +352,17 @@ func _TokenVaultService_ListProviders_Handler(srv interface{}, ctx context.Conte
 	return interceptor(ctx, in, info, handler)
 }
 
+func _TokenVaultService_WatchEvents_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(WatchEventsRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(TokenVaultServiceServer).WatchEvents(m, &grpc.GenericServerStream[WatchEventsRequest, WatchEventsResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type TokenVaultService_WatchEventsServer = grpc.ServerStreamingServer[WatchEventsResponse]
+
 // TokenVaultService_ServiceDesc is the grpc.ServiceDesc for TokenVaultService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -351,12 +395,19 @@ var TokenVaultService_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _TokenVaultService_ListProviders_Handler,
 		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "WatchEvents",
+			Handler:       _TokenVaultService_WatchEvents_Handler,
+			ServerStreams: true,
+		},
+	},
 	Metadata: "tokenvault/v1/tokenvault.proto",
 }
 
 const (
-	AdminService_RotateKeys_FullMethodName = "/tokenvault.v1.AdminService/RotateKeys"
+	AdminService_RotateKeys_FullMethodName      = "/tokenvault.v1.AdminService/RotateKeys"
+	AdminService_ListAuditEvents_FullMethodName = "/tokenvault.v1.AdminService/ListAuditEvents"
 )
 
 // AdminServiceClient is the client API for AdminService service.
@@ -369,6 +420,8 @@ type AdminServiceClient interface {
 	// re-seals every stored record under it. Records sealed with older terms
 	// keep opening throughout, so the sidecar serves while it runs.
 	RotateKeys(ctx context.Context, in *RotateKeysRequest, opts ...grpc.CallOption) (*RotateKeysResponse, error)
+	// ListAuditEvents lists audit records, newest first.
+	ListAuditEvents(ctx context.Context, in *ListAuditEventsRequest, opts ...grpc.CallOption) (*ListAuditEventsResponse, error)
 }
 
 type adminServiceClient struct {
@@ -389,6 +442,16 @@ func (c *adminServiceClient) RotateKeys(ctx context.Context, in *RotateKeysReque
 	return out, nil
 }
 
+func (c *adminServiceClient) ListAuditEvents(ctx context.Context, in *ListAuditEventsRequest, opts ...grpc.CallOption) (*ListAuditEventsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListAuditEventsResponse)
+	err := c.cc.Invoke(ctx, AdminService_ListAuditEvents_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility.
@@ -399,6 +462,8 @@ type AdminServiceServer interface {
 	// re-seals every stored record under it. Records sealed with older terms
 	// keep opening throughout, so the sidecar serves while it runs.
 	RotateKeys(context.Context, *RotateKeysRequest) (*RotateKeysResponse, error)
+	// ListAuditEvents lists audit records, newest first.
+	ListAuditEvents(context.Context, *ListAuditEventsRequest) (*ListAuditEventsResponse, error)
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -411,6 +476,9 @@ type UnimplementedAdminServiceServer struct{}
 
 func (UnimplementedAdminServiceServer) RotateKeys(context.Context, *RotateKeysRequest) (*RotateKeysResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RotateKeys not implemented")
+}
+func (UnimplementedAdminServiceServer) ListAuditEvents(context.Context, *ListAuditEventsRequest) (*ListAuditEventsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListAuditEvents not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 func (UnimplementedAdminServiceServer) testEmbeddedByValue()                      {}
@@ -451,6 +519,24 @@ func _AdminService_RotateKeys_Handler(srv interface{}, ctx context.Context, dec 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_ListAuditEvents_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListAuditEventsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).ListAuditEvents(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_ListAuditEvents_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).ListAuditEvents(ctx, req.(*ListAuditEventsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AdminService_ServiceDesc is the grpc.ServiceDesc for AdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -461,6 +547,10 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RotateKeys",
 			Handler:    _AdminService_RotateKeys_Handler,
+		},
+		{
+			MethodName: "ListAuditEvents",
+			Handler:    _AdminService_ListAuditEvents_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
