@@ -59,8 +59,46 @@ func buildProvider(name string, pc ProviderConfig, cfg *Config, env func(string)
 			RedirectURL: redirect, Scopes: pc.Scopes, ScopeSeparator: pc.ScopeSeparator,
 			AuthStyle: style, PKCE: pc.PKCE, AuthParams: pc.AuthParams, TokenParams: pc.TokenParams,
 		})
+	case "slack", "github", "linear", "google", "salesforce":
+		return buildService(name, redirect, secret, pc)
 	default:
-		return nil, fmt.Errorf("unknown kind %q", pc.Kind)
+		return nil, fmt.Errorf("unknown kind %q (want oauth2, slack, github, linear, google or salesforce)", pc.Kind)
+	}
+}
+
+// buildService builds one of the named providers. Their endpoints and
+// quirks are known, so the generic provider's fields are refused rather
+// than silently ignored; endpoint bases and other settings go in options
+// (see docs/providers.md).
+func buildService(name, redirect, secret string, pc ProviderConfig) (providers.Provider, error) {
+	for _, f := range []struct {
+		field string
+		set   bool
+	}{
+		{"auth_url", pc.AuthURL != ""}, {"token_url", pc.TokenURL != ""}, {"revoke_url", pc.RevokeURL != ""},
+		{"scope_separator", pc.ScopeSeparator != ""}, {"auth_style", pc.AuthStyle != ""},
+		{"auth_params", len(pc.AuthParams) > 0}, {"token_params", len(pc.TokenParams) > 0},
+	} {
+		if f.set {
+			return nil, fmt.Errorf("kind %s does not take %s; endpoint bases and settings are options (see docs/providers.md)", pc.Kind, f.field)
+		}
+	}
+	sc := providers.ServiceConfig{
+		Name: name, DisplayName: pc.DisplayName,
+		ClientID: pc.ClientID, ClientSecret: secret,
+		RedirectURL: redirect, Scopes: pc.Scopes, PKCE: pc.PKCE, Options: pc.Options,
+	}
+	switch pc.Kind {
+	case "slack":
+		return providers.NewSlack(sc)
+	case "github":
+		return providers.NewGitHub(sc)
+	case "linear":
+		return providers.NewLinear(sc)
+	case "google":
+		return providers.NewGoogle(sc)
+	default: // "salesforce"
+		return providers.NewSalesforce(sc)
 	}
 }
 
