@@ -126,7 +126,7 @@ func (p *Linear) Exchange(ctx context.Context, req ExchangeRequest) (Grant, erro
 	t := newToken("", tr, p.requested(req.Scopes), now)
 	v, err := p.viewer(ctx, opExchange, t.AccessToken)
 	if err != nil {
-		_ = p.revoke(ctx, "", t.AccessToken)
+		_ = p.Revoke(ctx, Grant{Tokens: []Token{t}})
 		return Grant{}, err
 	}
 	m := map[string]string{"actor": actor, "user_id": v.ID}

@@ -103,7 +103,8 @@ func TestLinear_Exchange_ViewerRejected(t *testing.T) {
 	rs.on("/oauth/revoke", replayed{status: 200})
 	_, err := p.Exchange(context.Background(), providers.ExchangeRequest{Code: "c"})
 	wantClass(t, "Exchange", err, providers.ClassInvalidRequest, "authentication_error")
-	if r := rs.requests("/oauth/revoke"); len(r) != 1 || r[0].Header.Get("Authorization") != "Bearer lin_oauth_FAKEaccess0001" {
+	if r := rs.requests("/oauth/revoke"); len(r) != 2 || r[0].Form().Get("refresh_token") != "lin_refresh_FAKE0001" ||
+		r[1].Header.Get("Authorization") != "Bearer lin_oauth_FAKEaccess0001" {
 		t.Errorf("the token of a failed exchange was not revoked: %v", r)
 	}
 }
