@@ -128,6 +128,11 @@ type Connection struct {
 	// Generation increases by one on every write of the record.
 	Generation  uint64       `json:"generation"`
 	Transitions []Transition `json:"transitions,omitempty"`
+	// Connects counts the connect flows that granted this connection: 1
+	// when created, one more per reconnect.
+	Connects int `json:"connects,omitempty"`
+	// EventSeq is the ConnectionSequence of the connection's last event.
+	EventSeq uint64 `json:"event_seq,omitempty"`
 
 	// Refresh bookkeeping.
 	InFlight    *InFlight `json:"in_flight,omitempty"`

@@ -72,6 +72,7 @@ type Vault struct {
 	log    *slog.Logger
 	now    func() time.Time
 	flight singleflight.Group
+	events outbox // the event log's sequence and subscribers (events.go)
 
 	mu      sync.RWMutex
 	entries map[string]*entry
@@ -116,6 +117,9 @@ func Open(ctx context.Context, cfg Config) (*Vault, error) {
 		log:     cfg.Logger,
 		now:     cfg.Now,
 		entries: make(map[string]*entry),
+	}
+	if err := v.openOutbox(ctx); err != nil {
+		return nil, err
 	}
 	type loaded struct {
 		key string
@@ -189,6 +193,8 @@ func (v *Vault) commit(ctx context.Context, e *entry, next *Connection, extra ..
 	next.Generation++
 	next.UpdatedAt = v.now()
 	key := connPrefix + next.ID
+	// The change's events (events.go) go in the same transaction.
+	evs := changeEvents(e.conn.Load(), next, next.UpdatedAt)
 	plain, err := json.Marshal(next)
 	if err != nil {
 		return fmt.Errorf("vault: encode %s: %w", next.ID, err)
@@ -198,7 +204,7 @@ func (v *Vault) commit(ctx context.Context, e *entry, next *Connection, extra ..
 		return fmt.Errorf("vault: seal %s: %w", next.ID, err)
 	}
 	ops := append([]Op{{Key: key, Value: sealed, IfRev: int64(e.rev)}}, extra...)
-	revs, err := v.store.Apply(ctx, ops...)
+	revs, err := v.applyWithEvents(ctx, evs, ops)
 	if err != nil {
 		return fmt.Errorf("vault: write %s: %w", next.ID, err)
 	}
@@ -699,7 +705,7 @@ func (v *Vault) saveGrant(ctx context.Context, st connectState, g Grant) (*Conne
 		c := &Connection{
 			ID: "conn_" + strings.ToLower(rand.Text()[:20]), Owner: st.Owner, Tenant: st.Tenant,
 			Provider: st.Provider, Label: st.Label, Purpose: st.Purpose,
-			RequestedScopes: normalizeScopes(st.Scopes), CreatedAt: now, Grant: g,
+			RequestedScopes: normalizeScopes(st.Scopes), CreatedAt: now, Grant: g, Connects: 1,
 		}
 		c.transition(now, StatusActive, "")
 		e := &entry{}
@@ -737,6 +743,7 @@ func (v *Vault) reconnect(ctx context.Context, e *entry, st connectState, g Gran
 		next.Purpose = st.Purpose
 	}
 	next.InFlight, next.Failures, next.LastError, next.NextRetryAt = nil, 0, "", time.Time{}
+	next.Connects++
 	next.transition(now, StatusActive, "")
 	if err := v.commit(ctx, e, next); err != nil {
 		return nil, err
@@ -796,7 +803,7 @@ func (v *Vault) RotateKeys(ctx context.Context) (uint32, int, error) {
 	if err != nil {
 		return 0, 0, err
 	}
-	n, err := v.kr.Rewrap(ctx, v.store, connPrefix, statePrefix)
+	n, err := v.kr.Rewrap(ctx, v.store, connPrefix, statePrefix, eventPrefix)
 	if err != nil {
 		return term, n, err
 	}
