@@ -231,14 +231,8 @@ func (p *Google) Revoke(ctx context.Context, g Grant) error {
 	if err != nil {
 		return err
 	}
-	if res.Status/100 == 2 {
-		return nil
-	}
-	code := ""
-	if tr, err := parseTokenResponse(res.Header.Get("Content-Type"), res.Body); err == nil {
-		code = tr.Error
-	}
-	if res.Status == http.StatusBadRequest && alreadyRevoked(code) {
+	revoked, code := revokeOutcome(res)
+	if revoked {
 		return nil
 	}
 	return p.classify(opRevoke, res, code, googleErrors)

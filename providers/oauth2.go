@@ -389,14 +389,8 @@ func (p *OAuth2) Revoke(ctx context.Context, g Grant) error {
 	if err != nil {
 		return transportError(ctx, p.cfg.Name, opRevoke, err)
 	}
-	if res.Status/100 == 2 {
-		return nil
-	}
-	code := ""
-	if tr, err := parseTokenResponse(res.Header.Get("Content-Type"), res.Body); err == nil {
-		code = tr.Error
-	}
-	if res.Status == http.StatusBadRequest && alreadyRevoked(code) {
+	revoked, code := revokeOutcome(res)
+	if revoked {
 		return nil
 	}
 	return tokenError(p.cfg.Name, opRevoke, res.Status, res.Header, code, p.cfg.Now())
@@ -455,6 +449,20 @@ func cloneGrant(g Grant) Grant {
 // their token endpoint would. unsupported_token_type is taken the same way:
 // the server does not revoke this kind of token, and there is nothing more a
 // client can do about it.
+// revokeOutcome reads an RFC 7009 revocation answer: revoked is true for a
+// 2xx, and for a 400 whose error says the token was already dead (RFC 7009
+// §2.2: an invalid token is not an error). Otherwise code is the error code
+// the provider sent, if any.
+func revokeOutcome(res *httpResult) (revoked bool, code string) {
+	if res.Status/100 == 2 {
+		return true, ""
+	}
+	if tr, err := parseTokenResponse(res.Header.Get("Content-Type"), res.Body); err == nil {
+		code = tr.Error
+	}
+	return res.Status == http.StatusBadRequest && alreadyRevoked(code), code
+}
+
 func alreadyRevoked(code string) bool {
 	switch code {
 	case "invalid_token", "invalid_grant", "unsupported_token_type":
