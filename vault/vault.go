@@ -56,6 +56,9 @@ type Config struct {
 	Logger         *slog.Logger
 	// Now is the clock; default time.Now.
 	Now func() time.Time
+	// OnRefresh, if set, is told the outcome (RefreshOK, ...) and duration
+	// of every provider refresh call. It must be quick and must not block.
+	OnRefresh func(provider, outcome string, d time.Duration)
 }
 
 // A Vault holds connections and hands out their access tokens. It is safe
@@ -141,7 +144,9 @@ func Open(ctx context.Context, cfg Config) (*Vault, error) {
 		}
 		e := &entry{rev: l.rev}
 		e.conn.Store(c)
-		e.lastUsed.Store(c.LastUsedAt.UnixNano())
+		if !c.LastUsedAt.IsZero() { // zero: never used (its UnixNano is undefined)
+			e.lastUsed.Store(c.LastUsedAt.UnixNano())
+		}
 		v.entries[c.ID] = e
 		v.ids = append(v.ids, c.ID)
 	}
@@ -187,7 +192,7 @@ func (v *Vault) provider(name string) (Provider, error) {
 // revision, then publishes it. The caller holds e.mu. extra ops are applied
 // in the same transaction.
 func (v *Vault) commit(ctx context.Context, e *entry, next *Connection, extra ...Op) error {
-	if used := time.Unix(0, e.lastUsed.Load()); used.After(next.LastUsedAt) {
+	if used := time.Unix(0, e.lastUsed.Load()); e.lastUsed.Load() > 0 && used.After(next.LastUsedAt) {
 		next.LastUsedAt = used
 	}
 	next.Generation++
@@ -242,7 +247,7 @@ func (v *Vault) Get(ctx context.Context, id string) (*Connection, error) {
 		return nil, fmt.Errorf("vault: connection %q: %w", id, ErrNotFound)
 	}
 	c := e.conn.Load()
-	if used := time.Unix(0, e.lastUsed.Load()); used.After(c.LastUsedAt) {
+	if used := time.Unix(0, e.lastUsed.Load()); e.lastUsed.Load() > 0 && used.After(c.LastUsedAt) {
 		c = c.clone()
 		c.LastUsedAt = used
 	}
@@ -422,8 +427,12 @@ func (v *Vault) refreshLocked(ctx context.Context, e *entry, c *Connection, cred
 		return Token{}, nil, err
 	}
 	// 2. The provider call.
+	called := v.now()
 	g, perr := p.Refresh(ctx, marked.Grant.clone(), credential)
 	now := v.now()
+	if v.cfg.OnRefresh != nil {
+		v.cfg.OnRefresh(c.Provider, refreshOutcome(perr), now.Sub(called))
+	}
 	next := marked.clone()
 	next.InFlight = nil
 	if perr != nil {
