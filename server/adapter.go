@@ -15,8 +15,25 @@ type providerAdapter struct {
 	p providers.Provider
 }
 
-// AdaptProvider returns p as a vault.Provider.
-func AdaptProvider(p providers.Provider) vault.Provider { return providerAdapter{p} }
+// AdaptProvider returns p as a vault.Provider. If p is a
+// providers.Validator the result is a vault.Validator too, so that the
+// vault's scheduler can check long-lived grants.
+func AdaptProvider(p providers.Provider) vault.Provider {
+	if v, ok := p.(providers.Validator); ok {
+		return validatingAdapter{providerAdapter{p}, v}
+	}
+	return providerAdapter{p}
+}
+
+// validatingAdapter is a providerAdapter whose provider can validate.
+type validatingAdapter struct {
+	providerAdapter
+	v providers.Validator
+}
+
+func (a validatingAdapter) Validate(ctx context.Context, g vault.Grant) error {
+	return classify(a.v.Validate(ctx, toProviderGrant(g)))
+}
 
 func (a providerAdapter) PKCE() bool { return a.p.Info().PKCE }
 

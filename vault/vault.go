@@ -59,6 +59,21 @@ type Config struct {
 	// OnRefresh, if set, is told the outcome (RefreshOK, ...) and duration
 	// of every provider refresh call. It must be quick and must not block.
 	OnRefresh func(provider, outcome string, d time.Duration)
+	// RefreshPolicies tune refresh-ahead and validation per provider name
+	// (see RefreshPolicy); a provider without an entry gets the defaults.
+	RefreshPolicies map[string]RefreshPolicy
+	// OnChange, if set, is called after every committed change of a
+	// connection record, with the record before (nil for a new connection)
+	// and after; both are shared snapshots, read-only. It is called with the
+	// connection's lock held, so it must be quick and must not call back
+	// into the vault. A Scheduler learns about changes the same way.
+	OnChange func(old, new *Connection)
+	// Failpoint is for crash tests only: if set, it is called with the name
+	// of each point of the refresh critical section as it is reached
+	// (FailpointBeforeProviderCall, FailpointAfterProviderAnswer,
+	// FailpointAfterCommit), so that a test can kill the process exactly
+	// there. Leave it nil in production; unset it costs one nil check.
+	Failpoint func(name string)
 }
 
 // A Vault holds connections and hands out their access tokens. It is safe
@@ -80,6 +95,8 @@ type Vault struct {
 	mu      sync.RWMutex
 	entries map[string]*entry
 	ids     []string // sorted connection ids, for listing
+
+	sched atomic.Pointer[Scheduler] // told of every change; nil: none
 }
 
 // entry is the in-memory state of one connection. conn is the committed
@@ -90,6 +107,7 @@ type entry struct {
 	conn     atomic.Pointer[Connection]
 	rev      uint64 // store revision of conn; guarded by mu
 	lastUsed atomic.Int64
+	item     *schedItem // the Scheduler's; guarded by Scheduler.mu
 }
 
 // Open loads every connection from the store and returns a Vault serving
@@ -214,8 +232,28 @@ func (v *Vault) commit(ctx context.Context, e *entry, next *Connection, extra ..
 		return fmt.Errorf("vault: write %s: %w", next.ID, err)
 	}
 	e.rev = revs[0]
-	e.conn.Store(next)
+	old := e.conn.Swap(next)
+	v.changed(e, old, next)
 	return nil
+}
+
+// changed tells the scheduler and Config.OnChange that a connection's
+// committed record went from old (nil: new) to next. The caller holds the
+// connection's lock.
+func (v *Vault) changed(e *entry, old, next *Connection) {
+	if s := v.sched.Load(); s != nil {
+		s.noteChange(e, next)
+	}
+	if f := v.cfg.OnChange; f != nil {
+		f(old, next)
+	}
+}
+
+// failpoint calls Config.Failpoint, a test-only crash hook.
+func (v *Vault) failpoint(name string) {
+	if f := v.cfg.Failpoint; f != nil {
+		f(name)
+	}
 }
 
 // reload re-reads e's record from the store, in case another writer (a
@@ -236,6 +274,7 @@ func (v *Vault) reload(ctx context.Context, e *entry) (*Connection, error) {
 	}
 	e.rev = rev
 	e.conn.Store(c)
+	v.changed(e, cur, c)
 	return c, nil
 }
 
@@ -426,9 +465,11 @@ func (v *Vault) refreshLocked(ctx context.Context, e *entry, c *Connection, cred
 	if err := v.commit(ctx, e, marked); err != nil {
 		return Token{}, nil, err
 	}
+	v.failpoint(FailpointBeforeProviderCall)
 	// 2. The provider call.
 	called := v.now()
 	g, perr := p.Refresh(ctx, marked.Grant.clone(), credential)
+	v.failpoint(FailpointAfterProviderAnswer)
 	now := v.now()
 	if v.cfg.OnRefresh != nil {
 		v.cfg.OnRefresh(c.Provider, refreshOutcome(perr), now.Sub(called))
@@ -451,6 +492,7 @@ func (v *Vault) refreshLocked(ctx context.Context, e *entry, c *Connection, cred
 			if err := v.commit(ctx, e, next); err != nil {
 				return Token{}, nil, err
 			}
+			v.failpoint(FailpointAfterCommit)
 			return Token{}, nil, &ProviderError{Kind: ErrReauthRequired, Code: reason}
 		default:
 			if marked.InFlight.Attempts > 1 {
@@ -461,9 +503,13 @@ func (v *Vault) refreshLocked(ctx context.Context, e *entry, c *Connection, cred
 			next.Failures++
 			next.LastError = pe.Code
 			next.NextRetryAt = now.Add(Backoff(next.Failures, pe.RetryAfter, mrand.Float64()))
+			if s := v.sched.Load(); s != nil && pe.RetryAfter > 0 {
+				s.pauseProvider(c.Provider, now.Add(pe.RetryAfter)) // Retry-After holds for the whole client
+			}
 			if err := v.commit(ctx, e, next); err != nil {
 				return Token{}, nil, err
 			}
+			v.failpoint(FailpointAfterCommit)
 			if t := next.Grant.Token(credential); t != nil && t.ValidFor(now, 0) {
 				return *t, next, nil // keep serving a still-valid token
 			}
@@ -478,6 +524,7 @@ func (v *Vault) refreshLocked(ctx context.Context, e *entry, c *Connection, cred
 	for i := range g.Tokens {
 		if g.Tokens[i].Name == credential {
 			g.Tokens[i].IssuedAt = now
+			v.assumeExpiry(c.Provider, &g.Tokens[i], now)
 		}
 	}
 	next.Grant = g
@@ -487,6 +534,7 @@ func (v *Vault) refreshLocked(ctx context.Context, e *entry, c *Connection, cred
 	if err := v.commit(ctx, e, next); err != nil {
 		return Token{}, nil, err
 	}
+	v.failpoint(FailpointAfterCommit)
 	t := next.Grant.Token(credential)
 	if t == nil {
 		return Token{}, nil, &ProviderError{Kind: ErrUnavailable, Code: "credential_missing_after_refresh"}
@@ -509,7 +557,14 @@ func (v *Vault) Refresh(ctx context.Context, id, credential string) (*Connection
 // each connection still marked in flight it tries the stored (old) refresh
 // token once. If the provider accepts it the connection carries on; if it
 // rejects it the connection goes to needs_reauth with reason
-// refresh_interrupted. It returns how many it resolved either way.
+// refresh_interrupted. If the provider fails transiently the marker stays
+// and the retry waits for the connection's backoff (the Scheduler makes
+// it). It returns how many it resolved either way.
+//
+// Each connection goes through the refresh critical section, re-read under
+// its lock: a marker that a concurrent caller resolved first is not retried
+// again. At most recoverConcurrency provider calls run at once; if ctx ends
+// no further one starts.
 func (v *Vault) RecoverInterrupted(ctx context.Context) (int, error) {
 	v.mu.RLock()
 	var todo []*entry
@@ -519,17 +574,82 @@ func (v *Vault) RecoverInterrupted(ctx context.Context) (int, error) {
 		}
 	}
 	v.mu.RUnlock()
-	n := 0
+	var (
+		wg       sync.WaitGroup
+		mu       sync.Mutex
+		n        int
+		errs     []error
+		sem      = make(chan struct{}, recoverConcurrency)
+		canceled error
+	)
 	for _, e := range todo {
-		c := e.conn.Load()
-		v.log.LogAttrs(ctx, slog.LevelWarn, "resolving interrupted refresh",
-			slog.String("connection", c.ID), slog.Time("started", c.InFlight.StartedAt))
-		_, _, err := v.refreshShared(ctx, e, c.InFlight.Credential, 0, true)
-		if err == nil || errors.Is(err, ErrReauthRequired) {
-			n++
+		if canceled = ctx.Err(); canceled == nil {
+			select {
+			case sem <- struct{}{}:
+			case <-ctx.Done():
+				canceled = ctx.Err()
+			}
+		}
+		if canceled != nil {
+			break
+		}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			ok, err := v.recoverOne(ctx, e)
+			mu.Lock()
+			defer mu.Unlock()
+			if ok {
+				n++
+			}
+			if err != nil {
+				errs = append(errs, err)
+			}
+		})
+	}
+	wg.Wait()
+	return n, errors.Join(append(errs, canceled)...)
+}
+
+// recoverConcurrency bounds RecoverInterrupted's provider calls.
+const recoverConcurrency = 8
+
+// recoverOne resolves e's interrupted refresh, if it still has one, and
+// reports whether the marker is gone. Provider failures are not errors: a
+// transient one leaves the marker for a later retry.
+func (v *Vault) recoverOne(ctx context.Context, e *entry) (bool, error) {
+	// Like refreshShared: once the marker's retry is sent it must be
+	// committed, whoever gives up waiting.
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), v.cfg.RefreshTimeout)
+	defer cancel()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	c, err := v.reload(rctx, e)
+	if err != nil {
+		return false, err
+	}
+	if c.InFlight == nil || c.Status != StatusActive {
+		return true, nil // resolved meanwhile
+	}
+	v.log.LogAttrs(ctx, slog.LevelWarn, "resolving interrupted refresh",
+		slog.String("connection", c.ID), slog.Time("started", c.InFlight.StartedAt),
+		slog.Int("attempts", c.InFlight.Attempts))
+	if t := c.Grant.Token(c.InFlight.Credential); t == nil || t.RefreshToken == "" {
+		// Nothing to retry with (the record cannot have been written this
+		// way by a refresh; repair it rather than trip over it forever).
+		next := c.clone()
+		next.InFlight = nil
+		return true, v.commit(rctx, e, next)
+	}
+	if v.now().Before(c.NextRetryAt) {
+		return false, nil // the retry already failed transiently: wait out its backoff
+	}
+	if _, _, err := v.refreshLocked(rctx, e, c, c.InFlight.Credential); err != nil {
+		var pe *ProviderError
+		if !errors.As(err, &pe) {
+			return false, err
 		}
 	}
-	return n, nil
+	return e.conn.Load().InFlight == nil, nil
 }
 
 // Backoff returns how long to wait after the n-th consecutive transient
@@ -678,6 +798,7 @@ func (v *Vault) CompleteConnect(ctx context.Context, provider, state, code, errC
 	now := v.now()
 	for i := range g.Tokens {
 		g.Tokens[i].IssuedAt = now
+		v.assumeExpiry(st.Provider, &g.Tokens[i], now)
 	}
 	g.Scopes = normalizeScopes(g.Scopes)
 	c, reconnected, err := v.saveGrant(ctx, st, g)
