@@ -62,6 +62,25 @@ type ProviderConfig struct {
 	TokenParams    map[string]string `yaml:"token_params"`
 	// Options are adapter-specific settings (e.g. Salesforce host).
 	Options map[string]string `yaml:"options"`
+
+	// Refresh ahead of expiry and validation (see vault.RefreshPolicy and
+	// refreshPolicies for the defaults of each kind).
+	//
+	// TokenLifetime is the access-token lifetime assumed when the provider
+	// sends no expires_in, for tokens that come with a refresh token; zero:
+	// such tokens do not expire.
+	TokenLifetime time.Duration `yaml:"token_lifetime"`
+	// RefreshIdleMax is how long a refresh token lives unused (Google: six
+	// months); connections are refreshed before that.
+	RefreshIdleMax time.Duration `yaml:"refresh_idle_max"`
+	// ValidateInterval is how often a token that is never refreshed (no
+	// expiry, or no refresh token) is checked at the provider, if the kind
+	// can check; "0s" turns it off.
+	ValidateInterval *time.Duration `yaml:"validate_interval"`
+	// RefreshRate and RefreshBurst limit the scheduled refreshes and
+	// validations per second at this provider (default 100, burst 20).
+	RefreshRate  float64 `yaml:"refresh_rate"`
+	RefreshBurst int     `yaml:"refresh_burst"`
 }
 
 func loadConfig(path string) (*Config, error) {

@@ -24,6 +24,9 @@ func buildProviders(cfg *Config, env func(string) string) (map[string]providers.
 	sort.Strings(names)
 	for _, name := range names {
 		pc := cfg.Providers[name]
+		if err := checkRefreshConfig(pc); err != nil {
+			return nil, fmt.Errorf("provider %q: %w", name, err)
+		}
 		p, err := buildProvider(name, pc, cfg, env)
 		if err != nil {
 			return nil, fmt.Errorf("provider %q: %w", name, err)

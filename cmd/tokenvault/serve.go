@@ -147,13 +147,17 @@ func serve(ctx context.Context, args []string, env func(string) string, stdout, 
 		Store: store, Keyring: kr, Providers: vprovs,
 		ReturnTo: cfg.ReturnTo, DefaultReturnTo: cfg.DefaultReturnTo,
 		StateTTL: cfg.StateTTL, DefaultMinValid: cfg.DefaultMinValid, Logger: log,
+		RefreshPolicies: refreshPolicies(cfg), Failpoint: failpoint(env, log),
 	})
 	if err != nil {
 		return err
 	}
 	srv := server.New(server.Config{Vault: v, Providers: infos, Logger: log, ExtraHTTP: extraHTTP})
 
-	go background(ctx, v, log)
+	bgCtx, stopBG := context.WithCancel(ctx)
+	bgDone := make(chan struct{})
+	go func() { defer close(bgDone); background(bgCtx, v, log) }()
+	defer func() { stopBG(); <-bgDone }() // refreshes under way commit before the store closes
 	log.Info("tokenvault serving",
 		slog.String("grpc", gl.Addr().String()), slog.String("http", hl.Addr().String()),
 		slog.String("public_url", cfg.PublicURL), slog.Int("connections", v.Len()),
@@ -173,14 +177,18 @@ func serve(ctx context.Context, args []string, env func(string) string, stdout, 
 	return err
 }
 
-// background resolves interrupted refreshes left by a crash, then sweeps
-// expired connect flows every minute until ctx is done.
+// background resolves interrupted refreshes left by a crash, then runs
+// the refresh scheduler and sweeps expired connect flows every minute until
+// ctx is done; it returns when the scheduler's refreshes have committed.
 func background(ctx context.Context, v *vault.Vault, log *slog.Logger) {
 	if n, err := v.RecoverInterrupted(ctx); err != nil {
 		log.Error("recover interrupted refreshes", slog.String("err", err.Error()))
 	} else if n > 0 {
 		log.Warn("resolved interrupted refreshes", slog.Int("count", n))
 	}
+	sched := make(chan struct{})
+	go func() { defer close(sched); runScheduler(ctx, v, log) }()
+	defer func() { <-sched }()
 	t := time.NewTicker(time.Minute)
 	defer t.Stop()
 	for {
