@@ -67,9 +67,16 @@ var emptyDesc = grpc.ServiceDesc{
 	}},
 }
 
+// benchKey is the API key both phases present: authentication runs on
+// both, so the comparison is of the handlers, not of auth.
+const benchKey = "tvk_bench_application_key_0000"
+
 // benchChild serves a real sidecar (bbolt with fsync, the strict fake
 // provider, one connection of a Slack-sized grant) on 127.0.0.1 until its
-// stdin closes. It prints "READY <grpc addr> <connection id>".
+// stdin closes, with authentication (benchKey, an application key with a
+// rate limit too high to bite), audit (every token read is recorded) and
+// metrics on, as in production. It prints "READY <grpc addr> <connection
+// id>".
 func benchChild() error {
 	dir, err := os.MkdirTemp("", "tvbench")
 	if err != nil {
@@ -106,14 +113,26 @@ func benchChild() error {
 		return err
 	}
 	log := slog.New(slog.NewJSONHandler(io.Discard, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	metrics := server.NewMetrics()
 	v, err := vault.Open(context.Background(), vault.Config{
 		Store: st, Keyring: kr, Providers: map[string]vault.Provider{"acme": server.AdaptProvider(p)}, Logger: log,
+		OnRefresh: metrics.ObserveRefresh,
 	})
 	if err != nil {
 		return err
 	}
+	audit := vault.NewAuditLog(vault.AuditConfig{Store: st, Logger: log})
+	defer audit.Close()
+	auth, err := server.NewAuth([]server.APIKey{{Name: "bench", Key: benchKey, Access: server.Access{
+		Role: server.RoleApplication, RateLimit: server.RateLimit{RPS: 1e9, Burst: 1e9},
+	}}}, nil)
+	if err != nil {
+		return err
+	}
 	srv := server.New(server.Config{Vault: v, Providers: []providers.Info{p.Info()}, Logger: log,
-		Register: func(s *grpc.Server) { s.RegisterService(&emptyDesc, struct{}{}) }})
+		Auth: auth, Audit: audit, Metrics: metrics,
+		Register:        func(s *grpc.Server) { s.RegisterService(&emptyDesc, struct{}{}) },
+		RegisteredRoles: map[string]server.Role{"/tokenvault.bench.Empty/Call": server.RoleApplication}})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	done := make(chan error, 1)
@@ -135,7 +154,15 @@ func benchChild() error {
 	fmt.Printf("READY %s %s\n", gl.Addr(), cs[0].ID)
 	io.Copy(io.Discard, os.Stdin) // until the parent closes it
 	cancel()
-	return <-done
+	if err := <-done; err != nil {
+		return err
+	}
+	audit.Close()
+	if n := audit.Dropped(); n > 0 {
+		return fmt.Errorf("%d audit records dropped (of %d written)", n, audit.Written())
+	}
+	fmt.Fprintf(os.Stderr, "bench child: %d audit records written, none dropped\n", audit.Written())
+	return nil
 }
 
 // procCPU returns the user+system CPU time pid has used.
@@ -152,6 +179,15 @@ func procCPU(pid int) (time.Duration, error) {
 	st, _ := strconv.ParseInt(f[12], 10, 64)
 	return time.Duration(ut+st) * 10 * time.Millisecond, nil
 }
+
+// benchBearer presents benchKey on every call.
+type benchBearer struct{}
+
+func (benchBearer) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
+	return map[string]string{"authorization": "Bearer " + benchKey}, nil
+}
+
+func (benchBearer) RequireTransportSecurity() bool { return false }
 
 type phase struct {
 	name string
@@ -196,7 +232,12 @@ func load(b *testing.B, pid, workers int, d time.Duration, maxReqs int64, call f
 
 // BenchmarkHotPath compares GetAccessToken with an empty unary handler on
 // the same server, over the same loopback TCP connections, under the same
-// load, alternating phases so drift affects both. Run it with
+// load, alternating phases so drift affects both. Both phases present the
+// same API key and pass the same interceptors (recovery, logging, the
+// access check with its rate limit); the token phase also pays what a
+// token read costs on top: the provider lookup for the access check, the
+// token-read metric and an audit record per call (written in batches by
+// the flusher, inside the measured server process). Run it with
 //
 //	go test ./server -run '^$' -bench HotPath -benchtime 1x
 //
@@ -225,7 +266,8 @@ func BenchmarkHotPath(b *testing.B) {
 	const conns, workers = 4, 64
 	var clients []*grpc.ClientConn
 	for range conns {
-		c, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		c, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+			grpc.WithPerRPCCredentials(benchBearer{}))
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -13,8 +13,9 @@ import (
 // callbackHandler serves the provider's redirect back to the sidecar:
 // GET /oauth/callback/{provider}?code=...&state=... (or ?error=...).
 type callbackHandler struct {
-	v   *vault.Vault
-	log *slog.Logger
+	v     *vault.Vault
+	log   *slog.Logger
+	audit *vault.AuditLog // nil: not audited
 }
 
 var pageTmpl = template.Must(template.New("page").Parse(`<!doctype html>
@@ -36,6 +37,7 @@ func (h *callbackHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, res, err)
 		return
 	}
+	h.record(res.Connection.ID, res.Connection.Provider, "OK", callbackReason(res.Reconnected))
 	h.log.LogAttrs(r.Context(), slog.LevelInfo, "connected",
 		slog.String("connection", res.Connection.ID), slog.String("provider", provider),
 		slog.Bool("reconnected", res.Reconnected))
@@ -82,6 +84,7 @@ func (h *callbackHandler) fail(w http.ResponseWriter, r *http.Request, res *vaul
 		lvl = slog.LevelError
 	}
 	h.log.LogAttrs(r.Context(), lvl, "connect callback failed", attrs...)
+	h.recordFailure(r.PathValue("provider"), reason)
 	if res != nil && res.ReturnTo != "" && !errors.Is(err, vault.ErrInvalidState) {
 		http.Redirect(w, r, withQuery(res.ReturnTo, "status", "error", "error", reason), http.StatusSeeOther)
 		return
@@ -113,4 +116,45 @@ func withQuery(u string, kv ...string) string {
 	}
 	pu.RawQuery = q.Encode()
 	return pu.String()
+}
+
+// callbackMethod is the audit record's method for connect callbacks.
+const callbackMethod = "http:callback"
+
+func callbackReason(reconnected bool) string {
+	if reconnected {
+		return "RECONNECTED" // a needs_reauth connection got a new grant, keeping its id
+	}
+	return "CONNECTED"
+}
+
+// callbackOutcomes maps a failed callback's reason to the audit outcome (a
+// gRPC code name, as for calls) and reason.
+var callbackOutcomes = map[string][2]string{
+	"invalid_state":          {"INVALID_ARGUMENT", "INVALID_STATE"},
+	"access_denied":          {"PERMISSION_DENIED", "CONSENT_DENIED"},
+	"provider_misconfigured": {"FAILED_PRECONDITION", ReasonProviderMisconfigured},
+	"provider_unavailable":   {"UNAVAILABLE", ReasonProviderUnavailable},
+	"exchange_failed":        {"FAILED_PRECONDITION", "EXCHANGE_FAILED"},
+	"internal":               {"INTERNAL", ReasonInternal},
+}
+
+// record audits a callback. A browser has no credential: the record has no
+// caller.
+func (h *callbackHandler) record(connID, provider, outcome, reason string) {
+	if h.audit == nil {
+		return
+	}
+	h.audit.Record(vault.AuditRecord{Method: callbackMethod, ConnectionID: connID, Provider: provider, Outcome: outcome, Reason: reason})
+}
+
+func (h *callbackHandler) recordFailure(provider, reason string) {
+	if len(provider) > 64 {
+		provider = provider[:64] // the path is the browser's: keep the record small
+	}
+	o, ok := callbackOutcomes[reason]
+	if !ok {
+		o = [2]string{"INTERNAL", ReasonInternal}
+	}
+	h.record("", provider, o[0], o[1])
 }

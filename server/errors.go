@@ -15,7 +15,9 @@ import (
 // ErrorDomain is the ErrorInfo domain of every tokenvault error.
 const ErrorDomain = "tokenvault.dev"
 
-// ErrorInfo reasons; the proto's package comment documents them.
+// ErrorInfo reasons; the proto's package comment documents them, and the
+// README the three of access control (UNAUTHENTICATED, PERMISSION_DENIED,
+// RATE_LIMITED).
 const (
 	ReasonNotConnected          = "NOT_CONNECTED"
 	ReasonNeedsReauthorization  = "NEEDS_REAUTHORIZATION"
@@ -26,6 +28,15 @@ const (
 	ReasonReturnToNotAllowed    = "RETURN_TO_NOT_ALLOWED"
 	ReasonConflict              = "CONFLICT"
 	ReasonInternal              = "INTERNAL"
+	// ReasonUnauthenticated: no credential, or an unknown one
+	// (UNAUTHENTICATED).
+	ReasonUnauthenticated = "UNAUTHENTICATED"
+	// ReasonPermissionDenied: the credential's role or provider limit does
+	// not allow the call (PERMISSION_DENIED).
+	ReasonPermissionDenied = "PERMISSION_DENIED"
+	// ReasonRateLimited: the credential's rate limit is exhausted
+	// (RESOURCE_EXHAUSTED); retry_after_seconds in metadata.
+	ReasonRateLimited = "RATE_LIMITED"
 )
 
 // toStatus is the one place a domain error becomes a gRPC status. The
@@ -93,6 +104,23 @@ func statusWithReason(code codes.Code, reason, msg string, meta map[string]strin
 		st = d
 	}
 	return st.Err()
+}
+
+// statusCode returns the gRPC code of err (OK for nil).
+func statusCode(err error) codes.Code { return status.Code(err) }
+
+// errorReason returns the ErrorInfo reason of a status error, or "".
+func errorReason(err error) string {
+	st, ok := status.FromError(err)
+	if !ok {
+		return ""
+	}
+	for _, d := range st.Details() {
+		if ei, ok := d.(*errdetails.ErrorInfo); ok && ei.GetDomain() == ErrorDomain {
+			return ei.GetReason()
+		}
+	}
+	return ""
 }
 
 func invalidArgument(msg string) error {

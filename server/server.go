@@ -51,6 +51,22 @@ type Config struct {
 	// Register, if set, registers further services on the gRPC server
 	// (benchmarks register an empty service beside the real one).
 	Register func(*grpc.Server)
+	// RegisteredRoles gives the role each method of the services added by
+	// Register needs ("/pkg.Service/Method" -> role). Methods in neither
+	// this nor the access table (auth.go) are refused.
+	RegisteredRoles map[string]Role
+
+	// Auth authenticates callers. Nil refuses every call but health
+	// checks: the server never runs open.
+	Auth *Auth
+	// Audit, if set, records audited calls (see the access table) and
+	// connect callbacks, and serves AdminService.ListAuditEvents.
+	Audit *vault.AuditLog
+	// Metrics, if set, counts calls and is served at /metrics on the HTTP
+	// listener.
+	Metrics *Metrics
+	// Now is the clock of rate limits; default time.Now.
+	Now func() time.Time
 }
 
 // A Server is the sidecar's gRPC and HTTP front.
@@ -60,6 +76,7 @@ type Server struct {
 	grpc   *grpc.Server
 	health *health.Server
 	http   *http.Server
+	extra  []net.Listener
 }
 
 // New builds a Server; Serve starts it.
@@ -76,7 +93,17 @@ func New(cfg Config) *Server {
 	if cfg.MaxConcurrentStreams == 0 {
 		cfg.MaxConcurrentStreams = 1000
 	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
 	s := &Server{cfg: cfg, log: cfg.Logger, health: health.NewServer()}
+	providerNames := make([]string, 0, len(cfg.Providers))
+	for _, p := range cfg.Providers {
+		providerNames = append(providerNames, p.Name)
+	}
+	cfg.Metrics.attach(cfg.Vault, cfg.Audit, providerNames)
+	g := &gate{rules: rulesWith(cfg.RegisteredRoles), auth: cfg.Auth, vault: cfg.Vault,
+		audit: cfg.Audit, metrics: cfg.Metrics, now: cfg.Now}
 
 	panicHandler := recovery.WithRecoveryHandlerContext(func(ctx context.Context, p any) error {
 		// The panic value may hold anything, secrets included: it goes
@@ -100,12 +127,16 @@ func New(cfg Config) *Server {
 		grpc.ChainUnaryInterceptor(
 			recovery.UnaryServerInterceptor(panicHandler),
 			logging.UnaryServerInterceptor(slogLogger(s.log), logOpts...),
+			g.unary,
 			deadlineUnary(cfg.DefaultDeadline),
 		),
 		grpc.ChainStreamInterceptor(
 			recovery.StreamServerInterceptor(panicHandler),
 			logging.StreamServerInterceptor(slogLogger(s.log), logOpts...),
+			g.stream,
 		),
+		// Plaintext, plus the peer's uid on unix sockets (auth.go).
+		grpc.Creds(PeerCredentials()),
 		grpc.MaxRecvMsgSize(cfg.MaxRecvMsgSize),
 		grpc.MaxConcurrentStreams(cfg.MaxConcurrentStreams),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
@@ -123,7 +154,7 @@ func New(cfg Config) *Server {
 		})
 	}
 	tvv1.RegisterTokenVaultServiceServer(s.grpc, &tokenService{v: cfg.Vault, providers: infos})
-	tvv1.RegisterAdminServiceServer(s.grpc, &adminService{v: cfg.Vault})
+	tvv1.RegisterAdminServiceServer(s.grpc, &adminService{v: cfg.Vault, audit: cfg.Audit})
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	reflection.Register(s.grpc)
 	if cfg.Register != nil {
@@ -131,12 +162,15 @@ func New(cfg Config) *Server {
 	}
 
 	mux := http.NewServeMux()
-	cb := &callbackHandler{v: cfg.Vault, log: s.log}
+	cb := &callbackHandler{v: cfg.Vault, log: s.log, audit: cfg.Audit}
 	mux.Handle("GET /oauth/callback/{provider}", cb)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		fmt.Fprintln(w, "ok")
 	})
+	if cfg.Metrics != nil {
+		mux.Handle("GET /metrics", cfg.Metrics.Handler())
+	}
 	for pattern, h := range cfg.ExtraHTTP {
 		mux.Handle(pattern, h)
 	}
@@ -158,20 +192,28 @@ func (s *Server) GRPC() *grpc.Server { return s.grpc }
 // HTTPHandler returns the HTTP listener's handler.
 func (s *Server) HTTPHandler() http.Handler { return s.http.Handler }
 
-// Serve serves gRPC on gl and HTTP on hl until ctx is done, then stops
-// gracefully: in-flight calls get up to grace to finish before they are cut.
+// AddGRPCListener makes Serve serve gRPC on l too (the unix socket whose
+// peers are identified by uid). Call it before Serve.
+func (s *Server) AddGRPCListener(l net.Listener) { s.extra = append(s.extra, l) }
+
+// Serve serves gRPC on gl (and the listeners added by AddGRPCListener) and
+// HTTP on hl until ctx is done, then stops gracefully: in-flight calls get
+// up to grace to finish before they are cut.
 func (s *Server) Serve(ctx context.Context, gl, hl net.Listener, grace time.Duration) error {
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	s.health.SetServingStatus(tvv1.TokenVaultService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
-	errc := make(chan error, 2)
+	errc := make(chan error, 2+len(s.extra))
 	var wg sync.WaitGroup
-	wg.Add(2)
-	go func() {
-		defer wg.Done()
-		if err := s.grpc.Serve(gl); err != nil {
-			errc <- fmt.Errorf("grpc: %w", err)
-		}
-	}()
+	for _, l := range append([]net.Listener{gl}, s.extra...) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := s.grpc.Serve(l); err != nil {
+				errc <- fmt.Errorf("grpc: %w", err)
+			}
+		}()
+	}
+	wg.Add(1)
 	go func() {
 		defer wg.Done()
 		if err := s.http.Serve(hl); err != nil && !errors.Is(err, http.ErrServerClosed) {

@@ -33,20 +33,81 @@ import (
 // env is a real sidecar in-process: the strict fake authorization server on
 // 127.0.0.1, a bbolt vault in a temp dir, the gRPC API on bufconn and the
 // HTTP callback on 127.0.0.1.
+//
+// Every call needs a credential: api and admin use the operator key; dial
+// makes clients with the others (testKeys).
 type env struct {
-	t     *testing.T
-	clock *clock
-	fake  *providertest.Server
-	api   tvv1.TokenVaultServiceClient
-	admin tvv1.AdminServiceClient
-	conn  *grpc.ClientConn
-	http  *httptest.Server
-	v     *vault.Vault
+	t       *testing.T
+	clock   *clock
+	fake    *providertest.Server
+	api     tvv1.TokenVaultServiceClient
+	admin   tvv1.AdminServiceClient
+	conn    *grpc.ClientConn
+	http    *httptest.Server
+	v       *vault.Vault
+	audit   *vault.AuditLog
+	metrics *server.Metrics
+	lis     *bufconn.Listener
+}
+
+// testKeys are the env's API keys, by name.
+var testKeys = map[string]string{
+	"ops":       "tvk_test_operator_0000000000000",
+	"app":       "tvk_test_application_000000000",
+	"app-acme":  "tvk_test_app_limited_acme_00000",
+	"app-other": "tvk_test_app_limited_other_0000",
+	"app-slow":  "tvk_test_app_rate_limited_00000",
+	"ops-other": "tvk_test_ops_limited_other_0000",
+	"not-a-key": "tvk_test_unknown_key_000000000",
+}
+
+func testAuth(t *testing.T) *server.Auth {
+	t.Helper()
+	a, err := server.NewAuth([]server.APIKey{
+		{Name: "ops", Key: testKeys["ops"], Access: server.Access{Role: server.RoleOperator}},
+		{Name: "app", Key: testKeys["app"], Access: server.Access{Role: server.RoleApplication}},
+		{Name: "app-acme", Key: testKeys["app-acme"], Access: server.Access{Role: server.RoleApplication, Providers: []string{"acme"}}},
+		{Name: "app-other", Key: testKeys["app-other"], Access: server.Access{Role: server.RoleApplication, Providers: []string{"other"}}},
+		{Name: "app-slow", Key: testKeys["app-slow"], Access: server.Access{Role: server.RoleApplication, RateLimit: server.RateLimit{RPS: 1, Burst: 2}}},
+		{Name: "ops-other", Key: testKeys["ops-other"], Access: server.Access{Role: server.RoleOperator, Providers: []string{"other"}}},
+	}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
+// bearerCreds sends an API key with every call.
+type bearerCreds string
+
+func (k bearerCreds) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
+	return map[string]string{"authorization": "Bearer " + string(k)}, nil
+}
+
+func (bearerCreds) RequireTransportSecurity() bool { return false }
+
+// dial returns a client connection that presents the named key ("" for
+// none).
+func (e *env) dial(name string) *grpc.ClientConn {
+	e.t.Helper()
+	opts := []grpc.DialOption{
+		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return e.lis.DialContext(ctx) }),
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+	}
+	if name != "" {
+		opts = append(opts, grpc.WithPerRPCCredentials(bearerCreds(testKeys[name])))
+	}
+	conn, err := grpc.NewClient("passthrough:///bufnet", opts...)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() { conn.Close() })
+	return conn
 }
 
 func newEnv(t *testing.T, fo providertest.Options) *env {
 	t.Helper()
-	e := &env{t: t, clock: &clock{t: time.Now()}}
+	e := &env{t: t, clock: &clock{t: time.Now()}, metrics: server.NewMetrics()}
 	fo.Now = e.clock.Now
 	// The callback URL must be known before the fake is configured.
 	e.http = httptest.NewUnstartedServer(nil)
@@ -74,25 +135,23 @@ func newEnv(t *testing.T, fo providertest.Options) *env {
 		Providers: map[string]vault.Provider{"acme": server.AdaptProvider(p)},
 		ReturnTo:  []string{"https://app.example/done"},
 		Now:       e.clock.Now,
+		OnRefresh: e.metrics.ObserveRefresh,
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := server.New(server.Config{Vault: e.v, Providers: []providers.Info{p.Info()}})
+	e.audit = vault.NewAuditLog(vault.AuditConfig{Store: st, Now: e.clock.Now})
+	t.Cleanup(e.audit.Close)
+	srv := server.New(server.Config{Vault: e.v, Providers: []providers.Info{p.Info()},
+		Auth: testAuth(t), Audit: e.audit, Metrics: e.metrics, Now: e.clock.Now})
 	e.http.Config.Handler = srv.HTTPHandler()
 	e.http.Start()
 	t.Cleanup(e.http.Close)
 
-	lis := bufconn.Listen(1 << 20)
-	go srv.GRPC().Serve(lis)
+	e.lis = bufconn.Listen(1 << 20)
+	go srv.GRPC().Serve(e.lis)
 	t.Cleanup(srv.GRPC().Stop)
-	e.conn, err = grpc.NewClient("passthrough:///bufnet",
-		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
-		grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { e.conn.Close() })
+	e.conn = e.dial("ops")
 	e.api = tvv1.NewTokenVaultServiceClient(e.conn)
 	e.admin = tvv1.NewAdminServiceClient(e.conn)
 	return e
@@ -420,13 +479,14 @@ func TestServer_RecoversFromPanic(t *testing.T) {
 	_ = e
 	// A nil vault makes the handler panic; the client sees Internal with
 	// no panic text.
-	srv := server.New(server.Config{})
+	srv := server.New(server.Config{Auth: testAuth(t)})
 	lis := bufconn.Listen(1 << 16)
 	go srv.GRPC().Serve(lis)
 	defer srv.GRPC().Stop()
 	conn, err := grpc.NewClient("passthrough:///bufnet",
 		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
-		grpc.WithTransportCredentials(insecure.NewCredentials()))
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithPerRPCCredentials(bearerCreds(testKeys["ops"])))
 	if err != nil {
 		t.Fatal(err)
 	}

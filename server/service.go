@@ -5,6 +5,7 @@ import (
 	"slices"
 	"time"
 
+	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	tvv1 "github.com/tokenvault/tokenvault/proto/tokenvault/v1"
@@ -100,7 +101,7 @@ func (s *tokenService) ListConnections(ctx context.Context, req *tvv1.ListConnec
 		return nil, toStatus(err)
 	}
 	f := vault.Filter{Owner: req.GetOwner(), Tenant: req.GetTenant(), Provider: req.GetProvider(), Status: statusFromProto(req.GetStatus())}
-	cs, next, err := s.v.List(ctx, f, after, size)
+	cs, next, err := listAllowed(ctx, s.v, CallerFromContext(ctx), f, after, size)
 	if err != nil {
 		return nil, toStatus(err)
 	}
@@ -126,14 +127,97 @@ func (s *tokenService) RevokeConnection(ctx context.Context, req *tvv1.RevokeCon
 	return resp, nil
 }
 
+// listAllowed lists like vault.List, leaving out the connections of
+// providers a limited caller may not see; a page may then take several
+// vault pages. A nil caller (no access check ran) sees everything.
+func listAllowed(ctx context.Context, v *vault.Vault, c *Caller, f vault.Filter, after string, size int) ([]*vault.Connection, string, error) {
+	if c == nil || !c.Limited() {
+		return v.List(ctx, f, after, size)
+	}
+	if f.Provider != "" && !c.AllowsProvider(f.Provider) {
+		return nil, "", nil // nothing of that provider is visible
+	}
+	var out []*vault.Connection
+	// Each round moves the cursor forward by a full vault page, so the
+	// loop ends after at most (connections / size) + 1 rounds.
+	for {
+		cs, next, err := v.List(ctx, f, after, size)
+		if err != nil {
+			return nil, "", err
+		}
+		for _, conn := range cs {
+			if !c.AllowsProvider(conn.Provider) {
+				continue
+			}
+			if len(out) == size {
+				return out, out[len(out)-1].ID, nil
+			}
+			out = append(out, conn)
+		}
+		if next == "" {
+			return out, "", nil
+		}
+		after = next
+	}
+}
+
 func (s *tokenService) ListProviders(ctx context.Context, req *tvv1.ListProvidersRequest) (*tvv1.ListProvidersResponse, error) {
-	return &tvv1.ListProvidersResponse{Providers: s.providers}, nil
+	c := CallerFromContext(ctx)
+	if c == nil || !c.Limited() {
+		return &tvv1.ListProvidersResponse{Providers: s.providers}, nil
+	}
+	resp := &tvv1.ListProvidersResponse{}
+	for _, p := range s.providers {
+		if c.AllowsProvider(p.Name) {
+			resp.Providers = append(resp.Providers, p)
+		}
+	}
+	return resp, nil
 }
 
 // adminService implements AdminService.
 type adminService struct {
 	tvv1.UnimplementedAdminServiceServer
-	v *vault.Vault
+	v     *vault.Vault
+	audit *vault.AuditLog
+}
+
+func (s *adminService) ListAuditEvents(ctx context.Context, req *tvv1.ListAuditEventsRequest) (*tvv1.ListAuditEventsResponse, error) {
+	if s.audit == nil {
+		return nil, statusWithReason(codes.FailedPrecondition, ReasonInvalidArgument, "audit is not enabled on this sidecar", nil)
+	}
+	size := int(req.GetPageSize())
+	switch {
+	case size < 0:
+		return nil, invalidArgument("page_size must not be negative")
+	case size == 0:
+		size = 100
+	case size > 1000:
+		size = 1000
+	}
+	after, err := vault.ParsePageToken(req.GetPageToken())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	// Include what is still queued: an operator who just revoked expects
+	// to see it.
+	if err := s.audit.Flush(ctx); err != nil {
+		return nil, toStatus(err)
+	}
+	f := vault.AuditFilter{ConnectionID: req.GetConnectionId(), Caller: req.GetCaller(), Method: req.GetMethod()}
+	recs, next, err := s.audit.List(ctx, f, after, size)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	resp := &tvv1.ListAuditEventsResponse{NextPageToken: vault.PageToken(next), Events: make([]*tvv1.AuditEvent, 0, len(recs))}
+	for _, r := range recs {
+		resp.Events = append(resp.Events, &tvv1.AuditEvent{
+			AuditId: r.ID, Time: timestamppb.New(r.Time), Caller: r.Caller, Role: r.Role,
+			Method: r.Method, ConnectionId: r.ConnectionID, Provider: r.Provider,
+			Outcome: r.Outcome, Reason: r.Reason,
+		})
+	}
+	return resp, nil
 }
 
 func (s *adminService) RotateKeys(ctx context.Context, req *tvv1.RotateKeysRequest) (*tvv1.RotateKeysResponse, error) {

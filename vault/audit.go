@@ -301,11 +301,12 @@ func (a *AuditLog) write(batch []AuditRecord, seq *uint32) error {
 
 // auditID returns an id that sorts before the ids of older records: the
 // inverted nanosecond time in 16 hex digits, then the writing process's
-// instance and a sequence number, which keep ids of equal times apart.
+// instance and its inverted sequence number, which keep records of equal
+// times apart, newest first within one process.
 func auditID(t time.Time, instance string, seq uint32) string {
 	var b [8]byte
 	binary.BigEndian.PutUint64(b[:], ^uint64(t.UnixNano()))
-	return hex.EncodeToString(b[:]) + instance + fmt.Sprintf("%08x", seq)
+	return hex.EncodeToString(b[:]) + instance + fmt.Sprintf("%08x", ^seq)
 }
 
 // auditTimeKey returns the key prefix of records at time t: every record
