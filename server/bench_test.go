@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync"
@@ -34,6 +35,10 @@ import (
 // binary, re-executed) so that the server's CPU time can be read from /proc
 // apart from the load generator's.
 const benchChildEnv = "TOKENVAULT_BENCH_CHILD"
+
+// benchProfileEnv, if set, names a file for the child's CPU profile of the
+// whole load (both phases): TOKENVAULT_BENCH_CPUPROFILE=/tmp/cpu.out make bench.
+const benchProfileEnv = "TOKENVAULT_BENCH_CPUPROFILE"
 
 func TestMain(m *testing.M) {
 	if os.Getenv(benchChildEnv) == "1" {
@@ -150,6 +155,17 @@ func benchChild() error {
 	cs, _, _ := v.List(ctx, vault.Filter{}, "", 1)
 	if len(cs) != 1 {
 		return fmt.Errorf("connect failed: %d", resp.StatusCode)
+	}
+	if path := os.Getenv(benchProfileEnv); path != "" {
+		f, err := os.Create(path)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
 	}
 	fmt.Printf("READY %s %s\n", gl.Addr(), cs[0].ID)
 	io.Copy(io.Discard, os.Stdin) // until the parent closes it

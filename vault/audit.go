@@ -6,39 +6,48 @@ import (
 	"crypto/rand"
 	"encoding/binary"
 	"encoding/hex"
-	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 )
 
-// auditPrefix is where audit records live in the Store. A record's key is
-// auditPrefix + its id, and ids sort newest first (see auditID), so listing
-// the newest records is a forward scan from the start of the prefix and the
-// records past their retention are one contiguous range at its end.
+// auditPrefix is where audit records live in the Store, in chunks: each
+// write stores the waiting records as one or more values of up to
+// auditChunk records, newest first, under auditPrefix + a chunk id that
+// sorts newest first (see chunkID). A chunk costs the Store one key however
+// many records it holds, which is what keeps auditing every token read
+// cheap. Listing the newest records is a forward scan from the start of the
+// prefix, and the chunks past their retention are one contiguous range at
+// its end.
 const auditPrefix = "audit/"
+
+// auditChunk bounds the records of one stored value (about 150 bytes each).
+const auditChunk = 512
 
 // An AuditRecord is one audited call: who, what, on which connection, and
 // how it ended. It never holds token material; every field is a name, an id
 // or a code.
 type AuditRecord struct {
-	// ID is assigned when the record is written; it orders records newest
-	// first.
-	ID   string    `json:"-"`
-	Time time.Time `json:"t"`
+	// ID is assigned when the record is written: its chunk's id and its
+	// place in the chunk. IDs sort newest first.
+	ID   string
+	Time time.Time
 	// Caller is the credential's name; Role its role.
-	Caller string `json:"c,omitempty"`
-	Role   string `json:"r,omitempty"`
+	Caller string
+	Role   string
 	// Method is the full gRPC method, or "http:callback".
-	Method       string `json:"m"`
-	ConnectionID string `json:"conn,omitempty"`
-	Provider     string `json:"p,omitempty"`
+	Method       string
+	ConnectionID string
+	Provider     string
 	// Outcome is the gRPC code name ("OK", "NOT_FOUND", ...); Reason the
 	// ErrorInfo reason the caller got, if any.
-	Outcome string `json:"o"`
-	Reason  string `json:"rsn,omitempty"`
+	Outcome string
+	Reason  string
 }
 
 // AuditFilter selects audit records; empty fields match everything.
@@ -62,6 +71,7 @@ type AuditConfig struct {
 	// FlushEvery and FlushRecords: waiting records are written together
 	// (one Store.Apply, one fsync) every FlushEvery (default 500 ms) or as
 	// soon as FlushRecords (default 1024) wait, whichever comes first.
+	// FlushRecords is at most Buffer.
 	FlushEvery   time.Duration
 	FlushRecords int
 	// BlockFor is how long Record waits for room in a full buffer before
@@ -89,6 +99,7 @@ type AuditLog struct {
 	log      *slog.Logger
 	now      func() time.Time
 	ch       chan AuditRecord
+	kick     chan struct{} // a full batch waits: write it now
 	flushReq chan chan error
 	quit     chan struct{}
 	done     chan struct{}
@@ -109,6 +120,7 @@ func NewAuditLog(cfg AuditConfig) *AuditLog {
 	cfg.Buffer = cmp.Or(cfg.Buffer, 8192)
 	cfg.FlushEvery = cmp.Or(cfg.FlushEvery, 500*time.Millisecond)
 	cfg.FlushRecords = cmp.Or(cfg.FlushRecords, 1024)
+	cfg.FlushRecords = min(cfg.FlushRecords, cfg.Buffer)
 	cfg.BlockFor = cmp.Or(cfg.BlockFor, 100*time.Millisecond)
 	cfg.SweepEvery = cmp.Or(cfg.SweepEvery, 10*time.Minute)
 	if cfg.Logger == nil {
@@ -122,6 +134,7 @@ func NewAuditLog(cfg AuditConfig) *AuditLog {
 	a := &AuditLog{
 		cfg: cfg, st: cfg.Store, log: cfg.Logger, now: cfg.Now,
 		ch:       make(chan AuditRecord, cfg.Buffer),
+		kick:     make(chan struct{}, 1),
 		flushReq: make(chan chan error),
 		quit:     make(chan struct{}),
 		done:     make(chan struct{}),
@@ -145,17 +158,31 @@ func (a *AuditLog) Record(r AuditRecord) {
 		a.drop(1)
 		return
 	}
+	// The flusher does not wait on the channel: it drains it on its tick,
+	// or when kicked because a batch is full. A send then never wakes a
+	// goroutine, which would cost more than the rest of a token read.
 	select {
 	case a.ch <- r:
+		if len(a.ch) >= a.cfg.FlushRecords {
+			a.kickFlusher()
+		}
 		return
 	default:
 	}
+	a.kickFlusher()
 	t := time.NewTimer(a.cfg.BlockFor)
 	defer t.Stop()
 	select {
 	case a.ch <- r:
 	case <-t.C:
 		a.drop(1)
+	}
+}
+
+func (a *AuditLog) kickFlusher() {
+	select {
+	case a.kick <- struct{}{}:
+	default: // already kicked
 	}
 }
 
@@ -243,13 +270,11 @@ func (a *AuditLog) run() {
 	}
 	for {
 		select {
-		case r := <-a.ch:
-			batch = append(batch, r)
-			a.inBatch.Add(1)
-			if len(batch) >= a.cfg.FlushRecords {
-				_ = write()
-			}
 		case <-tick.C:
+			_ = drain()
+			_ = write()
+		case <-a.kick:
+			_ = drain()
 			_ = write()
 		case reply := <-a.flushReq:
 			err := drain()
@@ -270,19 +295,16 @@ func (a *AuditLog) run() {
 	}
 }
 
-// write stores batch in one Apply. A failed write is retried once; then its
-// records are dropped, counted and logged.
+// write stores batch, newest first, in chunks of up to auditChunk records:
+// one Apply (one fsync) for all of them. A failed write is retried once;
+// then its records are dropped, counted and logged.
 func (a *AuditLog) write(batch []AuditRecord, seq *uint32) error {
-	ops := make([]Op, 0, len(batch))
-	for i := range batch {
-		r := &batch[i]
+	slices.Reverse(batch) // newest first
+	ops := make([]Op, 0, len(batch)/auditChunk+1)
+	for chunk := range slices.Chunk(batch, auditChunk) {
 		*seq++
-		r.ID = auditID(r.Time, a.instance, *seq)
-		val, err := json.Marshal(r)
-		if err != nil {
-			continue // cannot happen: strings and a time
-		}
-		ops = append(ops, Op{Key: auditPrefix + r.ID, Value: val, IfRev: AnyRev})
+		id := chunkID(chunk[0].Time, a.instance, *seq)
+		ops = append(ops, Op{Key: auditPrefix + id, Value: encodeChunk(chunk), IfRev: AnyRev})
 	}
 	var err error
 	for attempt := 0; attempt < 2; attempt++ {
@@ -290,100 +312,216 @@ func (a *AuditLog) write(batch []AuditRecord, seq *uint32) error {
 		_, err = a.st.Apply(ctx, ops...)
 		cancel()
 		if err == nil {
-			a.written.Add(uint64(len(ops)))
+			a.written.Add(uint64(len(batch)))
 			return nil
 		}
 	}
 	a.log.LogAttrs(context.Background(), slog.LevelError, "audit write failed", slog.String("err", err.Error()))
-	a.drop(len(ops))
+	a.drop(len(batch))
 	return fmt.Errorf("vault: write audit records: %w", err)
 }
 
-// auditID returns an id that sorts before the ids of older records: the
-// inverted nanosecond time in 16 hex digits, then the writing process's
-// instance and its inverted sequence number, which keep records of equal
-// times apart, newest first within one process.
-func auditID(t time.Time, instance string, seq uint32) string {
-	var b [8]byte
-	binary.BigEndian.PutUint64(b[:], ^uint64(t.UnixNano()))
-	return hex.EncodeToString(b[:]) + instance + fmt.Sprintf("%08x", ^seq)
+// chunkIDLen is the length of a chunk id: 16 + 8 + 8 hex digits.
+const chunkIDLen = 32
+
+// chunkID returns an id that sorts before the ids of chunks written before
+// it: the inverted nanosecond time of its newest record, then the writing
+// process's instance and its inverted chunk sequence number, which keep
+// chunks of equal times apart, newest first within one process.
+func chunkID(newest time.Time, instance string, seq uint32) string {
+	var b [12]byte
+	binary.BigEndian.PutUint64(b[:8], ^uint64(newest.UnixNano()))
+	binary.BigEndian.PutUint32(b[8:], ^seq)
+	h := hex.EncodeToString(b[:])
+	return h[:16] + instance + h[16:]
 }
 
-// auditTimeKey returns the key prefix of records at time t: every record
-// older than t sorts after it.
+// auditTimeKey returns the key prefix of chunks whose newest record is at
+// time t: every chunk whose newest record is older sorts after it.
 func auditTimeKey(t time.Time) string {
 	var b [8]byte
 	binary.BigEndian.PutUint64(b[:], ^uint64(t.UnixNano()))
 	return auditPrefix + hex.EncodeToString(b[:])
 }
 
+// recordID is the id of the i-th record (newest first) of a chunk.
+func recordID(chunk string, i int) string { return fmt.Sprintf("%s%04x", chunk, i) }
+
+// chunkVersion is the first byte of a stored chunk.
+const chunkVersion = 1
+
+// encodeChunk encodes records as: version, count, then per record its time
+// (varint Unix nanoseconds) and its seven strings (uvarint length, bytes).
+func encodeChunk(recs []AuditRecord) []byte {
+	b := make([]byte, 0, 16+len(recs)*128)
+	b = append(b, chunkVersion)
+	b = binary.AppendUvarint(b, uint64(len(recs)))
+	for i := range recs {
+		r := &recs[i]
+		b = binary.AppendVarint(b, r.Time.UnixNano())
+		for _, s := range [...]string{r.Caller, r.Role, r.Method, r.ConnectionID, r.Provider, r.Outcome, r.Reason} {
+			b = binary.AppendUvarint(b, uint64(len(s)))
+			b = append(b, s...)
+		}
+	}
+	return b
+}
+
+var errBadChunk = errors.New("vault: malformed audit chunk")
+
+// chunkLen returns how many records an encoded chunk holds.
+func chunkLen(b []byte) (int, error) {
+	if len(b) < 2 || b[0] != chunkVersion {
+		return 0, errBadChunk
+	}
+	n, k := binary.Uvarint(b[1:])
+	if k <= 0 || n > uint64(len(b)) {
+		return 0, errBadChunk
+	}
+	return int(n), nil
+}
+
+// decodeChunk decodes a chunk written by encodeChunk; records get their ids
+// from the chunk id.
+func decodeChunk(id string, b []byte) ([]AuditRecord, error) {
+	n, err := chunkLen(b)
+	if err != nil {
+		return nil, err
+	}
+	_, k := binary.Uvarint(b[1:])
+	b = b[1+k:]
+	out := make([]AuditRecord, n)
+	str := func() (string, bool) {
+		l, k := binary.Uvarint(b)
+		if k <= 0 || l > uint64(len(b)-k) {
+			return "", false
+		}
+		s := string(b[k : k+int(l)])
+		b = b[k+int(l):]
+		return s, true
+	}
+	for i := range out {
+		t, k := binary.Varint(b)
+		if k <= 0 {
+			return nil, errBadChunk
+		}
+		b = b[k:]
+		r := &out[i]
+		r.ID, r.Time = recordID(id, i), time.Unix(0, t)
+		for _, f := range [...]*string{&r.Caller, &r.Role, &r.Method, &r.ConnectionID, &r.Provider, &r.Outcome, &r.Reason} {
+			var ok bool
+			if *f, ok = str(); !ok {
+				return nil, errBadChunk
+			}
+		}
+	}
+	return out, nil
+}
+
 // maxAuditScan bounds how many records one List call reads: a filter that
 // matches little must not scan a month of records in one call. A page may
 // then hold fewer than limit records and still have a next page.
-const maxAuditScan = 50_000
+const maxAuditScan = 100_000
 
 // List returns up to limit records matching f, newest first, starting after
 // the record with id after ("" for the newest), and the id to pass as after
 // for the next page ("" at the end). It reads only written records: call
-// Flush first to include queued ones.
+// Flush first to include queued ones. A page may hold fewer than limit
+// records and still have a next page.
 func (a *AuditLog) List(ctx context.Context, f AuditFilter, after string, limit int) ([]AuditRecord, string, error) {
 	if limit <= 0 {
 		limit = 100
-	}
-	start := ""
-	if after != "" {
-		start = auditPrefix + after
 	}
 	var (
 		out     []AuditRecord
 		next    string
 		scanned int
-		bad     error
 	)
+	// take adds the records of one chunk from index from on; it reports
+	// whether the page wants more.
+	take := func(recs []AuditRecord, from int) bool {
+		for i := from; i < len(recs); i++ {
+			if scanned++; scanned > maxAuditScan {
+				if i > 0 {
+					next = recs[i-1].ID
+				} else if len(out) > 0 {
+					next = out[len(out)-1].ID
+				}
+				return false
+			}
+			if !f.match(&recs[i]) {
+				continue
+			}
+			if len(out) == limit {
+				next = out[len(out)-1].ID
+				return false
+			}
+			out = append(out, recs[i])
+		}
+		return true
+	}
+	start := ""
+	if after != "" {
+		if len(after) != chunkIDLen+4 {
+			return nil, "", fmt.Errorf("%w: bad audit page token", ErrInvalidArgument)
+		}
+		from, err := strconv.ParseUint(after[chunkIDLen:], 16, 16)
+		if err != nil {
+			return nil, "", fmt.Errorf("%w: bad audit page token", ErrInvalidArgument)
+		}
+		start = auditPrefix + after[:chunkIDLen]
+		val, _, err := a.st.Get(ctx, start)
+		switch {
+		case errors.Is(err, ErrNotFound): // swept meanwhile: go on after it
+		case err != nil:
+			return nil, "", fmt.Errorf("vault: list audit records: %w", err)
+		default:
+			recs, err := decodeChunk(after[:chunkIDLen], val)
+			if err != nil {
+				return nil, "", fmt.Errorf("vault: audit chunk %s: %w", after[:chunkIDLen], err)
+			}
+			if !take(recs, int(from)+1) {
+				return out, next, nil
+			}
+		}
+	}
+	var bad error
 	err := a.st.Scan(ctx, auditPrefix, start, func(key string, value []byte, _ uint64) (bool, error) {
 		id := key[len(auditPrefix):]
-		if scanned++; scanned > maxAuditScan {
-			next = id
-			return false, nil
-		}
-		var r AuditRecord
-		if err := json.Unmarshal(value, &r); err != nil {
-			bad = fmt.Errorf("vault: decode audit record %s: %w", id, err)
+		recs, err := decodeChunk(id, value)
+		if err != nil {
+			bad = fmt.Errorf("vault: audit chunk %s: %w", id, err)
 			return true, nil // skip it; report once after the scan
 		}
-		if !f.match(&r) {
-			return true, nil
-		}
-		if len(out) == limit {
-			next = out[len(out)-1].ID
-			return false, nil
-		}
-		r.ID = id
-		out = append(out, r)
-		return true, nil
+		return take(recs, 0), nil
 	})
 	if err != nil {
 		return nil, "", fmt.Errorf("vault: list audit records: %w", err)
 	}
 	if bad != nil {
-		a.log.LogAttrs(ctx, slog.LevelWarn, "skipped undecodable audit record", slog.String("err", bad.Error()))
+		a.log.LogAttrs(ctx, slog.LevelWarn, "skipped undecodable audit chunk", slog.String("err", bad.Error()))
 	}
 	return out, next, nil
 }
 
-// sweepBatch is how many records one Apply of a sweep deletes.
-const sweepBatch = 1000
+// sweepBatch is how many chunks one Apply of a sweep deletes.
+const sweepBatch = 256
 
-// Sweep deletes records older than the retention, sweepBatch per write, and
-// returns how many it deleted. It stops after a bounded number of batches;
-// the next sweep goes on.
+// Sweep deletes the chunks whose newest record is older than the retention
+// (so a record outlives it by at most its chunk's span, a flush interval),
+// sweepBatch chunks per write, and returns how many records it deleted. It
+// stops after a bounded number of writes; the next sweep goes on.
 func (a *AuditLog) Sweep(ctx context.Context) (int, error) {
 	from := auditTimeKey(a.now().Add(-a.cfg.Retention))
 	n := 0
 	for range 1000 {
 		var keys []string
-		err := a.st.Scan(ctx, auditPrefix, from, func(key string, _ []byte, _ uint64) (bool, error) {
+		records := 0
+		err := a.st.Scan(ctx, auditPrefix, from, func(key string, value []byte, _ uint64) (bool, error) {
 			keys = append(keys, key)
+			if c, err := chunkLen(value); err == nil {
+				records += c
+			}
 			return len(keys) < sweepBatch, nil
 		})
 		if err != nil {
@@ -399,7 +537,7 @@ func (a *AuditLog) Sweep(ctx context.Context) (int, error) {
 		if _, err := a.st.Apply(ctx, ops...); err != nil {
 			return n, fmt.Errorf("vault: sweep audit records: %w", err)
 		}
-		n += len(keys)
+		n += records
 		if len(keys) < sweepBatch {
 			return n, nil
 		}

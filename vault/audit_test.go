@@ -2,6 +2,7 @@ package vault_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"path/filepath"
 	"sync"
@@ -54,11 +55,11 @@ func TestAuditLog_List_NewestFirstFilteredAndPaged(t *testing.T) {
 		}
 		a.Record(vault.AuditRecord{Caller: "app", Method: fmt.Sprintf("/m/%d", i), ConnectionID: conn, Outcome: "OK"})
 		clk.Add(time.Second)
+		if i%2 == 1 {
+			a.Flush(context.Background()) // three chunks of two
+		}
 	}
 	ctx := context.Background()
-	if err := a.Flush(ctx); err != nil {
-		t.Fatal(err)
-	}
 	all, next, err := a.List(ctx, vault.AuditFilter{}, "", 100)
 	if err != nil || next != "" || len(all) != 6 {
 		t.Fatalf("List = %d records, next %q, %v; want 6, \"\", nil", len(all), next, err)
@@ -153,12 +154,13 @@ func TestAuditLog_Sweep_DeletesOnlyExpired(t *testing.T) {
 	clk := newClock()
 	a := vault.NewAuditLog(vault.AuditConfig{Store: st, Now: clk.Now, Retention: time.Hour})
 	defer a.Close()
-	for range 2500 { // more than one sweep batch
+	ctx := context.Background()
+	for range 2500 {
 		a.Record(vault.AuditRecord{Method: "/old", Outcome: "OK"})
 	}
+	a.Flush(ctx)
 	clk.Add(2 * time.Hour)
 	a.Record(vault.AuditRecord{Method: "/new", Outcome: "OK"})
-	ctx := context.Background()
 	if err := a.Flush(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -190,5 +192,26 @@ func TestAuditLog_ConcurrentRecords_AllWritten(t *testing.T) {
 	recs, _, err := a.List(context.Background(), vault.AuditFilter{}, "", 2000)
 	if err != nil || len(recs) != 1600 || a.Dropped() != 0 {
 		t.Errorf("List = %d records, %v, dropped %d; want 1600, none dropped", len(recs), err, a.Dropped())
+	}
+}
+
+func TestAuditLog_List_SkipsDamagedChunks(t *testing.T) {
+	st := openAuditStore(t)
+	a := vault.NewAuditLog(vault.AuditConfig{Store: st})
+	defer a.Close()
+	a.Record(vault.AuditRecord{Method: "/m", Outcome: "OK"})
+	a.Flush(context.Background())
+	for i, junk := range [][]byte{nil, {1}, {1, 200}, {1, 1, 0xff}, {9, 1, 2, 3}, {1, 1, 2, 5, 'a'}} {
+		key := fmt.Sprintf("audit/ffffffffffffffff00000000%08x", i)
+		if _, err := st.Apply(context.Background(), vault.Op{Key: key, Value: junk, IfRev: vault.AnyRev}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	recs, _, err := a.List(context.Background(), vault.AuditFilter{}, "", 10)
+	if err != nil || len(recs) != 1 {
+		t.Errorf("List with damaged chunks = %d records, %v; want the 1 good one", len(recs), err)
+	}
+	if _, _, err := a.List(context.Background(), vault.AuditFilter{}, "nope", 10); !errors.Is(err, vault.ErrInvalidArgument) {
+		t.Errorf("List(after \"nope\") = %v; want ErrInvalidArgument", err)
 	}
 }
