@@ -65,6 +65,9 @@ type Config struct {
 	// Metrics, if set, counts calls and is served at /metrics on the HTTP
 	// listener.
 	Metrics *Metrics
+	// Webhooks, if set, has its delivery counters exported with Metrics
+	// (events.go).
+	Webhooks *vault.Webhooks
 	// Now is the clock of rate limits; default time.Now.
 	Now func() time.Time
 }
@@ -77,6 +80,9 @@ type Server struct {
 	health *health.Server
 	http   *http.Server
 	extra  []net.Listener
+
+	stopping chan struct{} // closed when Serve starts to stop: ends WatchEvents streams
+	stopOnce sync.Once
 }
 
 // New builds a Server; Serve starts it.
@@ -96,12 +102,17 @@ func New(cfg Config) *Server {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, health: health.NewServer()}
+	s := &Server{cfg: cfg, log: cfg.Logger, health: health.NewServer(), stopping: make(chan struct{})}
 	providerNames := make([]string, 0, len(cfg.Providers))
 	for _, p := range cfg.Providers {
 		providerNames = append(providerNames, p.Name)
 	}
 	cfg.Metrics.attach(cfg.Vault, cfg.Audit, providerNames)
+	if cfg.Metrics != nil && cfg.Webhooks != nil {
+		if err := cfg.Metrics.Register(webhookCollector{cfg.Webhooks}); err != nil {
+			s.log.Warn("webhook metrics not registered", slog.String("err", err.Error()))
+		}
+	}
 	g := &gate{rules: rulesWith(cfg.RegisteredRoles), auth: cfg.Auth, vault: cfg.Vault,
 		audit: cfg.Audit, metrics: cfg.Metrics, now: cfg.Now}
 
@@ -153,7 +164,7 @@ func New(cfg Config) *Server {
 			ClientId: p.ClientID, RedirectUrl: p.RedirectURL,
 		})
 	}
-	tvv1.RegisterTokenVaultServiceServer(s.grpc, &tokenService{v: cfg.Vault, providers: infos})
+	tvv1.RegisterTokenVaultServiceServer(s.grpc, &tokenService{v: cfg.Vault, providers: infos, stopping: s.stopping})
 	tvv1.RegisterAdminServiceServer(s.grpc, &adminService{v: cfg.Vault, audit: cfg.Audit})
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	reflection.Register(s.grpc)
@@ -225,6 +236,7 @@ func (s *Server) Serve(ctx context.Context, gl, hl net.Listener, grace time.Dura
 	case <-ctx.Done():
 	case err = <-errc:
 	}
+	s.stopOnce.Do(func() { close(s.stopping) })
 	s.health.Shutdown()
 	sctx, cancel := context.WithTimeout(context.Background(), grace)
 	defer cancel()

@@ -21,6 +21,7 @@ type tokenService struct {
 	tvv1.UnimplementedTokenVaultServiceServer
 	v         *vault.Vault
 	providers []*tvv1.Provider
+	stopping  <-chan struct{} // closed when the server stops: WatchEvents ends
 }
 
 func (s *tokenService) GetAccessToken(ctx context.Context, req *tvv1.GetAccessTokenRequest) (*tvv1.GetAccessTokenResponse, error) {
