@@ -1,14 +1,20 @@
 package main
 
 import (
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/tokenvault/tokenvault/server"
 )
 
 // Config is the YAML configuration of `tokenvault serve`. Secrets are never
@@ -39,6 +45,70 @@ type Config struct {
 	// LogLevel: debug, info, warn, error.
 	LogLevel  string                    `yaml:"log_level"`
 	Providers map[string]ProviderConfig `yaml:"providers"`
+	// Auth lists the credentials callers present. Without any, every call
+	// but health checks is refused.
+	Auth AuthConfig `yaml:"auth"`
+	// Audit configures the audit log.
+	Audit AuditConfig `yaml:"audit"`
+}
+
+// AuthConfig lists the sidecar's callers.
+type AuthConfig struct {
+	// APIKeys are presented as "authorization: Bearer <key>".
+	APIKeys []APIKeyConfig `yaml:"api_keys"`
+	// UnixSocket is an extra gRPC listener whose callers are identified by
+	// their uid (SO_PEERCRED, Linux), no key needed.
+	UnixSocket *UnixSocketConfig `yaml:"unix_socket"`
+}
+
+// APIKeyConfig is one API key. The key itself is read from KeyFile or the
+// environment variable KeyEnv, never from the YAML.
+type APIKeyConfig struct {
+	// Name identifies the caller in the audit and metrics.
+	Name         string `yaml:"name"`
+	KeyFile      string `yaml:"key_file"`
+	KeyEnv       string `yaml:"key_env"`
+	AccessConfig `yaml:",inline"`
+}
+
+// AccessConfig is what a credential may do.
+type AccessConfig struct {
+	// Role: application (tokens, connect, its own reads) or operator
+	// (everything, including revoke, audit and keys).
+	Role string `yaml:"role"`
+	// Providers, if set, limits the credential to these providers'
+	// connections and connect flows.
+	Providers []string `yaml:"providers"`
+	// RateLimit bounds the credential's calls; unset: no limit.
+	RateLimit *RateLimitConfig `yaml:"rate_limit"`
+}
+
+// RateLimitConfig is a token bucket.
+type RateLimitConfig struct {
+	RPS   float64 `yaml:"rps"`
+	Burst int     `yaml:"burst"`
+}
+
+// UnixSocketConfig is the unix-socket listener and the uids it admits.
+type UnixSocketConfig struct {
+	Path string `yaml:"path"`
+	// Mode is the socket file's permissions, octal; default "0660". Use
+	// "0666" when the application runs under another uid with no shared
+	// group: who may call is still decided by Peers.
+	Mode  string       `yaml:"mode"`
+	Peers []PeerConfig `yaml:"peers"`
+}
+
+// PeerConfig admits the processes of one uid on the unix socket.
+type PeerConfig struct {
+	UID          *uint32 `yaml:"uid"`
+	AccessConfig `yaml:",inline"`
+}
+
+// AuditConfig configures the audit log.
+type AuditConfig struct {
+	// Retention is how long audit records are kept; default 720h.
+	Retention time.Duration `yaml:"retention"`
 }
 
 // ProviderConfig declares one provider.
@@ -151,4 +221,96 @@ func listen(addr string) (net.Listener, error) {
 		return l, nil
 	}
 	return net.Listen("tcp", addr)
+}
+
+// buildAuth reads the configured credentials, plus extra (dev mode's
+// keys), and checks them against the configured providers. Errors name
+// credentials, never keys.
+func buildAuth(ac AuthConfig, extra []server.APIKey, providers map[string]bool, env func(string) string) (*server.Auth, error) {
+	access := func(who string, c AccessConfig) (server.Access, error) {
+		role, err := server.ParseRole(c.Role)
+		if err != nil {
+			return server.Access{}, fmt.Errorf("auth: %s: %w", who, err)
+		}
+		for _, p := range c.Providers {
+			if !providers[p] {
+				return server.Access{}, fmt.Errorf("auth: %s: unknown provider %q", who, p)
+			}
+		}
+		a := server.Access{Role: role, Providers: c.Providers}
+		if c.RateLimit != nil {
+			a.RateLimit = server.RateLimit{RPS: c.RateLimit.RPS, Burst: c.RateLimit.Burst}
+		}
+		return a, nil
+	}
+	keys := slices.Clone(extra)
+	for _, k := range ac.APIKeys {
+		who := fmt.Sprintf("api key %q", k.Name)
+		if (k.KeyFile == "") == (k.KeyEnv == "") {
+			return nil, fmt.Errorf("auth: %s: set exactly one of key_file and key_env", who)
+		}
+		key, err := readSecret(k.KeyFile, k.KeyEnv, env)
+		if err != nil {
+			return nil, fmt.Errorf("auth: %s: %w", who, err)
+		}
+		a, err := access(who, k.AccessConfig)
+		if err != nil {
+			return nil, err
+		}
+		keys = append(keys, server.APIKey{Name: k.Name, Key: key, Access: a})
+	}
+	var peers []server.Peer
+	if us := ac.UnixSocket; us != nil {
+		for i, p := range us.Peers {
+			if p.UID == nil {
+				return nil, fmt.Errorf("auth: unix_socket peer %d: uid is required", i+1)
+			}
+			a, err := access(fmt.Sprintf("peer uid %d", *p.UID), p.AccessConfig)
+			if err != nil {
+				return nil, err
+			}
+			peers = append(peers, server.Peer{UID: *p.UID, Access: a})
+		}
+	}
+	return server.NewAuth(keys, peers)
+}
+
+// devKeyFiles are dev mode's generated API keys in the data dir, by role.
+var devKeyFiles = [...]struct{ name, file, role string }{
+	{"dev-application", "application.key", "application"},
+	{"dev-operator", "operator.key", "operator"},
+}
+
+// devAPIKeys returns dev mode's application and operator keys, generating
+// them into the data dir (0600) the first time.
+func devAPIKeys(dataDir string) ([]server.APIKey, []string, error) {
+	var keys []server.APIKey
+	var paths []string
+	for _, d := range devKeyFiles {
+		path := filepath.Join(dataDir, d.file)
+		b, err := os.ReadFile(path)
+		if errors.Is(err, os.ErrNotExist) {
+			b = []byte("tvk_" + strings.ToLower(rand.Text()) + "\n")
+			err = os.WriteFile(path, b, 0o600)
+		}
+		if err != nil {
+			return nil, nil, fmt.Errorf("dev API key: %w", err)
+		}
+		role, _ := server.ParseRole(d.role)
+		keys = append(keys, server.APIKey{Name: d.name, Key: strings.TrimSpace(string(b)), Access: server.Access{Role: role}})
+		paths = append(paths, path)
+	}
+	return keys, paths, nil
+}
+
+// unixSocketMode parses the socket's octal mode; default 0660.
+func unixSocketMode(s string) (os.FileMode, error) {
+	if s == "" {
+		return 0o660, nil
+	}
+	m, err := strconv.ParseUint(s, 8, 32)
+	if err != nil || m > 0o777 {
+		return 0, fmt.Errorf("auth: unix_socket mode %q: want octal permissions like 0660", s)
+	}
+	return os.FileMode(m), nil
 }

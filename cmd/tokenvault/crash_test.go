@@ -193,6 +193,9 @@ providers:
     auth_style: header
     pkce: true
     scopes: [read]
+auth:
+  api_keys:
+    - {name: crash-test, key_env: CRASH_API_KEY, role: operator}
 `, filepath.Join(sc.dir, "data"), providertest.DefaultClientID,
 		sc.fake.URL(providertest.Authorize), sc.fake.URL(providertest.Token), sc.fake.URL(providertest.Revoke))
 	if err := os.WriteFile(filepath.Join(sc.dir, "config.yaml"), []byte(cfg), 0o600); err != nil {
@@ -200,6 +203,10 @@ providers:
 	}
 	return sc
 }
+
+// crashAPIKey is the operator key the crash test's sidecar is configured
+// with (auth.api_keys) and its client presents.
+const crashAPIKey = "tvk_crash_test_operator_key_000"
 
 // freeAddr returns a loopback address with a port free a moment ago.
 func freeAddr(t *testing.T) string {
@@ -233,7 +240,8 @@ func (sc *crashScenario) start(failpoint string) *sidecarProc {
 			cmd.Env = append(cmd.Env, kv)
 		}
 	}
-	cmd.Env = append(cmd.Env, "TOKENVAULT_MASTER_KEY="+sc.mk, "ACME_CLIENT_SECRET="+providertest.DefaultClientSecret)
+	cmd.Env = append(cmd.Env, "TOKENVAULT_MASTER_KEY="+sc.mk, "ACME_CLIENT_SECRET="+providertest.DefaultClientSecret,
+		"CRASH_API_KEY="+crashAPIKey)
 	if failpoint != "" {
 		cmd.Env = append(cmd.Env, failpointEnv+"="+failpoint)
 	}
@@ -262,7 +270,8 @@ func (sc *crashScenario) start(failpoint string) *sidecarProc {
 			t.Fatalf("sidecar not ready after 20s\n%s", sc.logs)
 		}
 	}
-	conn, err := grpc.NewClient(r.GRPCAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient(r.GRPCAddr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithPerRPCCredentials(testBearer(crashAPIKey)))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -45,10 +45,22 @@ type ready struct {
 	GRPCAddr  string `json:"grpc_addr"`
 	HTTPAddr  string `json:"http_addr"`
 	PublicURL string `json:"public_url"`
+	// The dev mode's API keys, read from its data dir (not from the ready
+	// file, which holds no secret).
+	AppKey, OperatorKey string      `json:"-"`
+	DataDir             string      `json:"-"`
+	Stdout              *syncBuffer `json:"-"`
+	// Stop stops the sidecar and waits for it; it is also done when the
+	// test ends. Safe to call more than once.
+	Stop func() `json:"-"`
 }
 
+// devKeys remembers the API keys of each sidecar startDev started, by gRPC
+// address, for dialTest and runCLI.
+var devKeys sync.Map // string -> ready
+
 // startDev runs `tokenvault serve --dev` in-process on 127.0.0.1:0 and
-// returns its addresses; the server stops when the test ends.
+// returns its addresses and keys; the server stops when the test ends.
 func startDev(t *testing.T, extra ...string) (ready, *syncBuffer) {
 	t.Helper()
 	dir := t.TempDir()
@@ -56,20 +68,31 @@ func startDev(t *testing.T, extra ...string) (ready, *syncBuffer) {
 	ctx, cancel := context.WithCancel(context.Background())
 	logs := &syncBuffer{}
 	done := make(chan int, 1)
-	args := append([]string{"serve", "--dev", "--data-dir", filepath.Join(dir, "data"),
-		"--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--ready-file", readyFile}, extra...)
-	go func() { done <- Main(ctx, args, func(string) string { return "" }, io.Discard, logs) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case code := <-done:
-			if code != 0 {
-				t.Errorf("serve exited %d; logs:\n%s", code, logs)
-			}
-		case <-time.After(15 * time.Second):
-			t.Error("serve did not stop within 15s of cancellation")
+	dataDir := filepath.Join(dir, "data")
+	for i, a := range extra {
+		if a == "--data-dir" && i+1 < len(extra) {
+			dataDir = extra[i+1] // a later flag wins
 		}
-	})
+	}
+	stdout := &syncBuffer{}
+	args := append([]string{"serve", "--dev", "--data-dir", dataDir,
+		"--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--ready-file", readyFile}, extra...)
+	go func() { done <- Main(ctx, args, func(string) string { return "" }, stdout, logs) }()
+	var stopOnce sync.Once
+	stop := func() {
+		stopOnce.Do(func() {
+			cancel()
+			select {
+			case code := <-done:
+				if code != 0 {
+					t.Errorf("serve exited %d; logs:\n%s", code, logs)
+				}
+			case <-time.After(15 * time.Second):
+				t.Error("serve did not stop within 15s of cancellation")
+			}
+		})
+	}
+	t.Cleanup(stop)
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
 		if b, err := os.ReadFile(readyFile); err == nil && len(b) > 0 {
@@ -77,6 +100,11 @@ func startDev(t *testing.T, extra ...string) (ready, *syncBuffer) {
 			if err := json.Unmarshal(b, &r); err != nil {
 				t.Fatal(err)
 			}
+			r.DataDir, r.Stdout, r.Stop = dataDir, stdout, stop
+			r.AppKey = readKey(t, filepath.Join(dataDir, "application.key"))
+			r.OperatorKey = readKey(t, filepath.Join(dataDir, "operator.key"))
+			devKeys.Store(r.GRPCAddr, r)
+			t.Cleanup(func() { devKeys.Delete(r.GRPCAddr) })
 			return r, logs
 		}
 		select {
@@ -89,15 +117,48 @@ func startDev(t *testing.T, extra ...string) (ready, *syncBuffer) {
 	return ready{}, nil
 }
 
+func readKey(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi, _ := os.Stat(path); fi.Mode().Perm() != 0o600 {
+		t.Errorf("%s has mode %v; want 0600", path, fi.Mode().Perm())
+	}
+	return strings.TrimSpace(string(b))
+}
+
+// dialTest returns a client of the sidecar at addr that presents its
+// application key (an application's view).
 func dialTest(t *testing.T, addr string) tvv1.TokenVaultServiceClient {
 	t.Helper()
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	r, _ := devKeys.Load(addr)
+	return tvv1.NewTokenVaultServiceClient(dialKey(t, addr, r.(ready).AppKey))
+}
+
+// dialKey returns a connection to addr that presents key ("" for none).
+func dialKey(t *testing.T, addr, key string) *grpc.ClientConn {
+	t.Helper()
+	opts := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
+	if key != "" {
+		opts = append(opts, grpc.WithPerRPCCredentials(testBearer(key)))
+	}
+	conn, err := grpc.NewClient(addr, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	return tvv1.NewTokenVaultServiceClient(conn)
+	return conn
 }
+
+type testBearer string
+
+func (k testBearer) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
+	return map[string]string{"authorization": "Bearer " + string(k)}, nil
+}
+
+func (testBearer) RequireTransportSecurity() bool { return false }
 
 func reasonOf(err error) string {
 	st, _ := status.FromError(err)
@@ -109,13 +170,21 @@ func reasonOf(err error) string {
 	return ""
 }
 
-// runCLI runs an operator command against addr and returns its stdout.
+// runCLI runs an operator command against addr, with the operator key of
+// the sidecar there in $TOKENVAULT_API_KEY, and returns its stdout.
 func runCLI(t *testing.T, addr string, args ...string) string {
 	t.Helper()
 	var out, errb bytes.Buffer
+	var key string
+	if r, ok := devKeys.Load(addr); ok {
+		key = r.(ready).OperatorKey
+	}
 	env := func(k string) string {
-		if k == "TOKENVAULT_ADDR" {
+		switch k {
+		case "TOKENVAULT_ADDR":
 			return addr
+		case "TOKENVAULT_API_KEY":
+			return key
 		}
 		return ""
 	}
@@ -232,11 +301,101 @@ func TestE2E_Dev(t *testing.T) {
 	if len(listed.Connections) != 1 || listed.Connections[0].ConnectionID != id {
 		t.Errorf("connections list --status revoked = %+v; want just %s", listed, id)
 	}
-	// Secrets never reach the logs.
-	for _, secret := range []string{tok1.AccessToken, tok2.AccessToken} {
-		if strings.Contains(logs.String(), secret) {
-			t.Errorf("a token appears in the logs")
+	// The table shows the inventory columns.
+	table := runCLI(t, r.GRPCAddr, "connections", "list")
+	for _, col := range []string{"TENANT", "PURPOSE", "LAST REFRESHED", "LAST USED", "LAST VALIDATED", "MISSING SCOPES", id} {
+		if !strings.Contains(table, col) {
+			t.Errorf("connections list lacks %q:\n%s", col, table)
 		}
+	}
+
+	// Access control: no key, or the application key for an operator call.
+	if _, err := tvv1.NewTokenVaultServiceClient(dialKey(t, r.GRPCAddr, "")).ListProviders(ctx, &tvv1.ListProvidersRequest{}); status.Code(err) != codes.Unauthenticated {
+		t.Errorf("ListProviders without a key = %v; want Unauthenticated", err)
+	}
+	if _, err := api.RevokeConnection(ctx, &tvv1.RevokeConnectionRequest{ConnectionId: id}); status.Code(err) != codes.PermissionDenied || reasonOf(err) != "PERMISSION_DENIED" {
+		t.Errorf("RevokeConnection with the application key = %v; want PermissionDenied", err)
+	}
+
+	// The audit has the reads, the revoke, the denied revoke and the
+	// callback, newest first.
+	var audit struct {
+		Events []struct {
+			Caller, Method, Outcome, Reason string
+		} `json:"events"`
+	}
+	if err := json.Unmarshal([]byte(runCLI(t, r.GRPCAddr, "audit", "--connection", id, "-o", "json")), &audit); err != nil {
+		t.Fatal(err)
+	}
+	var trail []string
+	for _, ev := range audit.Events {
+		trail = append(trail, ev.Caller+" "+strings.TrimPrefix(ev.Method, "/tokenvault.v1.TokenVaultService/")+" "+ev.Outcome)
+	}
+	want := []string{
+		"dev-application GetAccessToken FAILED_PRECONDITION",
+		"dev-operator RevokeConnection OK",
+		"dev-application GetAccessToken OK",
+		"dev-operator GetAccessToken OK", // the CLI's token command
+		"dev-application GetAccessToken OK",
+		" http:callback OK",
+	}
+	if strings.Join(trail, "\n") != strings.Join(want, "\n") {
+		t.Errorf("audit --connection %s:\n%s\nwant:\n%s", id, strings.Join(trail, "\n"), strings.Join(want, "\n"))
+	}
+	if out := runCLI(t, r.GRPCAddr, "audit", "--caller", "dev-application", "--method", "/tokenvault.v1.TokenVaultService/RevokeConnection"); !strings.Contains(out, "PERMISSION_DENIED") {
+		t.Errorf("the denied revoke is not in the audit:\n%s", out)
+	}
+
+	// Metrics are served on the HTTP listener.
+	mresp, err := http.Get("http://" + r.HTTPAddr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := io.ReadAll(mresp.Body)
+	mresp.Body.Close()
+	for _, want := range []string{`tokenvault_token_reads_total{code="OK",provider="sandbox"} 3`, `tokenvault_refreshes_total{outcome="ok",provider="sandbox"} 1`, `tokenvault_connections{provider="sandbox",status="revoked"} 1`} {
+		if !strings.Contains(string(metrics), want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+
+	// Dev mode printed its keys for the person at the terminal.
+	if out := r.Stdout.String(); !strings.Contains(out, r.AppKey) || !strings.Contains(out, r.OperatorKey) {
+		t.Errorf("dev mode did not print its API keys:\n%s", out)
+	}
+	// Secrets never reach the logs, the audit or the metrics.
+	auditText := runCLI(t, r.GRPCAddr, "audit", "-o", "json", "--limit", "1000")
+	for _, secret := range []string{tok1.AccessToken, tok2.AccessToken, r.AppKey, r.OperatorKey} {
+		if strings.Contains(logs.String(), secret) {
+			t.Errorf("a secret appears in the logs")
+		}
+		if strings.Contains(auditText, secret) || strings.Contains(string(metrics), secret) {
+			t.Errorf("a secret appears in the audit or the metrics")
+		}
+	}
+}
+
+// TestE2E_LastUsed_SurvivesRestart reads a token, stops the sidecar and
+// starts it again on the same data: the connection's last use is still
+// known.
+func TestE2E_LastUsed_SurvivesRestart(t *testing.T) {
+	dataDir := filepath.Join(t.TempDir(), "data")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	r, _ := startDev(t, "--data-dir", dataDir)
+	id := connectDev(t, r)
+	if _, err := dialTest(t, r.GRPCAddr).GetAccessToken(ctx, &tvv1.GetAccessTokenRequest{ConnectionId: id}); err != nil {
+		t.Fatal(err)
+	}
+	used := time.Now()
+	r.Stop()
+	r, _ = startDev(t, "--data-dir", dataDir)
+	c, err := dialTest(t, r.GRPCAddr).GetConnection(ctx, &tvv1.GetConnectionRequest{ConnectionId: id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if lu := c.Connection.LastUsedTime; lu == nil || lu.AsTime().After(used) || used.Sub(lu.AsTime()) > 5*time.Second {
+		t.Errorf("last used after restart = %v; want about %v", lu.AsTime(), used)
 	}
 }
 
@@ -287,4 +446,29 @@ func TestMain_Usage(t *testing.T) {
 			t.Errorf("Main(%q) = %d; want %d (stderr %q)", tc.args, got, tc.want, errb.String())
 		}
 	}
+}
+
+// connectDev connects user "bob" to the sandbox of the sidecar r as a
+// browser would and returns the connection id.
+func connectDev(t *testing.T, r ready) string {
+	t.Helper()
+	ctx := context.Background()
+	api := dialTest(t, r.GRPCAddr)
+	sc, err := api.StartConnect(ctx, &tvv1.StartConnectRequest{Owner: "bob", Provider: "sandbox"})
+	if err != nil {
+		t.Fatalf("StartConnect = %v", err)
+	}
+	resp, err := http.Get(sc.AuthorizationUrl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("connect flow ended with %d", resp.StatusCode)
+	}
+	l, err := api.ListConnections(ctx, &tvv1.ListConnectionsRequest{Owner: "bob"})
+	if err != nil || len(l.Connections) != 1 {
+		t.Fatalf("ListConnections = %v, %v", l, err)
+	}
+	return l.Connections[0].ConnectionId
 }

@@ -4,6 +4,7 @@
 //	tokenvault connections list|get|revoke [flags]
 //	tokenvault token CONNECTION_ID [flags]
 //	tokenvault keys rotate
+//	tokenvault audit [flags]
 package main
 
 import (
@@ -30,9 +31,11 @@ Usage:
   tokenvault connections revoke CONNECTION_ID [--reason R]
   tokenvault token CONNECTION_ID [--min-valid 5m] [--force] [--credential NAME]
   tokenvault keys rotate
+  tokenvault audit [--connection ID] [--caller C] [--method M] [--limit N] [-o json]
 
 Operator commands talk to a running sidecar at --addr (default
-$TOKENVAULT_ADDR or 127.0.0.1:7070). Run 'tokenvault COMMAND -h' for flags.
+$TOKENVAULT_ADDR or 127.0.0.1:7070) and present the API key in
+--api-key-file or $TOKENVAULT_API_KEY. Run 'tokenvault COMMAND -h' for flags.
 `
 
 // Main runs the command line args and returns the process exit code. It is
@@ -53,6 +56,8 @@ func Main(ctx context.Context, args []string, env func(string) string, stdout, s
 		err = tokenCmd(ctx, args[1:], env, stdout)
 	case "keys":
 		err = keysCmd(ctx, args[1:], env, stdout)
+	case "audit":
+		err = auditCmd(ctx, args[1:], env, stdout)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0

@@ -7,29 +7,49 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 	"text/tabwriter"
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	tvv1 "github.com/tokenvault/tokenvault/proto/tokenvault/v1"
 )
 
 // opFlags are the flags every operator command shares.
 type opFlags struct {
-	addr, output string
-	timeout      time.Duration
+	addr, output, apiKeyFile string
+	timeout                  time.Duration
+	env                      func(string) string
 }
 
 func (o *opFlags) register(fs *flag.FlagSet, env func(string) string) {
+	o.env = env
 	fs.StringVar(&o.addr, "addr", cmp.Or(env("TOKENVAULT_ADDR"), "127.0.0.1:7070"), "sidecar gRPC address (host:port or unix:///path)")
 	fs.StringVar(&o.output, "o", "table", "output: table or json")
 	fs.DurationVar(&o.timeout, "timeout", 30*time.Second, "call timeout")
+	fs.StringVar(&o.apiKeyFile, "api-key-file", "", "file holding the API key to present (default: $TOKENVAULT_API_KEY)")
+}
+
+// apiKey returns the key to present: from --api-key-file, else
+// $TOKENVAULT_API_KEY; "" if neither (a unix-socket peer needs none).
+func (o *opFlags) apiKey() (string, error) {
+	if o.apiKeyFile != "" {
+		b, err := os.ReadFile(o.apiKeyFile)
+		if err != nil {
+			return "", fmt.Errorf("API key: %w", err)
+		}
+		return strings.TrimSpace(string(b)), nil
+	}
+	return strings.TrimSpace(o.env("TOKENVAULT_API_KEY")), nil
 }
 
 func (o *opFlags) dial() (*grpc.ClientConn, error) {
@@ -37,7 +57,37 @@ func (o *opFlags) dial() (*grpc.ClientConn, error) {
 	if strings.HasPrefix(target, "unix://") {
 		target = "unix:" + strings.TrimPrefix(target, "unix://")
 	}
-	return grpc.NewClient(target, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	opts := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
+	key, err := o.apiKey()
+	if err != nil {
+		return nil, err
+	}
+	if key != "" {
+		opts = append(opts, grpc.WithPerRPCCredentials(bearerKey(key)))
+	} else {
+		opts = append(opts, grpc.WithUnaryInterceptor(hintNoKey))
+	}
+	return grpc.NewClient(target, opts...)
+}
+
+// bearerKey sends an API key as "authorization: Bearer <key>" with every
+// call. Over plaintext: the sidecar is on loopback or a unix socket.
+type bearerKey string
+
+func (k bearerKey) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
+	return map[string]string{"authorization": "Bearer " + string(k)}, nil
+}
+
+func (bearerKey) RequireTransportSecurity() bool { return false }
+
+// hintNoKey adds what to do to an Unauthenticated answer to a call made
+// without a key.
+func hintNoKey(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+	err := invoker(ctx, method, req, reply, cc, opts...)
+	if status.Code(err) == codes.Unauthenticated {
+		return fmt.Errorf("%w (no API key given: set $TOKENVAULT_API_KEY or --api-key-file)", err)
+	}
+	return err
 }
 
 // parseInterspersed parses flags that may come before or after positional
@@ -74,10 +124,11 @@ func connectionsCmd(ctx context.Context, args []string, env func(string) string,
 	fs := flag.NewFlagSet("connections "+args[0], flag.ContinueOnError)
 	var o opFlags
 	o.register(fs, env)
-	var owner, provider, statusFlag, reason string
+	var owner, tenant, provider, statusFlag, reason string
 	switch args[0] {
 	case "list":
 		fs.StringVar(&owner, "owner", "", "only this owner's connections")
+		fs.StringVar(&tenant, "tenant", "", "only this tenant's connections")
 		fs.StringVar(&provider, "provider", "", "only this provider's connections")
 		fs.StringVar(&statusFlag, "status", "", "only connections in this status: active, needs_reauth, revoked")
 	case "revoke":
@@ -110,7 +161,7 @@ func connectionsCmd(ctx context.Context, args []string, env func(string) string,
 			st = tvv1.ConnectionStatus(v)
 		}
 		all := &tvv1.ListConnectionsResponse{}
-		req := &tvv1.ListConnectionsRequest{Owner: owner, Provider: provider, Status: st, PageSize: 500}
+		req := &tvv1.ListConnectionsRequest{Owner: owner, Tenant: tenant, Provider: provider, Status: st, PageSize: 500}
 		for {
 			resp, err := api.ListConnections(ctx, req)
 			if err != nil {
@@ -126,14 +177,13 @@ func connectionsCmd(ctx context.Context, args []string, env func(string) string,
 			return printJSON(stdout, all)
 		}
 		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "ID\tOWNER\tPROVIDER\tACCOUNT\tSTATUS\tREASON\tEXPIRES\tMISSING SCOPES")
+		fmt.Fprintln(tw, "ID\tOWNER\tTENANT\tPROVIDER\tACCOUNT\tPURPOSE\tSTATUS\tREASON\tSCOPES\tMISSING SCOPES\tCREATED\tLAST REFRESHED\tLAST USED\tLAST VALIDATED\tEXPIRES")
 		for _, c := range all.Connections {
-			exp := "-"
-			if c.TokenExpireTime != nil {
-				exp = c.TokenExpireTime.AsTime().Local().Format(time.DateTime)
-			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", c.ConnectionId, c.Owner, c.Provider, c.Account,
-				statusName(c.Status), cmp.Or(c.StatusReason, "-"), exp, cmp.Or(strings.Join(c.MissingScopes, ","), "-"))
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n",
+				c.ConnectionId, c.Owner, dash(c.Tenant), c.Provider, dash(c.Account), dash(c.Purpose),
+				statusName(c.Status), dash(c.StatusReason),
+				dash(strings.Join(c.GrantedScopes, ",")), dash(strings.Join(c.MissingScopes, ",")),
+				when(c.CreateTime), when(c.LastRefreshTime), when(c.LastUsedTime), when(c.LastValidatedTime), when(c.TokenExpireTime))
 		}
 		return tw.Flush()
 	case "get":
@@ -163,6 +213,16 @@ func connectionsCmd(ctx context.Context, args []string, env func(string) string,
 		fmt.Fprintln(stdout)
 		return nil
 	}
+}
+
+func dash(s string) string { return cmp.Or(s, "-") }
+
+// when formats a timestamp for a table, in local time to the minute.
+func when(t *timestamppb.Timestamp) string {
+	if t == nil {
+		return "-"
+	}
+	return t.AsTime().Local().Format("2006-01-02 15:04")
 }
 
 func statusName(s tvv1.ConnectionStatus) string {

@@ -9,9 +9,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"time"
 
@@ -139,20 +141,57 @@ func serve(ctx context.Context, args []string, env func(string) string, stdout, 
 	}
 	vprovs := make(map[string]vault.Provider, len(provs))
 	var infos []providers.Info
+	known := make(map[string]bool, len(provs))
 	for name, p := range provs {
 		vprovs[name] = server.AdaptProvider(p)
 		infos = append(infos, p.Info())
+		known[name] = true
 	}
+	var devKeys []server.APIKey
+	var devKeyPaths []string
+	if f.dev {
+		if devKeys, devKeyPaths, err = devAPIKeys(cfg.DataDir); err != nil {
+			return err
+		}
+	}
+	auth, err := buildAuth(cfg.Auth, devKeys, known, env)
+	if err != nil {
+		return err
+	}
+	if len(devKeys) == 0 && len(cfg.Auth.APIKeys) == 0 && (cfg.Auth.UnixSocket == nil || len(cfg.Auth.UnixSocket.Peers) == 0) {
+		log.Error("no credentials configured (auth.api_keys, auth.unix_socket.peers): every call but health checks will be refused")
+	}
+	metrics := server.NewMetrics()
 	v, err := vault.Open(ctx, vault.Config{
 		Store: store, Keyring: kr, Providers: vprovs,
 		ReturnTo: cfg.ReturnTo, DefaultReturnTo: cfg.DefaultReturnTo,
 		StateTTL: cfg.StateTTL, DefaultMinValid: cfg.DefaultMinValid, Logger: log,
 		RefreshPolicies: refreshPolicies(cfg), Failpoint: failpoint(env, log),
+		OnRefresh: metrics.ObserveRefresh,
 	})
 	if err != nil {
 		return err
 	}
-	srv := server.New(server.Config{Vault: v, Providers: infos, Logger: log, ExtraHTTP: extraHTTP})
+	// Closed after the server has stopped (defers run in reverse), so the
+	// last calls' records are written, and before the store closes.
+	audit := vault.NewAuditLog(vault.AuditConfig{Store: store, Retention: cfg.Audit.Retention, Logger: log})
+	defer audit.Close()
+	srv := server.New(server.Config{Vault: v, Providers: infos, Logger: log, ExtraHTTP: extraHTTP,
+		Auth: auth, Audit: audit, Metrics: metrics})
+	if us := cfg.Auth.UnixSocket; us != nil && us.Path != "" {
+		ul, err := listenUnixSocket(us)
+		if err != nil {
+			return err
+		}
+		defer ul.Close()
+		srv.AddGRPCListener(ul)
+		log.Info("unix socket", slog.String("path", us.Path), slog.Int("peers", len(us.Peers)))
+	}
+	// Stopped by the defer, after the server: the last calls' uses count.
+	luCtx, stopLU := context.WithCancel(context.WithoutCancel(ctx))
+	luDone := make(chan struct{})
+	go func() { defer close(luDone); persistLastUsed(luCtx, v, log) }()
+	defer func() { stopLU(); <-luDone }()
 
 	bgCtx, stopBG := context.WithCancel(ctx)
 	bgDone := make(chan struct{})
@@ -163,8 +202,15 @@ func serve(ctx context.Context, args []string, env func(string) string, stdout, 
 		slog.String("public_url", cfg.PublicURL), slog.Int("connections", v.Len()),
 		slog.Int("providers", len(provs)), slog.Bool("dev", f.dev))
 	if f.dev {
-		fmt.Fprintf(stdout, "tokenvault dev mode\n  gRPC:     %s\n  callback: %s/oauth/callback/{provider}\n  sandbox provider: %s/sandbox/\n  try: grpcurl -plaintext -d '{\"owner\":\"alice\",\"provider\":\"sandbox\"}' %s tokenvault.v1.TokenVaultService/StartConnect\n",
-			gl.Addr(), cfg.PublicURL, cfg.PublicURL, gl.Addr())
+		// Dev mode's keys go to stdout, for the person at the terminal;
+		// never to the log.
+		log.Warn("dev mode: API keys generated into the data dir; never use them in production",
+			slog.String("application", devKeyPaths[0]), slog.String("operator", devKeyPaths[1]))
+		fmt.Fprintf(stdout, "tokenvault dev mode\n  gRPC:     %s\n  callback: %s/oauth/callback/{provider}\n  sandbox provider: %s/sandbox/\n  metrics:  %s/metrics\n"+
+			"  application API key: %s   (%s)\n  operator API key:    %s   (%s)\n"+
+			"  try: export TOKENVAULT_API_KEY=$(cat %s)\n       grpcurl -plaintext -H \"authorization: Bearer $TOKENVAULT_API_KEY\" -d '{\"owner\":\"alice\",\"provider\":\"sandbox\"}' %s tokenvault.v1.TokenVaultService/StartConnect\n",
+			gl.Addr(), cfg.PublicURL, cfg.PublicURL, httpBase,
+			devKeys[0].Key, devKeyPaths[0], devKeys[1].Key, devKeyPaths[1], devKeyPaths[1], gl.Addr())
 	}
 	if f.readyFile != "" {
 		b, _ := json.Marshal(map[string]string{"grpc_addr": gl.Addr().String(), "http_addr": hl.Addr().String(), "public_url": cfg.PublicURL})
@@ -201,6 +247,52 @@ func background(ctx context.Context, v *vault.Vault, log *slog.Logger) {
 			}
 		}
 	}
+}
+
+// persistLastUsed writes connections' last-used times to the store every
+// minute (those that moved by more than a minute), and all of them when ctx
+// is done, so that they survive a restart.
+func persistLastUsed(ctx context.Context, v *vault.Vault, log *slog.Logger) {
+	t := time.NewTicker(time.Minute)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			fctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			if _, err := v.FlushLastUsed(fctx, 0); err != nil {
+				log.Warn("persist last-used times", slog.String("err", err.Error()))
+			}
+			return
+		case <-t.C:
+			if _, err := v.FlushLastUsed(ctx, time.Minute); err != nil && ctx.Err() == nil {
+				log.Warn("persist last-used times", slog.String("err", err.Error()))
+			}
+		}
+	}
+}
+
+// listenUnixSocket listens on the configured unix socket with its mode.
+func listenUnixSocket(us *UnixSocketConfig) (net.Listener, error) {
+	mode, err := unixSocketMode(us.Mode)
+	if err != nil {
+		return nil, err
+	}
+	if runtime.GOOS != "linux" && len(us.Peers) > 0 {
+		return nil, errors.New("auth: unix_socket peers need SO_PEERCRED (Linux)")
+	}
+	if fi, err := os.Lstat(us.Path); err == nil && fi.Mode()&os.ModeSocket != 0 {
+		_ = os.Remove(us.Path) // a stale socket of an earlier run
+	}
+	l, err := net.Listen("unix", us.Path)
+	if err != nil {
+		return nil, fmt.Errorf("unix socket: %w", err)
+	}
+	if err := os.Chmod(us.Path, mode); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("unix socket: %w", err)
+	}
+	return l, nil
 }
 
 // masterKey reads the master key from its file or environment variable. In
