@@ -99,7 +99,9 @@ func TestGrpcurl_OperatorPath(t *testing.T) {
 	}
 
 	// An application connects a user; the browser follows the URL.
-	var started struct{ AuthorizationURL string `json:"authorizationUrl"` }
+	var started struct {
+		AuthorizationURL string `json:"authorizationUrl"`
+	}
 	out := mustCall(r.AppKey, "-d", `{"owner":"carol","provider":"sandbox","scopes":["read"]}`, "--", "tokenvault.v1.TokenVaultService/StartConnect")
 	if err := json.Unmarshal([]byte(out), &started); err != nil || started.AuthorizationURL == "" {
 		t.Fatalf("StartConnect printed %q (%v)", out, err)
