@@ -170,6 +170,7 @@ func TestWatchEvents_Errors(t *testing.T) {
 // A client that stops reading is cut off once its buffer overflows, with
 // the sequence to resume from; resuming there misses nothing.
 func TestWatchEvents_SlowSubscriberEndsAndResumes(t *testing.T) {
+	server.SetWatchBuffer(t, 16) // before any stream starts
 	e := newEnv(t, providertest.Options{})
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -189,7 +190,6 @@ func TestWatchEvents_SlowSubscriberEndsAndResumes(t *testing.T) {
 	}
 	// Not reading: the window and the server's write quota (64 KiB each)
 	// and the buffer of 16 events fill up well before this many events.
-	server.SetWatchBuffer(t, 16)
 	const total = 1000
 	for i := range total {
 		e.connectFast(fmt.Sprint("owner", i))
