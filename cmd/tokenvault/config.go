@@ -42,6 +42,10 @@ type Config struct {
 	StateTTL time.Duration `yaml:"state_ttl"`
 	// DefaultMinValid is GetAccessToken's default min_valid_for (5m).
 	DefaultMinValid time.Duration `yaml:"default_min_valid"`
+	// Events configures the event outbox; Webhooks deliver its events
+	// (webhooks.go).
+	Events   EventsConfig    `yaml:"events"`
+	Webhooks []WebhookConfig `yaml:"webhooks"`
 	// LogLevel: debug, info, warn, error.
 	LogLevel  string                    `yaml:"log_level"`
 	Providers map[string]ProviderConfig `yaml:"providers"`

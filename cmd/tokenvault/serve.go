@@ -176,8 +176,13 @@ func serve(ctx context.Context, args []string, env func(string) string, stdout, 
 	// last calls' records are written, and before the store closes.
 	audit := vault.NewAuditLog(vault.AuditConfig{Store: store, Retention: cfg.Audit.Retention, Logger: log})
 	defer audit.Close()
+	// Loaded before serving: a new endpoint gets every event from here on.
+	hooks, err := buildWebhooks(ctx, cfg, v, env, log)
+	if err != nil {
+		return err
+	}
 	srv := server.New(server.Config{Vault: v, Providers: infos, Logger: log, ExtraHTTP: extraHTTP,
-		Auth: auth, Audit: audit, Metrics: metrics})
+		Auth: auth, Audit: audit, Metrics: metrics, Webhooks: hooks})
 	if us := cfg.Auth.UnixSocket; us != nil && us.Path != "" {
 		ul, err := listenUnixSocket(us)
 		if err != nil {
@@ -197,6 +202,9 @@ func serve(ctx context.Context, args []string, env func(string) string, stdout, 
 	bgDone := make(chan struct{})
 	go func() { defer close(bgDone); background(bgCtx, v, log) }()
 	defer func() { stopBG(); <-bgDone }() // refreshes under way commit before the store closes
+	hooksDone := make(chan struct{})
+	go func() { defer close(hooksDone); hooks.Run(bgCtx) }()
+	defer func() { stopBG(); <-hooksDone }() // webhook deliveries, and the outbox sweep
 	log.Info("tokenvault serving",
 		slog.String("grpc", gl.Addr().String()), slog.String("http", hl.Addr().String()),
 		slog.String("public_url", cfg.PublicURL), slog.Int("connections", v.Len()),
