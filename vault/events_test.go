@@ -528,3 +528,21 @@ func TestEvents_ConcurrentChanges_GaplessInOrder(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkVault_Events reads a page of 256 events, as a WatchEvents replay
+// or a webhook worker does: one Scan, then open and decode each.
+func BenchmarkVault_Events(b *testing.B) {
+	h := newEventsHarness(b)
+	for i := range 256 {
+		h.mustConnect(fmt.Sprint("owner", i))
+	}
+	ctx := context.Background()
+	b.ReportAllocs()
+	for b.Loop() {
+		evs, err := h.v.Events(ctx, 0, 256)
+		if err != nil || len(evs) != 256 {
+			b.Fatalf("Events = %d, %v", len(evs), err)
+		}
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*256), "ns/event")
+}

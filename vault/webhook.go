@@ -509,6 +509,7 @@ func (w *hookWorker) storeCursor(ctx context.Context) {
 
 // run delivers events in order until ctx ends or the endpoint is disabled.
 func (w *hookWorker) run(ctx context.Context) {
+	defer w.client.CloseIdleConnections()
 	fails := 0 // consecutive outbox read failures
 	for !w.disabled.Load() && ctx.Err() == nil {
 		last, wake := w.h.v.LastEventSequence()
