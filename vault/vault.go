@@ -1,7 +1,8 @@
 // Package vault is tokenvault's domain core: the connection record, sealing
-// and the keyring, the Store interface, the connect flow, and refresh
-// coordination. It knows nothing of gRPC or of any particular provider; it
-// states what it needs of a provider in the Provider interface.
+// and the keyring, the Store interface, the connect flow, refresh
+// coordination, and the event outbox with its webhook delivery. It knows
+// nothing of gRPC or of any particular provider; it states what it needs of
+// a provider in the Provider interface.
 package vault
 
 import (
