@@ -186,7 +186,8 @@ func (v *Vault) flushLastUsed(ctx context.Context, batch []*entry, minStep time.
 	}
 	for i, e := range locked {
 		e.rev = revs[i]
-		e.conn.Store(nexts[i])
+		old := e.conn.Swap(nexts[i])
+		v.changed(e, old, nexts[i])
 	}
 	return len(locked), nil
 }
