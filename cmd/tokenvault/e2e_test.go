@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -21,6 +23,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	tvv1 "github.com/tokenvault/tokenvault/proto/tokenvault/v1"
+	"github.com/tokenvault/tokenvault/vault"
 )
 
 // syncBuffer is a bytes.Buffer safe for the server goroutine and the test.
@@ -471,4 +474,160 @@ func connectDev(t *testing.T, r ready) string {
 		t.Fatalf("ListConnections = %v, %v", l, err)
 	}
 	return l.Connections[0].ConnectionId
+}
+
+// TestE2E_ConfigAuth runs `serve --config` with API keys from a file and an
+// environment variable, provider limits, a rate limit and a unix socket
+// whose peers are known by uid, and calls it over TCP and the socket.
+func TestE2E_ConfigAuth(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("unix-socket peers need SO_PEERCRED")
+	}
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "tv.sock")
+	const fileKey, envKey = "tvk_from_a_file_0000000000000", "tvk_from_the_env_000000000000"
+	if err := os.WriteFile(filepath.Join(dir, "app.key"), []byte(fileKey+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := fmt.Sprintf(`data_dir: %q
+providers:
+  acme:
+    kind: oauth2
+    client_id: id
+    auth_url: https://acme.example/authorize
+    token_url: https://acme.example/token
+    auth_style: params
+    pkce: true
+  other:
+    kind: oauth2
+    client_id: id
+    auth_url: https://other.example/authorize
+    token_url: https://other.example/token
+    auth_style: params
+    pkce: true
+auth:
+  api_keys:
+    - {name: app, key_file: %q, role: application, providers: [acme], rate_limit: {rps: 1, burst: 3}}
+    - {name: oncall, key_env: ONCALL_KEY, role: operator}
+  unix_socket:
+    path: %q
+    peers:
+      - {uid: %d, role: application, providers: [other]}
+audit:
+  retention: 1h
+`, filepath.Join(dir, "data"), filepath.Join(dir, "app.key"), sock, os.Getuid())
+	cfgPath := filepath.Join(dir, "tokenvault.yaml")
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	mk, _ := vault.GenerateMasterKey()
+	env := func(k string) string {
+		switch k {
+		case "TOKENVAULT_MASTER_KEY":
+			return mk.Encode()
+		case "ONCALL_KEY":
+			return envKey
+		}
+		return ""
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	logs := &syncBuffer{}
+	done := make(chan int, 1)
+	readyFile := filepath.Join(dir, "ready.json")
+	go func() {
+		done <- Main(ctx, []string{"serve", "--config", cfgPath, "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--ready-file", readyFile}, env, io.Discard, logs)
+	}()
+	defer func() {
+		cancel()
+		if code := <-done; code != 0 {
+			t.Errorf("serve exited %d; logs:\n%s", code, logs)
+		}
+		if _, err := os.Stat(sock); err == nil {
+			t.Log("socket left behind (removed by the next start)")
+		}
+	}()
+	var r ready
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if b, err := os.ReadFile(readyFile); err == nil && json.Unmarshal(b, &r) == nil && r.GRPCAddr != "" {
+			break
+		}
+		select {
+		case code := <-done:
+			done <- code // for the deferred check
+			t.Fatalf("serve exited %d before ready; logs:\n%s", code, logs)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not ready; logs:\n%s", logs)
+		}
+	}
+	call := func(conn *grpc.ClientConn) ([]string, error) {
+		resp, err := tvv1.NewTokenVaultServiceClient(conn).ListProviders(context.Background(), &tvv1.ListProvidersRequest{})
+		var names []string
+		for _, p := range resp.GetProviders() {
+			names = append(names, p.Name)
+		}
+		return names, err
+	}
+	// The file key sees acme only; the env key is an operator.
+	if got, err := call(dialKey(t, r.GRPCAddr, fileKey)); err != nil || strings.Join(got, ",") != "acme" {
+		t.Errorf("ListProviders with the file key = %v, %v; want [acme]", got, err)
+	}
+	if _, err := tvv1.NewAdminServiceClient(dialKey(t, r.GRPCAddr, envKey)).ListAuditEvents(context.Background(), &tvv1.ListAuditEventsRequest{}); err != nil {
+		t.Errorf("ListAuditEvents with the env key = %v", err)
+	}
+	// The rate limit: burst 3 (one call spent above).
+	app := dialKey(t, r.GRPCAddr, fileKey)
+	var limited error
+	for range 5 {
+		if _, err := call(app); err != nil {
+			limited = err
+			break
+		}
+	}
+	if status.Code(limited) != codes.ResourceExhausted || reasonOf(limited) != "RATE_LIMITED" {
+		t.Errorf("past the burst = %v; want ResourceExhausted/RATE_LIMITED", limited)
+	}
+	// Over the socket our uid needs no key, and sees "other" only.
+	conn, err := grpc.NewClient("unix:"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if got, err := call(conn); err != nil || strings.Join(got, ",") != "other" {
+		t.Errorf("ListProviders over the socket = %v, %v; want [other]", got, err)
+	}
+	// Over TCP no key is no access.
+	if _, err := call(dialKey(t, r.GRPCAddr, "")); status.Code(err) != codes.Unauthenticated {
+		t.Errorf("ListProviders over TCP without a key = %v; want Unauthenticated", err)
+	}
+	if strings.Contains(logs.String(), fileKey) || strings.Contains(logs.String(), envKey) {
+		t.Error("an API key appears in the logs")
+	}
+}
+
+func TestBuildAuth_Refuses(t *testing.T) {
+	dir := t.TempDir()
+	known := map[string]bool{"acme": true}
+	env := func(string) string { return "" }
+	for _, tc := range []struct {
+		name string
+		ac   AuthConfig
+		want string
+	}{
+		{"no key source", AuthConfig{APIKeys: []APIKeyConfig{{Name: "a", AccessConfig: AccessConfig{Role: "operator"}}}}, "exactly one"},
+		{"both key sources", AuthConfig{APIKeys: []APIKeyConfig{{Name: "a", KeyFile: "f", KeyEnv: "E", AccessConfig: AccessConfig{Role: "operator"}}}}, "exactly one"},
+		{"missing file", AuthConfig{APIKeys: []APIKeyConfig{{Name: "a", KeyFile: filepath.Join(dir, "nope"), AccessConfig: AccessConfig{Role: "operator"}}}}, "no such file"},
+		{"empty env", AuthConfig{APIKeys: []APIKeyConfig{{Name: "a", KeyEnv: "NOPE", AccessConfig: AccessConfig{Role: "operator"}}}}, "empty"},
+		{"bad role", AuthConfig{UnixSocket: &UnixSocketConfig{Peers: []PeerConfig{{UID: new(uint32), AccessConfig: AccessConfig{Role: "admin"}}}}}, "unknown role"},
+		{"unknown provider", AuthConfig{UnixSocket: &UnixSocketConfig{Peers: []PeerConfig{{UID: new(uint32), AccessConfig: AccessConfig{Role: "application", Providers: []string{"acmee"}}}}}}, "unknown provider"},
+		{"no uid", AuthConfig{UnixSocket: &UnixSocketConfig{Peers: []PeerConfig{{AccessConfig: AccessConfig{Role: "application"}}}}}, "uid is required"},
+	} {
+		if _, err := buildAuth(tc.ac, nil, known, env); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: buildAuth = %v; want an error about %q", tc.name, err, tc.want)
+		}
+	}
+	if _, err := unixSocketMode("999"); err == nil {
+		t.Error("unixSocketMode(999) accepted")
+	}
 }
