@@ -1,7 +1,9 @@
 // Package server serves a vault over gRPC (TokenVaultService, AdminService,
-// health, reflection) and HTTP (the OAuth callback, health, and in dev mode
-// the sandbox provider). It is the one place domain errors become gRPC
-// statuses.
+// health, reflection) and HTTP (the OAuth callback, health, metrics, and in
+// dev mode the sandbox provider). Every call passes the access check of
+// auth.go (credential, role, rate limit, provider limit) before its handler,
+// and audited calls are recorded (vault.AuditLog). It is the one place
+// domain errors become gRPC statuses.
 package server
 
 import (
