@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	tvv1 "github.com/tokenvault/tokenvault/proto/tokenvault/v1"
@@ -67,7 +68,10 @@ func (s *tokenService) WatchEvents(req *tvv1.WatchEventsRequest, stream grpc.Ser
 			case errors.Is(err, vault.ErrSlowSubscriber):
 				return statusWithReason(codes.ResourceExhausted, ReasonSubscriberTooSlow,
 					fmt.Sprintf("the stream fell more than %d events behind; resume with after_sequence=%d", watchBuffer, sub.Cursor()), resume)
-			case stream.Context().Err() == nil && ctx.Err() != nil:
+			case stream.Context().Err() != nil:
+				// The caller's own deadline or cancellation: no reason of ours.
+				return status.FromContextError(stream.Context().Err()).Err()
+			case ctx.Err() != nil:
 				return statusWithReason(codes.Unavailable, ReasonShuttingDown,
 					fmt.Sprintf("the sidecar is shutting down; resume with after_sequence=%d", sub.Cursor()), resume)
 			}

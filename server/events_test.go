@@ -126,8 +126,8 @@ func TestWatchEvents_Filters(t *testing.T) {
 			for {
 				r, err := s.Recv()
 				if err != nil {
-					if status.Code(err) != codes.DeadlineExceeded {
-						t.Errorf("Recv = %v; want only DeadlineExceeded when idle", err)
+					if status.Code(err) != codes.DeadlineExceeded || reason(err) != "" {
+						t.Errorf("Recv = %v (reason %q); want only the caller's DeadlineExceeded when idle", err, reason(err))
 					}
 					break
 				}
