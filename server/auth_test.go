@@ -264,7 +264,7 @@ func TestAuth_UnixSocketPeer(t *testing.T) {
 				t.Fatal(err)
 			}
 			srv := server.New(server.Config{Vault: e.v, Auth: auth})
-			sock := filepath.Join(t.TempDir(), "tv.sock")
+			sock := filepath.Join(shortTempDir(t), "tv.sock")
 			l, err := net.Listen("unix", sock)
 			if err != nil {
 				t.Fatal(err)
@@ -403,4 +403,16 @@ func httpGet(url string) (int, error) {
 	}
 	resp.Body.Close()
 	return resp.StatusCode, nil
+}
+
+// shortTempDir is a temporary directory with a short path: a unix socket's
+// path must fit in 108 bytes, which t.TempDir's may not.
+func shortTempDir(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "tv")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
 }

@@ -484,7 +484,12 @@ func TestE2E_ConfigAuth(t *testing.T) {
 		t.Skip("unix-socket peers need SO_PEERCRED")
 	}
 	dir := t.TempDir()
-	sock := filepath.Join(dir, "tv.sock")
+	sockDir, err := os.MkdirTemp("", "tv") // a socket path must fit in 108 bytes
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(sockDir)
+	sock := filepath.Join(sockDir, "tv.sock")
 	const fileKey, envKey = "tvk_from_a_file_0000000000000", "tvk_from_the_env_000000000000"
 	if err := os.WriteFile(filepath.Join(dir, "app.key"), []byte(fileKey+"\n"), 0o600); err != nil {
 		t.Fatal(err)
