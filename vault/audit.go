@@ -259,9 +259,13 @@ func (a *AuditLog) run() {
 	// drain moves what is queued now into batch, writing full batches.
 	drain := func() error {
 		var err error
-		for n := len(a.ch); n > 0; n-- {
-			batch = append(batch, <-a.ch)
-			a.inBatch.Add(1)
+		for n := len(a.ch); n > 0; {
+			k := min(n, a.cfg.FlushRecords-len(batch))
+			a.inBatch.Add(int64(k)) // before taking them: Backlog never dips
+			for range k {
+				batch = append(batch, <-a.ch)
+			}
+			n -= k
 			if len(batch) >= a.cfg.FlushRecords {
 				err = cmp.Or(write(), err)
 			}
