@@ -6,9 +6,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"log/slog"
 	mrand "math/rand/v2"
+	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -248,19 +248,25 @@ func later(a, b time.Time) time.Time {
 // (a restart rebuilds the same schedule) and new with each token, so that
 // connections created together drift apart.
 func jitterOf(c *Connection) float64 {
-	h := fnv.New64a()
-	h.Write([]byte(c.ID))
+	// FNV-1a, inline: this runs for every connection at start.
+	const offset, prime = 14695981039346656037, 1099511628211
+	h := uint64(offset)
+	for i := 0; i < len(c.ID); i++ {
+		h = (h ^ uint64(c.ID[i])) * prime
+	}
 	var issued time.Time
 	for i := range c.Grant.Tokens {
 		issued = later(issued, c.Grant.Tokens[i].IssuedAt)
 	}
-	n := issued.UnixNano()
-	var b [8]byte
-	for i := range b {
-		b[i] = byte(n >> (8 * i))
+	n := uint64(issued.UnixNano())
+	for i := range 8 {
+		h = (h ^ (n >> (8 * i) & 0xff)) * prime
 	}
-	h.Write(b[:])
-	return float64(h.Sum64()>>11) / (1 << 53)
+	// FNV's low bits mix poorly: finish with a multiply-xorshift.
+	h ^= h >> 33
+	h *= 0xff51afd7ed558ccd
+	h ^= h >> 33
+	return float64(h>>11) / (1 << 53)
 }
 
 // SchedulerConfig configures a Scheduler. The zero value works.
@@ -321,21 +327,28 @@ type Scheduler struct {
 	paused  map[string]time.Time    // provider -> until (Retry-After)
 	running int                     // actions running
 	rr      int                     // round-robin start over providers
-	epoch   uint64                  // of this Run; items of another are stale
+	epoch   uint32                  // of this Run; items of another are stale
 	provs   []string                // sorted provider names with a ready queue
 	stats   struct{ refreshes, validated, failed, reauth, skipped, replanned atomic.Uint64 }
 }
 
-// schedItem is one scheduled connection. It lives on its entry (e.item)
-// and is guarded by Scheduler.mu.
+// schedItem is one scheduled connection: its Plan, kept small (there is
+// one per connection). It lives on its entry (e.item) and is guarded by
+// Scheduler.mu.
 type schedItem struct {
-	e     *entry
-	plan  Plan
-	gen   uint64 // the record's Generation the plan was made from
-	index int    // in the heap; -1 if not there
-	state itemState
-	fails int // consecutive actions without progress
-	epoch uint64
+	e      *entry
+	at     int64  // Plan.At, Unix nanoseconds
+	gen    uint64 // the record's Generation the plan was made from
+	cred   string // Plan.Credential
+	index  int32  // in the heap; -1 if not there
+	epoch  uint32
+	fails  uint16 // consecutive actions without progress
+	action Action
+	state  itemState
+}
+
+func (it *schedItem) plan() Plan {
+	return Plan{At: time.Unix(0, it.at), Action: it.action, Credential: it.cred}
 }
 
 type itemState uint8
@@ -439,11 +452,37 @@ func (s *Scheduler) build() {
 	s.count = 0
 	clear(s.ready)
 	s.provs = nil
-	for _, e := range entries {
-		it := &schedItem{e: e, index: -1, epoch: s.epoch}
-		e.item = it
-		if s.plan(it, e.conn.Load(), now) {
-			it.index = len(s.heap)
+	for name := range s.v.cfg.Providers {
+		s.policy(name)
+	}
+	// Plan on all CPUs (NextPlan is pure; policy and canValidate are only
+	// read from here on), then heap in one pass.
+	items := make([]schedItem, len(entries)) // one allocation for all
+	var wg sync.WaitGroup
+	workers := runtime.GOMAXPROCS(0)
+	chunk := (len(entries) + workers - 1) / workers
+	for w := range workers {
+		wg.Go(func() {
+			for i := w * chunk; i < min((w+1)*chunk, len(entries)); i++ {
+				e, it := entries[i], &items[i]
+				*it = schedItem{e: e, index: -1, epoch: s.epoch}
+				c := e.conn.Load()
+				pol, ok := s.policies[c.Provider]
+				if !ok {
+					pol = RefreshPolicy{}.withDefaults(s.v.cfg.DefaultMinValid)
+				}
+				p := NextPlan(c, pol, s.canValidate[c.Provider], now, jitterOf(c))
+				it.at, it.action, it.cred, it.gen = p.At.UnixNano(), p.Action, p.Credential, c.Generation
+			}
+		})
+	}
+	wg.Wait()
+	s.heap = slices.Grow(s.heap, len(items))
+	for i := range items {
+		it := &items[i]
+		it.e.item = it
+		if it.action != ActionNone {
+			it.index = int32(len(s.heap))
 			s.heap = append(s.heap, it)
 			s.count++
 		}
@@ -454,9 +493,10 @@ func (s *Scheduler) build() {
 // plan decides it's next action from c; it reports whether there is one.
 // The caller holds s.mu.
 func (s *Scheduler) plan(it *schedItem, c *Connection, now time.Time) bool {
-	it.plan = NextPlan(c, s.policy(c.Provider), s.canValidate[c.Provider], now, jitterOf(c))
+	p := NextPlan(c, s.policy(c.Provider), s.canValidate[c.Provider], now, jitterOf(c))
+	it.at, it.action, it.cred = p.At.UnixNano(), p.Action, p.Credential
 	it.gen = c.Generation
-	return it.plan.Action != ActionNone
+	return p.Action != ActionNone
 }
 
 // noteChange re-plans e, whose record just became c. The vault calls it
@@ -477,10 +517,10 @@ func (s *Scheduler) noteChange(e *entry, c *Connection) {
 	wasFirst := it.index == 0
 	switch ok := s.plan(it, c, now); {
 	case !ok && it.index >= 0:
-		heap.Remove(&s.heap, it.index)
+		heap.Remove(&s.heap, int(it.index))
 		s.count--
 	case ok && it.index >= 0:
-		heap.Fix(&s.heap, it.index)
+		heap.Fix(&s.heap, int(it.index))
 	case ok:
 		heap.Push(&s.heap, it)
 		s.count++
@@ -515,9 +555,10 @@ func (s *Scheduler) step(ctx context.Context, wg *sync.WaitGroup) time.Duration 
 	now := s.cfg.Now()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for len(s.heap) > 0 && !s.heap[0].plan.At.After(now) {
+	nowNs := now.UnixNano()
+	for len(s.heap) > 0 && s.heap[0].at <= nowNs {
 		it := s.heap[0]
-		if now.Sub(it.plan.At) > s.cfg.LateAfter {
+		if nowNs-it.at > int64(s.cfg.LateAfter) {
 			// The clock jumped forward (or the process stood still):
 			// decide again, which spreads what can still wait.
 			s.stats.replanned.Add(1)
@@ -526,7 +567,7 @@ func (s *Scheduler) step(ctx context.Context, wg *sync.WaitGroup) time.Duration 
 				s.count--
 				continue
 			}
-			if it.plan.At.After(now) {
+			if it.at > nowNs {
 				heap.Fix(&s.heap, 0)
 				continue
 			}
@@ -544,7 +585,7 @@ func (s *Scheduler) step(ctx context.Context, wg *sync.WaitGroup) time.Duration 
 
 	wait := s.cfg.MaxSleep
 	if len(s.heap) > 0 {
-		wait = min(wait, s.heap[0].plan.At.Sub(now))
+		wait = min(wait, time.Duration(s.heap[0].at-nowNs))
 	}
 	for s.running < s.cfg.Concurrency && len(s.provs) > 0 {
 		started := false
@@ -573,7 +614,7 @@ func (s *Scheduler) step(ctx context.Context, wg *sync.WaitGroup) time.Duration 
 			it.state = itemRunning
 			s.running++
 			started = true
-			plan, gen := it.plan, it.gen
+			plan, gen := it.plan(), it.gen
 			wg.Go(func() { s.run(ctx, it, plan, gen) })
 		}
 		s.rr++
@@ -643,13 +684,13 @@ func (s *Scheduler) run(ctx context.Context, it *schedItem, plan Plan, gen uint6
 		// Nothing changed (a failure that left no trace, such as a
 		// transient validation failure): back off, whatever the plan says,
 		// so that nothing loops.
-		it.fails++
+		it.fails = min(it.fails+1, 64)
 		var retryAfter time.Duration
 		var pe *ProviderError
 		if errors.As(err, &pe) {
 			retryAfter = pe.RetryAfter
 		}
-		it.plan.At = later(it.plan.At, now.Add(Backoff(it.fails, retryAfter, mrand.Float64())))
+		it.at = max(it.at, now.Add(Backoff(int(it.fails), retryAfter, mrand.Float64())).UnixNano())
 	} else {
 		it.fails = 0
 	}
@@ -762,15 +803,15 @@ func (v *Vault) validatePlanned(ctx context.Context, e *entry, gen uint64) (bool
 type schedHeap []*schedItem
 
 func (h schedHeap) Len() int           { return len(h) }
-func (h schedHeap) Less(i, j int) bool { return h[i].plan.At.Before(h[j].plan.At) }
+func (h schedHeap) Less(i, j int) bool { return h[i].at < h[j].at }
 func (h schedHeap) Swap(i, j int) {
 	h[i], h[j] = h[j], h[i]
-	h[i].index = i
-	h[j].index = j
+	h[i].index = int32(i)
+	h[j].index = int32(j)
 }
 func (h *schedHeap) Push(x any) {
 	it := x.(*schedItem)
-	it.index = len(*h)
+	it.index = int32(len(*h))
 	*h = append(*h, it)
 }
 func (h *schedHeap) Pop() any {

@@ -134,7 +134,7 @@ func Open(ctx context.Context, cfg Config) (*Vault, error) {
 	}
 	v := &Vault{
 		cfg:     cfg,
-		store:   cfg.Store,
+		store:   GroupCommit(cfg.Store),
 		kr:      cfg.Keyring,
 		log:     cfg.Logger,
 		now:     cfg.Now,
@@ -143,24 +143,14 @@ func Open(ctx context.Context, cfg Config) (*Vault, error) {
 	if err := v.openOutbox(ctx); err != nil {
 		return nil, err
 	}
-	type loaded struct {
-		key string
-		val []byte
-		rev uint64
-	}
-	var all []loaded
-	err := v.store.Scan(ctx, connPrefix, "", func(key string, value []byte, rev uint64) (bool, error) {
-		all = append(all, loaded{key, slices.Clone(value), rev})
-		return true, nil
-	})
+	all, err := v.loadConnections(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("vault: load connections: %w", err)
+		return nil, err
 	}
+	v.entries = make(map[string]*entry, len(all))
+	v.ids = make([]string, 0, len(all))
 	for _, l := range all {
-		c, err := v.decode(l.key, l.val)
-		if err != nil {
-			return nil, err
-		}
+		c := l.conn
 		e := &entry{rev: l.rev}
 		e.conn.Store(c)
 		if !c.LastUsedAt.IsZero() { // zero: never used (its UnixNano is undefined)

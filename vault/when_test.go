@@ -156,3 +156,11 @@ func later(ts ...time.Time) time.Time {
 	}
 	return m
 }
+
+func BenchmarkNextPlan(b *testing.B) {
+	c := conn(time.Hour, true)
+	b.ReportAllocs()
+	for b.Loop() {
+		vault.NextPlan(c, vault.RefreshPolicy{}, false, t0, 0.5)
+	}
+}
