@@ -674,6 +674,9 @@ func (s *Scheduler) run(ctx context.Context, it *schedItem, plan Plan, gen uint6
 		s.mu.Unlock()
 		return
 	}
+	// Read again under s.mu: a commit after this point finds the item
+	// idle and re-plans it (noteChange); one before it is seen here.
+	c = it.e.conn.Load()
 	if !s.plan(it, c, now) {
 		s.count--
 		s.mu.Unlock()
