@@ -24,6 +24,18 @@
 //   RETURN_TO_NOT_ALLOWED    return_to is not on the allowlist
 //                            (INVALID_ARGUMENT)
 //   CONFLICT                 the record changed concurrently (ABORTED); retry
+//   UNAUTHENTICATED          no valid credential (UNAUTHENTICATED)
+//   PERMISSION_DENIED        the credential's role or provider limits do not
+//                            allow the call (PERMISSION_DENIED)
+//   RATE_LIMITED             the caller's rate limit is spent
+//                            (RESOURCE_EXHAUSTED); metadata
+//                            retry_after_seconds says when to retry
+//   SUBSCRIBER_TOO_SLOW      a WatchEvents reader fell behind
+//                            (RESOURCE_EXHAUSTED); resume from metadata
+//                            resume_after_sequence
+//   SHUTTING_DOWN            the sidecar is stopping (UNAVAILABLE); resume
+//                            WatchEvents from resume_after_sequence
+//   INTERNAL                 a bug (INTERNAL); the details are in the log
 
 package tokenvaultv1
 
