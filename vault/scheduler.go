@@ -308,8 +308,9 @@ type SchedulerStats struct {
 // provider; pauses a provider that answered with Retry-After. Each action
 // goes through the connection's critical section, the one on-demand
 // refreshes use, and is dropped if the record changed since it was
-// planned, so a connection is never refreshed twice at once or twice in a
-// row. The vault tells it of every committed change.
+// planned: a connection is never refreshed twice at once, and a refresh
+// someone else just made is not repeated. The vault tells it of every
+// committed change, and it decides again from the new record.
 type Scheduler struct {
 	v   *Vault
 	cfg SchedulerConfig
@@ -453,6 +454,9 @@ func (s *Scheduler) build() {
 	clear(s.ready)
 	s.provs = nil
 	for name := range s.v.cfg.Providers {
+		s.policy(name)
+	}
+	for name := range s.v.cfg.RefreshPolicies {
 		s.policy(name)
 	}
 	// Plan on all CPUs (NextPlan is pure; policy and canValidate are only

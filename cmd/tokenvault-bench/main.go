@@ -46,6 +46,7 @@ import (
 	"runtime/debug"
 	"runtime/metrics"
 	"runtime/pprof"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -83,6 +84,7 @@ type options struct {
 	cpuprofile   string
 	memprofile   string
 	readRate     float64
+	tokenBytes   int
 	gogc         int
 	memLimit     int64
 	startupOnly  bool
@@ -100,8 +102,9 @@ func main() {
 	flag.Float64Var(&o.readRate, "read-rate", 20000, "AccessToken calls per real second, all readers together (0: as fast as they go)")
 	flag.IntVar(&o.gogc, "gogc", 100, "GOGC for the run")
 	flag.Int64Var(&o.memLimit, "memlimit", 0, "GOMEMLIMIT for the run, in MiB (0: none)")
-	flag.IntVar(&o.concurrency, "concurrency", 32, "scheduler concurrency")
-	flag.Float64Var(&o.rate, "rate", 0, "refresh rate limit per simulated second (0: 3x the mean the connections need)")
+	flag.IntVar(&o.concurrency, "concurrency", 128, "scheduler concurrency")
+	flag.IntVar(&o.tokenBytes, "token-bytes", 128, "length of access tokens (refresh tokens: half); real ones run 40 (GitHub) to 250 (Google)")
+	flag.Float64Var(&o.rate, "rate", 0, "refresh rate limit per simulated second (0: 2.5x the mean the connections need)")
 	flag.StringVar(&o.dataDir, "data", "", "directory for the seeded bbolt file, reused across runs (default: a temporary one)")
 	flag.BoolVar(&o.noSync, "nosync", false, "open the store without fsync on commit")
 	flag.StringVar(&o.cpuprofile, "cpuprofile", "", "write a CPU profile of the run")
@@ -111,7 +114,7 @@ func main() {
 	flag.DurationVar(&o.fakeLifetime, "fake-lifetime", time.Hour, "internal: expires_in of the loopback token endpoint")
 	flag.Parse()
 	if o.fake {
-		if err := serveFake(o.fakeLifetime); err != nil {
+		if err := serveFake(o.fakeLifetime, o.tokenBytes); err != nil {
 			fmt.Fprintln(os.Stderr, "fake:", err)
 			os.Exit(1)
 		}
@@ -152,9 +155,10 @@ func (s *settable) Add(d time.Duration) { s.t.Add(int64(d)) }
 // counts refreshes per simulated and real second.
 type benchProvider struct {
 	vault.Provider
-	now      func() time.Time
-	lifetime time.Duration
-	n        atomic.Int64
+	now        func() time.Time
+	lifetime   time.Duration
+	tokenBytes int
+	n          atomic.Int64
 
 	clock     *simClock
 	refreshes atomic.Int64
@@ -166,7 +170,7 @@ type benchProvider struct {
 func (p *benchProvider) Exchange(ctx context.Context, r vault.ExchangeRequest) (vault.Grant, error) {
 	g := "g" + strconv.FormatInt(p.n.Add(1), 36)
 	return vault.Grant{Account: g, Tokens: []vault.Token{{
-		AccessToken: "at." + g + ".0", RefreshToken: "rt." + g + ".0", TokenType: "Bearer",
+		AccessToken: pad("at."+g+".0.", p.tokenBytes), RefreshToken: pad("rt."+g+".0.", p.tokenBytes/2), TokenType: "Bearer",
 		Expiry: p.now().Add(p.lifetime),
 	}}}, nil
 }
@@ -200,18 +204,23 @@ func run(o options) error {
 	// the mean rate the schedule needs, per simulated second.
 	need := float64(o.connections) / (0.7 * o.lifetime.Seconds())
 	if o.rate <= 0 {
-		o.rate = 3 * need
+		o.rate = 2.5 * need
 	}
+	burst := max(int(o.rate/20), 5)
 	ctx := context.Background()
 
-	fakeAddr, fakeStats, stopFake, err := startFake(o.lifetime)
+	fakeAddr, fakeStats, stopFake, err := startFake(o.lifetime, o.tokenBytes)
 	if err != nil {
 		return err
 	}
 	defer stopFake()
 
 	dir := o.dataDir
-	if dir == "" {
+	if dir != "" {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return err
+		}
+	} else {
 		if dir, err = os.MkdirTemp("", "tokenvault-bench-"); err != nil {
 			return err
 		}
@@ -230,7 +239,7 @@ func run(o options) error {
 	// The measured run.
 	clock := &simClock{scale: o.scale}
 	simSeconds := int(o.duration.Seconds()*o.scale) + 2
-	bp := &benchProvider{lifetime: o.lifetime, clock: clock,
+	bp := &benchProvider{lifetime: o.lifetime, tokenBytes: o.tokenBytes, clock: clock,
 		perSim: make([]atomic.Int32, simSeconds), perReal: make([]atomic.Int32, int(o.duration.Seconds())+2)}
 	if bp.Provider, err = loopbackProvider(fakeAddr, clock.Now, o.concurrency); err != nil {
 		return err
@@ -264,7 +273,7 @@ func run(o options) error {
 	tKeyring := time.Since(clock.start)
 	v, err := vault.Open(ctx, vault.Config{
 		Store: st, Keyring: kr, Providers: map[string]vault.Provider{providerName: bp}, Now: clock.Now,
-		RefreshPolicies: map[string]vault.RefreshPolicy{providerName: {RateLimit: o.rate, Burst: max(int(o.rate/10), 10)}},
+		RefreshPolicies: map[string]vault.RefreshPolicy{providerName: {RateLimit: o.rate, Burst: burst}},
 		Logger:          slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError})),
 	})
 	if err != nil {
@@ -361,12 +370,23 @@ func run(o options) error {
 	heapAtEnd := heapLive()
 
 	// Spread over the whole simulated seconds of the run.
-	fullSim := int(simElapsed / time.Second)
-	maxSim, sumSim := 0, 0
-	for i := 0; i < fullSim && i < len(bp.perSim); i++ {
+	fullSim := min(int(simElapsed/time.Second), len(bp.perSim))
+	maxSim, sumSim, maxAt := 0, 0, 0
+	sims := make([]int, 0, fullSim)
+	for i := 0; i < fullSim; i++ {
 		n := int(bp.perSim[i].Load())
-		maxSim = max(maxSim, n)
+		if n > maxSim {
+			maxSim, maxAt = n, i
+		}
 		sumSim += n
+		sims = append(sims, n)
+	}
+	slices.Sort(sims)
+	pct := func(q float64) int {
+		if len(sims) == 0 {
+			return 0
+		}
+		return sims[min(int(q*float64(len(sims))), len(sims)-1)]
 	}
 	fullReal := int(wall / time.Second)
 	maxReal, sumReal := 0, 0
@@ -388,15 +408,15 @@ func run(o options) error {
 		o.connections, o.lifetime, wall.Round(time.Millisecond), o.scale, o.scale, simElapsed.Round(time.Second))
 	fmt.Printf("  clock:     simulated from %s, drives the vault, the scheduler (timers, rate limit) and the provider's expiry\n", epoch.Format(time.RFC3339))
 	fmt.Printf("  provider:  loopback token endpoint in a child process (127.0.0.1, HTTP/1.1 keep-alive), strict rotation and reuse detection, via providers.OAuth2\n")
-	fmt.Printf("  store:     bbolt, %s; seeded with issue times spread over the last 70%% of a lifetime (a running system's steady state)\n", sync)
-	fmt.Printf("  scheduler: concurrency %d, rate limit %.0f per simulated second (mean need %.1f)\n", o.concurrency, o.rate, need)
+	fmt.Printf("  store:     bbolt, %s; seeded with issue times spread over the last 70%% of a lifetime (a running system's steady state), %d-byte access and %d-byte refresh tokens\n", sync, o.tokenBytes, o.tokenBytes/2)
+	fmt.Printf("  scheduler: concurrency %d, rate limit %.0f per simulated second, burst %d (mean need %.1f)\n", o.concurrency, o.rate, burst, need)
 	fmt.Printf("startup:     %v to open %d records and schedule %d (%s)\n",
 		startup.Round(time.Millisecond), v.Len(), ss.Scheduled, phases)
 	fmt.Printf("refreshes:   %d (scheduled %d, inline by readers %d), %.0f per real second, %.1f per simulated second; failed %d; provider saw %d refresh requests, %d reuses\n",
 		total, ss.Refreshes, max(total-int64(ss.Refreshes), 0), float64(total)/wall.Seconds(), float64(total)/simElapsed.Seconds(),
 		bp.failures.Load(), fs.Refreshes, fs.Reuse)
-	fmt.Printf("spread:      per simulated second: mean %.1f, max %d (max/mean %.2f); per real second: mean %.0f, max %d (max/mean %.2f)\n",
-		meanSim, maxSim, float64(maxSim)/max(meanSim, 1e-9), meanReal, maxReal, float64(maxReal)/max(meanReal, 1e-9))
+	fmt.Printf("spread:      per simulated second: mean %.1f, max %d at second %d (max/mean %.2f), p50 %d, p99 %d, p99.9 %d; per real second: mean %.0f, max %d (max/mean %.2f)\n",
+		meanSim, maxSim, maxAt, float64(maxSim)/max(meanSim, 1e-9), pct(0.5), pct(0.99), pct(0.999), meanReal, maxReal, float64(maxReal)/max(meanReal, 1e-9))
 	readPace := "unthrottled"
 	if o.readRate > 0 {
 		readPace = fmt.Sprintf("paced at %.0f/s", o.readRate)
@@ -418,7 +438,7 @@ func run(o options) error {
 // made with the same settings is there) and returns the master key.
 func seed(ctx context.Context, o options, dir, fakeAddr string) (vault.MasterKey, error) {
 	path, metaPath, keyPath := filepath.Join(dir, "seed.db"), filepath.Join(dir, "seed.json"), filepath.Join(dir, "master.key")
-	meta := fmt.Sprintf(`{"connections":%d,"lifetime":%q,"epoch":%q,"events":"swept"}`, o.connections, o.lifetime, epoch.Format(time.RFC3339))
+	meta := fmt.Sprintf(`{"connections":%d,"lifetime":%q,"epoch":%q,"events":"swept","token_bytes":%d}`, o.connections, o.lifetime, epoch.Format(time.RFC3339), o.tokenBytes)
 	if b, err := os.ReadFile(metaPath); err == nil && string(b) == meta {
 		if k, err := os.ReadFile(keyPath); err == nil {
 			return vault.ParseMasterKey(k)
@@ -443,7 +463,7 @@ func seed(ctx context.Context, o options, dir, fakeAddr string) (vault.MasterKey
 	}
 	clock := &settable{}
 	clock.Set(epoch)
-	bp := &benchProvider{now: clock.Now, lifetime: o.lifetime}
+	bp := &benchProvider{now: clock.Now, lifetime: o.lifetime, tokenBytes: o.tokenBytes}
 	if bp.Provider, err = loopbackProvider(fakeAddr, clock.Now, 1); err != nil {
 		return mk, err
 	}
@@ -483,6 +503,14 @@ func seed(ctx context.Context, o options, dir, fakeAddr string) (vault.MasterKey
 	return mk, os.WriteFile(metaPath, []byte(meta), 0o600)
 }
 
+// pad fills s up to n bytes.
+func pad(s string, n int) string {
+	if len(s) >= n {
+		return s
+	}
+	return s + strings.Repeat("x", n-len(s))
+}
+
 // loopbackProvider is the generic OAuth 2.0 provider against the fake.
 func loopbackProvider(addr string, now func() time.Time, conns int) (vault.Provider, error) {
 	tr := http.DefaultTransport.(*http.Transport).Clone()
@@ -502,12 +530,12 @@ func loopbackProvider(addr string, now func() time.Time, conns int) (vault.Provi
 type fakeCounts struct{ Refreshes, Reuse, Rejected int64 }
 
 // startFake runs this program as the loopback token endpoint.
-func startFake(lifetime time.Duration) (addr string, stats func() fakeCounts, stop func(), err error) {
+func startFake(lifetime time.Duration, tokenBytes int) (addr string, stats func() fakeCounts, stop func(), err error) {
 	self, err := os.Executable()
 	if err != nil {
 		return "", nil, nil, err
 	}
-	cmd := exec.Command(self, "-fake", "-fake-lifetime", lifetime.String())
+	cmd := exec.Command(self, "-fake", "-fake-lifetime", lifetime.String(), "-token-bytes", strconv.Itoa(tokenBytes))
 	cmd.Stderr = os.Stderr
 	out, err := cmd.StdoutPipe()
 	if err != nil {
@@ -544,7 +572,7 @@ func startFake(lifetime time.Duration) (addr string, stats func() fakeCounts, st
 // for a grant it has not seen: grants are minted by the bench, not here);
 // each refresh rotates it, and an older one counts as reuse and kills the
 // grant.
-func serveFake(lifetime time.Duration) error {
+func serveFake(lifetime time.Duration, tokenBytes int) error {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return err
@@ -578,8 +606,12 @@ func serveFake(lifetime time.Duration) error {
 			return
 		}
 		parts := strings.Split(r.PostForm.Get("refresh_token"), ".")
-		n, err := strconv.Atoi(parts[len(parts)-1])
-		if len(parts) != 3 || parts[0] != "rt" || err != nil {
+		if len(parts) != 4 || parts[0] != "rt" {
+			oauthErr(http.StatusBadRequest, "invalid_grant")
+			return
+		}
+		n, err := strconv.Atoi(parts[2])
+		if err != nil {
 			oauthErr(http.StatusBadRequest, "invalid_grant")
 			return
 		}
@@ -608,7 +640,9 @@ func serveFake(lifetime time.Duration) error {
 		mu.Unlock()
 		w.Header().Set("Content-Type", "application/json")
 		w.Header().Set("Cache-Control", "no-store")
-		fmt.Fprintf(w, `{"access_token":"at.%s.%d","refresh_token":"rt.%s.%d","token_type":"Bearer","expires_in":%d}`, g, n+1, g, n+1, expiresIn)
+		at := pad(fmt.Sprintf("at.%s.%d.", g, n+1), tokenBytes)
+		rt := pad(fmt.Sprintf("rt.%s.%d.", g, n+1), tokenBytes/2)
+		fmt.Fprintf(w, `{"access_token":%q,"refresh_token":%q,"token_type":"Bearer","expires_in":%d}`, at, rt, expiresIn)
 	})
 	return http.Serve(l, mux)
 }
