@@ -324,7 +324,8 @@ type Scheduler struct {
 	heap    schedHeap
 	count   int                     // items scheduled (heap, ready or running)
 	ready   map[string][]*schedItem // due, waiting for the rate limit or a slot, by provider
-	buckets map[string]*bucket      // by provider
+	buckets map[string]*bucket      // by provider: actions started
+	sends   map[string]*bucket      // by provider: requests sent (sendGate)
 	paused  map[string]time.Time    // provider -> until (Retry-After)
 	running int                     // actions running
 	rr      int                     // round-robin start over providers
@@ -383,6 +384,7 @@ func NewScheduler(v *Vault, cfg SchedulerConfig) *Scheduler {
 		wake:        make(chan struct{}, 1),
 		ready:       map[string][]*schedItem{},
 		buckets:     map[string]*bucket{},
+		sends:       map[string]*bucket{},
 		paused:      map[string]time.Time{},
 	}
 	for name, p := range v.cfg.Providers {
@@ -601,13 +603,7 @@ func (s *Scheduler) step(ctx context.Context, wg *sync.WaitGroup) time.Duration 
 				wait = min(wait, until.Sub(now))
 				continue
 			}
-			b := s.buckets[p]
-			if b == nil {
-				pol := s.policy(p)
-				b = &bucket{rate: pol.RateLimit, burst: float64(pol.Burst)}
-				s.buckets[p] = b
-			}
-			if d := b.take(now); d > 0 {
+			if d := s.bucket(s.buckets, p).take(now); d > 0 {
 				wait = min(wait, d)
 				continue
 			}
@@ -643,11 +639,12 @@ func (s *Scheduler) run(ctx context.Context, it *schedItem, plan Plan, gen uint6
 		did bool
 		err error
 	)
+	gated := context.WithValue(ctx, gateKey{}, s)
 	switch plan.Action {
 	case ActionRefresh:
-		did, err = s.v.refreshPlanned(ctx, it.e, plan.Credential, gen)
+		did, err = s.v.refreshPlanned(gated, it.e, plan.Credential, gen)
 	case ActionValidate:
-		did, err = s.v.validatePlanned(ctx, it.e, gen)
+		did, err = s.v.validatePlanned(gated, it.e, gen)
 	}
 	c := it.e.conn.Load()
 	switch {
@@ -704,6 +701,47 @@ func (s *Scheduler) run(ctx context.Context, it *schedItem, plan Plan, gen uint6
 	heap.Push(&s.heap, it)
 	s.mu.Unlock()
 	s.poke()
+}
+
+// bucket returns provider's token bucket in m, made on first use. The
+// caller holds s.mu.
+func (s *Scheduler) bucket(m map[string]*bucket, provider string) *bucket {
+	b := m[provider]
+	if b == nil {
+		pol := s.policy(provider)
+		b = &bucket{rate: pol.RateLimit, burst: float64(pol.Burst)}
+		m[provider] = b
+	}
+	return b
+}
+
+// gateKey marks the context of a scheduled action with its Scheduler.
+type gateKey struct{}
+
+// sendGate paces a scheduled action's request to provider: the vault calls
+// it right before the provider call, after the in-flight marker is
+// written. The dispatcher already limits how many actions start; this
+// second bucket, of the same rate, keeps a stall in between (a slow fsync)
+// from sending what piled up behind it all at once. On-demand refreshes
+// (no Scheduler in ctx) pass at once.
+func sendGate(ctx context.Context, provider string) {
+	s, _ := ctx.Value(gateKey{}).(*Scheduler)
+	if s == nil {
+		return
+	}
+	for {
+		s.mu.Lock()
+		d := s.bucket(s.sends, provider).take(s.cfg.Now())
+		s.mu.Unlock()
+		if d <= 0 {
+			return
+		}
+		select {
+		case <-s.cfg.After(d):
+		case <-ctx.Done():
+			return // the call will fail on ctx
+		}
+	}
 }
 
 // refreshPlanned refreshes credential of e if its record is still at
@@ -777,6 +815,7 @@ func (v *Vault) validatePlanned(ctx context.Context, e *entry, gen uint64) (bool
 	if !ok {
 		return false, fmt.Errorf("%w: provider %q cannot validate grants", ErrInvalidArgument, c.Provider)
 	}
+	sendGate(rctx, c.Provider)
 	verr := vp.Validate(rctx, c.Grant.clone())
 	now := v.now()
 	next := c.clone()

@@ -21,9 +21,10 @@ import (
 
 // memStore is an in-memory vault.Store.
 type memStore struct {
-	mu  sync.Mutex
-	rev uint64
-	m   map[string]memVal
+	mu    sync.Mutex
+	rev   uint64
+	m     map[string]memVal
+	stall atomic.Pointer[func()] // if set, the next Apply calls it first
 }
 
 type memVal struct {
@@ -44,6 +45,9 @@ func (s *memStore) Get(ctx context.Context, key string) ([]byte, uint64, error) 
 }
 
 func (s *memStore) Apply(ctx context.Context, ops ...vault.Op) ([]uint64, error) {
+	if f := s.stall.Swap(nil); f != nil {
+		(*f)()
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, op := range ops {
@@ -839,6 +843,39 @@ func TestVault_Failpoints_InOrder(t *testing.T) {
 		want := []string{vault.FailpointBeforeProviderCall, vault.FailpointAfterProviderAnswer, vault.FailpointAfterCommit}
 		if !slices.Equal(seen, want) {
 			t.Errorf("failpoints %q; want %q", seen, want)
+		}
+	})
+}
+
+// TestScheduler_StallThenNoBurst: a store that stands still for a while
+// (a slow fsync) while the dispatcher keeps starting actions must not make
+// them reach the provider all at once when it moves again.
+func TestScheduler_StallThenNoBurst(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		p := newSchedFake(time.Minute)
+		e := newSchedEnv(t, p, vault.RefreshPolicy{RateLimit: 5, Burst: 2})
+		const n = 60
+		for i := range n {
+			e.connect(fmt.Sprint("user-", i))
+		}
+		time.Sleep(2 * time.Minute) // all expired: due at once
+		stall := func() { time.Sleep(5 * time.Second) }
+		e.st.stall.Store(&stall)
+		start := time.Now()
+		_, stop := e.run(vault.SchedulerConfig{Concurrency: n})
+		time.Sleep(time.Minute)
+		stop()
+		perSecond := map[int]int{}
+		for _, r := range p.log() {
+			perSecond[int(r.at.Sub(start)/time.Second)]++
+		}
+		for s, k := range perSecond {
+			if k > 5+2 {
+				t.Errorf("%d requests reached the provider in second %d; want at most rate 5 + burst 2: %v", k, s, perSecond)
+			}
+		}
+		if got := p.refreshCount(); got < n {
+			t.Errorf("%d refreshes; want all %d", got, n)
 		}
 	})
 }

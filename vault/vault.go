@@ -457,7 +457,8 @@ func (v *Vault) refreshLocked(ctx context.Context, e *entry, c *Connection, cred
 		return Token{}, nil, err
 	}
 	v.failpoint(FailpointBeforeProviderCall)
-	// 2. The provider call.
+	// 2. The provider call (paced, if the Scheduler started it).
+	sendGate(ctx, c.Provider)
 	called := v.now()
 	g, perr := p.Refresh(ctx, marked.Grant.clone(), credential)
 	v.failpoint(FailpointAfterProviderAnswer)
