@@ -8,9 +8,9 @@ import (
 	"math"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
+	"golang.org/x/time/rate"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -165,7 +165,7 @@ func newCaller(name string, acc Access) (*Caller, error) {
 		if burst == 0 {
 			burst = max(1, math.Ceil(rl.RPS))
 		}
-		c.limit = &bucket{rate: rl.RPS, burst: burst, tokens: burst}
+		c.limit = rate.NewLimiter(rate.Limit(rl.RPS), int(burst))
 	}
 	return c, nil
 }
@@ -179,7 +179,7 @@ type Caller struct {
 
 	providers map[string]bool // nil: every provider
 	hash      [sha256.Size]byte
-	limit     *bucket // nil: unlimited
+	limit     *rate.Limiter // nil: unlimited
 }
 
 // AllowsProvider reports whether the caller may act on the named
@@ -244,28 +244,18 @@ func bearer(v string) (string, bool) {
 	return strings.TrimSpace(v[len(scheme):]), true
 }
 
-// bucket is a token bucket.
-type bucket struct {
-	mu     sync.Mutex
-	rate   float64 // tokens a second
-	burst  float64
-	tokens float64
-	last   time.Time
-}
-
-// take takes a token at now, or says how long until one is there.
-func (b *bucket) take(now time.Time) (bool, time.Duration) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if !b.last.IsZero() {
-		b.tokens = min(b.burst, b.tokens+now.Sub(b.last).Seconds()*b.rate)
+// take takes a token from l at now, or says how long until one is there
+// without taking it.
+func take(l *rate.Limiter, now time.Time) (bool, time.Duration) {
+	r := l.ReserveN(now, 1)
+	if !r.OK() {
+		return false, time.Second
 	}
-	b.last = now
-	if b.tokens >= 1 {
-		b.tokens--
-		return true, 0
+	if d := r.DelayFrom(now); d > 0 {
+		r.CancelAt(now)
+		return false, d
 	}
-	return false, time.Duration((1 - b.tokens) / b.rate * float64(time.Second))
+	return true, 0
 }
 
 // need is who may call a method.
@@ -432,7 +422,7 @@ func (g *gate) admit(ctx context.Context, method string) (rule, *Caller, error) 
 		return r, nil, errRoleDenied
 	}
 	if c.limit != nil {
-		if ok, wait := c.limit.take(g.now()); !ok {
+		if ok, wait := take(c.limit, g.now()); !ok {
 			g.metrics.authFailure(failRateLimited)
 			return r, nil, rateLimited(wait)
 		}
