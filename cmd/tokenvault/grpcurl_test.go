@@ -139,6 +139,16 @@ func TestGrpcurl_OperatorPath(t *testing.T) {
 		t.Errorf("RevokeConnection printed %q; want the revoked connection", out)
 	}
 
+	// The event stream tells of the connection and of its revocation. The
+	// stream stays open for live events; -max-time ends it (so grpcurl
+	// exits non-zero) after it has printed what was already there.
+	events, errOut, _ := call(r.AppKey, "-max-time", "3", "-d", `{"after_sequence":0}`, "--", "tokenvault.v1.TokenVaultService/WatchEvents")
+	for _, want := range []string{`"connection.created"`, `"connection.revoked"`, id} {
+		if !strings.Contains(events, want) {
+			t.Errorf("WatchEvents printed %q (%s); want it to contain %s", events, errOut, want)
+		}
+	}
+
 	// The audit names who revoked it, and who tried to.
 	var audit struct {
 		Events []struct {
