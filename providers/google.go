@@ -206,12 +206,7 @@ func (p *Google) Refresh(ctx context.Context, g Grant, credential string) (Grant
 		out.Tokens[i].Scopes = googleScopes(out.Tokens[i].Scopes)
 	}
 	out = withScopes(out)
-	if tr.IDToken != "" {
-		if out.Secrets == nil {
-			out.Secrets = map[string]string{}
-		}
-		out.Secrets["id_token"] = tr.IDToken
-	}
+	out.Secrets = setMeta(out.Secrets, "id_token", tr.IDToken)
 	return out, nil
 }
 

@@ -349,12 +349,7 @@ func (p *OAuth2) Refresh(ctx context.Context, g Grant, credential string) (Grant
 		all = append(all, t.Scopes...)
 	}
 	out.Scopes = normalizeScopes(all)
-	if tr.IDToken != "" {
-		if out.Secrets == nil {
-			out.Secrets = map[string]string{}
-		}
-		out.Secrets["id_token"] = tr.IDToken
-	}
+	out.Secrets = setMeta(out.Secrets, "id_token", tr.IDToken)
 	return out, nil
 }
 

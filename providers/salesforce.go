@@ -410,12 +410,7 @@ func (p *Salesforce) Refresh(ctx context.Context, g Grant, credential string) (G
 	out.Metadata["host"] = h.canon
 	i := slices.IndexFunc(out.Tokens, func(t Token) bool { return t.Name == credential })
 	out = p.update(ctx, h, out, i, tr, p.cfg.Now())
-	if tr.IDToken != "" {
-		if out.Secrets == nil {
-			out.Secrets = map[string]string{}
-		}
-		out.Secrets["id_token"] = tr.IDToken
-	}
+	out.Secrets = setMeta(out.Secrets, "id_token", tr.IDToken)
 	return out, nil
 }
 
