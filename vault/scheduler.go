@@ -13,6 +13,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"golang.org/x/time/rate"
 )
 
 // Failpoint names, passed to Config.Failpoint (crash tests only).
@@ -322,15 +324,15 @@ type Scheduler struct {
 
 	mu      sync.Mutex
 	heap    schedHeap
-	count   int                     // items scheduled (heap, ready or running)
-	ready   map[string][]*schedItem // due, waiting for the rate limit or a slot, by provider
-	buckets map[string]*bucket      // by provider: actions started
-	sends   map[string]*bucket      // by provider: requests sent (sendGate)
-	paused  map[string]time.Time    // provider -> until (Retry-After)
-	running int                     // actions running
-	rr      int                     // round-robin start over providers
-	epoch   uint32                  // of this Run; items of another are stale
-	provs   []string                // sorted provider names with a ready queue
+	count   int                      // items scheduled (heap, ready or running)
+	ready   map[string][]*schedItem  // due, waiting for the rate limit or a slot, by provider
+	buckets map[string]*rate.Limiter // by provider: actions started
+	sends   map[string]*rate.Limiter // by provider: requests sent (sendGate)
+	paused  map[string]time.Time     // provider -> until (Retry-After)
+	running int                      // actions running
+	rr      int                      // round-robin start over providers
+	epoch   uint32                   // of this Run; items of another are stale
+	provs   []string                 // sorted provider names with a ready queue
 	stats   struct{ refreshes, validated, failed, reauth, skipped, replanned atomic.Uint64 }
 }
 
@@ -383,8 +385,8 @@ func NewScheduler(v *Vault, cfg SchedulerConfig) *Scheduler {
 		canValidate: map[string]bool{},
 		wake:        make(chan struct{}, 1),
 		ready:       map[string][]*schedItem{},
-		buckets:     map[string]*bucket{},
-		sends:       map[string]*bucket{},
+		buckets:     map[string]*rate.Limiter{},
+		sends:       map[string]*rate.Limiter{},
 		paused:      map[string]time.Time{},
 	}
 	for name, p := range v.cfg.Providers {
@@ -603,7 +605,7 @@ func (s *Scheduler) step(ctx context.Context, wg *sync.WaitGroup) time.Duration 
 				wait = min(wait, until.Sub(now))
 				continue
 			}
-			if d := s.bucket(s.buckets, p).take(now); d > 0 {
+			if d := take(s.bucket(s.buckets, p), now); d > 0 {
 				wait = min(wait, d)
 				continue
 			}
@@ -705,11 +707,11 @@ func (s *Scheduler) run(ctx context.Context, it *schedItem, plan Plan, gen uint6
 
 // bucket returns provider's token bucket in m, made on first use. The
 // caller holds s.mu.
-func (s *Scheduler) bucket(m map[string]*bucket, provider string) *bucket {
+func (s *Scheduler) bucket(m map[string]*rate.Limiter, provider string) *rate.Limiter {
 	b := m[provider]
 	if b == nil {
 		pol := s.policy(provider)
-		b = &bucket{rate: pol.RateLimit, burst: float64(pol.Burst)}
+		b = rate.NewLimiter(rate.Limit(pol.RateLimit), pol.Burst)
 		m[provider] = b
 	}
 	return b
@@ -731,7 +733,7 @@ func sendGate(ctx context.Context, provider string) {
 	}
 	for {
 		s.mu.Lock()
-		d := s.bucket(s.sends, provider).take(s.cfg.Now())
+		d := take(s.bucket(s.sends, provider), s.cfg.Now())
 		s.mu.Unlock()
 		if d <= 0 {
 			return
@@ -870,26 +872,17 @@ func (h *schedHeap) Pop() any {
 	return it
 }
 
-// bucket is a token bucket on the scheduler's clock (which may be
-// simulated, or jump: golang.org/x/time/rate would read the real clock).
-type bucket struct {
-	rate, burst, tokens float64
-	last                time.Time
-}
-
-// take takes a token at now and returns 0, or returns how long until one
-// is available.
-func (b *bucket) take(now time.Time) time.Duration {
-	switch {
-	case b.last.IsZero():
-		b.tokens = b.burst
-	case now.After(b.last):
-		b.tokens = min(b.burst, b.tokens+now.Sub(b.last).Seconds()*b.rate)
+// take takes a token from l at now (the scheduler's clock, which may be
+// simulated or jump: the limiter is only ever given explicit times) and
+// returns 0, or returns how long until one is available without taking it.
+func take(l *rate.Limiter, now time.Time) time.Duration {
+	r := l.ReserveN(now, 1)
+	if !r.OK() {
+		return time.Second
 	}
-	b.last = now // a clock that went back neither adds nor owes tokens
-	if b.tokens >= 1 {
-		b.tokens--
-		return 0
+	if d := r.DelayFrom(now); d > 0 {
+		r.CancelAt(now)
+		return d
 	}
-	return time.Duration((1-b.tokens)/b.rate*float64(time.Second)) + 1
+	return 0
 }
