@@ -384,13 +384,15 @@ func TestOAuth2_Refresh_Transient(t *testing.T) {
 		{"429_date", providertest.RateLimited(date), "http_429", 80 * time.Second},
 		{"429_capped", providertest.RateLimited("86400"), "http_429", time.Hour},
 		{"garbage", providertest.Garbage(), "invalid_response", 0},
-		{"slow", providertest.Slow(5 * time.Second), "timeout", 0},
+		{"slow", providertest.Slow(time.Minute), "timeout", 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			srv, p := setup(t, providertest.Options{}, func(c *providers.OAuth2Config) {
+				// Long enough for the connect under -race on a loaded
+				// machine; the slow fault outlasts it by far.
 				hc := *http.DefaultClient
-				hc.Timeout = 200 * time.Millisecond
+				hc.Timeout = 3 * time.Second
 				c.HTTPClient = &hc
 			})
 			g := connect(t, srv, p)

@@ -119,7 +119,7 @@ func TestWatchEvents_Filters(t *testing.T) {
 		{"limited to another provider", "app-other", nil, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			sctx, scancel := context.WithTimeout(ctx, 300*time.Millisecond)
+			sctx, scancel := context.WithTimeout(ctx, 1500*time.Millisecond) // ample for the replay on a loaded machine
 			defer scancel()
 			s := e.watch(sctx, tc.key, &tvv1.WatchEventsRequest{Types: tc.types})
 			var got []string
