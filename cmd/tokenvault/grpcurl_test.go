@@ -142,7 +142,7 @@ func TestGrpcurl_OperatorPath(t *testing.T) {
 	// The event stream tells of the connection and of its revocation. The
 	// stream stays open for live events; -max-time ends it (so grpcurl
 	// exits non-zero) after it has printed what was already there.
-	events, errOut, _ := call(r.AppKey, "-max-time", "3", "-d", `{"after_sequence":0}`, "--", "tokenvault.v1.TokenVaultService/WatchEvents")
+	events, errOut, _ := call(r.AppKey, "-max-time", "6", "-d", `{"after_sequence":0}`, "--", "tokenvault.v1.TokenVaultService/WatchEvents")
 	for _, want := range []string{`"connection.created"`, `"connection.revoked"`, id} {
 		if !strings.Contains(events, want) {
 			t.Errorf("WatchEvents printed %q (%s); want it to contain %s", events, errOut, want)
