@@ -222,15 +222,7 @@ func (p *Google) Revoke(ctx context.Context, g Grant) error {
 	if tok == "" {
 		return nil
 	}
-	res, err := p.post(ctx, opRevoke, p.opts["api_base"]+"/revoke", url.Values{"token": {tok}}, nil)
-	if err != nil {
-		return err
-	}
-	revoked, code := revokeOutcome(res)
-	if revoked {
-		return nil
-	}
-	return p.classify(opRevoke, res, code, googleErrors)
+	return p.revokeToken(ctx, p.opts["api_base"]+"/revoke", tok, googleErrors)
 }
 
 // Validate asks tokeninfo about the access token (POSTed, to keep it out

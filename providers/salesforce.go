@@ -430,15 +430,7 @@ func (p *Salesforce) Revoke(ctx context.Context, g Grant) error {
 	if err != nil {
 		return err
 	}
-	res, err := p.post(ctx, opRevoke, h.base+"/services/oauth2/revoke", url.Values{"token": {tok}}, nil)
-	if err != nil {
-		return err
-	}
-	revoked, code := revokeOutcome(res)
-	if revoked {
-		return nil
-	}
-	return p.classify(opRevoke, res, code, salesforceErrors)
+	return p.revokeToken(ctx, h.base+"/services/oauth2/revoke", tok, salesforceErrors)
 }
 
 // Validate checks the grant without refreshing it. With a refresh token

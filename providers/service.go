@@ -421,6 +421,20 @@ func (s *service) credential(g Grant, name string) (int, error) {
 	return i, nil
 }
 
+// revokeToken posts token to an RFC 7009 endpoint with no client
+// authentication (Google, Salesforce) and reads the answer: success, or
+// already dead, is nil; anything else is classified with table.
+func (s *service) revokeToken(ctx context.Context, endpoint, token string, table map[string]Class) error {
+	res, err := s.post(ctx, opRevoke, endpoint, url.Values{"token": {token}}, nil)
+	if err != nil {
+		return err
+	}
+	if revoked, code := revokeOutcome(res); !revoked {
+		return s.classify(opRevoke, res, code, table)
+	}
+	return nil
+}
+
 // retag returns err with the Op of its *Error set to op (on a copy), for
 // a failure of one step reported as another (a refresh done to revoke).
 func retag(err error, op string) error {
