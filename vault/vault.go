@@ -514,9 +514,14 @@ func (v *Vault) refreshLocked(ctx context.Context, e *entry, c *Connection, cred
 	}
 	// 3. Commit the new grant before anyone sees it.
 	for i := range g.Tokens {
-		if g.Tokens[i].Name == credential {
-			g.Tokens[i].IssuedAt = now
-			v.assumeExpiry(c.Provider, &g.Tokens[i], now)
+		t := &g.Tokens[i]
+		if t.Name == credential {
+			t.IssuedAt = now
+			v.assumeExpiry(c.Provider, t, now)
+		} else if old := marked.Grant.Token(t.Name); old != nil {
+			// Providers know nothing of IssuedAt: carry it over for the
+			// credentials this refresh did not renew.
+			t.IssuedAt = old.IssuedAt
 		}
 	}
 	next.Grant = g

@@ -50,8 +50,12 @@ type fakeProvider struct {
 	refreshErr error
 	revokeErr  error
 	exchErr    error
-	block      chan struct{} // if set, Refresh waits for it to close
-	entered    chan struct{} // if set, Refresh signals it on entry
+	userToken  bool // Exchange also issues a "user" credential
+	// stripIssued makes Refresh drop IssuedAt, as a real provider (which
+	// knows nothing of it) does through the server's adapter.
+	stripIssued bool
+	block       chan struct{} // if set, Refresh waits for it to close
+	entered     chan struct{} // if set, Refresh signals it on entry
 }
 
 func (p *fakeProvider) PKCE() bool { return true }
@@ -76,11 +80,18 @@ func (p *fakeProvider) Exchange(ctx context.Context, r vault.ExchangeRequest) (v
 		return vault.Grant{}, errors.New("no PKCE verifier")
 	}
 	n := p.next()
-	return vault.Grant{
-		Tokens: []vault.Token{{
-			AccessToken: fmt.Sprintf("at-%d", n), RefreshToken: fmt.Sprintf("rt-%d", n),
+	toks := []vault.Token{{
+		AccessToken: fmt.Sprintf("at-%d", n), RefreshToken: fmt.Sprintf("rt-%d", n),
+		TokenType: "Bearer", Expiry: p.clock.Now().Add(p.lifetime),
+	}}
+	if p.userToken {
+		toks = append(toks, vault.Token{
+			Name: "user", AccessToken: fmt.Sprintf("uat-%d", n), RefreshToken: fmt.Sprintf("urt-%d", n),
 			TokenType: "Bearer", Expiry: p.clock.Now().Add(p.lifetime),
-		}},
+		})
+	}
+	return vault.Grant{
+		Tokens:   toks,
 		Scopes:   []string{"read"},
 		Account:  "acct-1",
 		Metadata: map[string]string{"team_id": "T1"},
@@ -100,6 +111,11 @@ func (p *fakeProvider) Refresh(ctx context.Context, g vault.Grant, cred string) 
 	p.mu.Unlock()
 	if err != nil {
 		return vault.Grant{}, err
+	}
+	if p.stripIssued {
+		for i := range g.Tokens {
+			g.Tokens[i].IssuedAt = time.Time{}
+		}
 	}
 	n := p.next()
 	t := g.Token(cred)
@@ -641,4 +657,25 @@ func BenchmarkVault_AccessToken_Cached(b *testing.B) {
 			}
 		}
 	})
+}
+
+func TestVault_Refresh_OneCredential_KeepsTheOthersIssuedAt(t *testing.T) {
+	h := newHarness(t)
+	h.p.userToken, h.p.stripIssued = true, true
+	c := h.connect("alice")
+	issued := c.Grant.Token("").IssuedAt
+	if issued.IsZero() {
+		t.Fatal("connect left IssuedAt zero")
+	}
+	h.clock.Add(time.Minute)
+	got, err := h.v.Refresh(context.Background(), c.ID, "user")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if at := got.Grant.Token("").IssuedAt; !at.Equal(issued) {
+		t.Errorf("bot token IssuedAt after refreshing the user token = %v; want %v", at, issued)
+	}
+	if at := got.Grant.Token("user").IssuedAt; !at.Equal(h.clock.Now()) {
+		t.Errorf("user token IssuedAt = %v; want %v", at, h.clock.Now())
+	}
 }
