@@ -17,6 +17,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.etcd.io/bbolt"
@@ -54,6 +55,11 @@ type Options struct {
 // reads run in parallel, writes are serialized by bbolt.
 type Store struct {
 	db *bbolt.DB
+
+	// The mapping's pages are released after so many operations
+	// (release.go).
+	ops       atomic.Int64
+	releasing atomic.Bool
 
 	closeOnce sync.Once
 	closeErr  error
@@ -138,6 +144,7 @@ func (s *Store) Get(ctx context.Context, key string) ([]byte, uint64, error) {
 		val, rev = bytes.Clone(data), r
 		return nil
 	})
+	s.touched(1)
 	if err == vault.ErrNotFound {
 		return nil, 0, err
 	}
@@ -209,6 +216,7 @@ func (s *Store) Apply(ctx context.Context, ops ...vault.Op) ([]uint64, error) {
 		}
 		return nil
 	})
+	s.touched(len(ops))
 	if err == vault.ErrConflict {
 		return nil, err
 	}
@@ -268,6 +276,7 @@ func (s *Store) Take(ctx context.Context, key string) ([]byte, error) {
 		val = bytes.Clone(data) // before Delete changes the page under v
 		return b.Delete(k)
 	})
+	s.touched(1)
 	if err == vault.ErrNotFound {
 		return nil, err
 	}
@@ -300,11 +309,16 @@ func (s *Store) Scan(ctx context.Context, prefix, after string, fn func(key stri
 			k, v = c.Seek(p)
 		}
 		var buf []byte
+		read := 0 // bytes read since the mapping was last released
 		for n := 0; k != nil && bytes.HasPrefix(k, p); k, v = c.Next() {
 			if n++; n%64 == 0 {
 				if err := ctx.Err(); err != nil {
 					return err
 				}
+			}
+			if read += len(k) + len(v); read >= releaseBytes {
+				s.release(tx)
+				read = 0
 			}
 			rev, data, err := splitRecord(k, v)
 			if err != nil {
@@ -324,6 +338,7 @@ func (s *Store) Scan(ctx context.Context, prefix, after string, fn func(key stri
 		}
 		return nil
 	})
+	s.touched(1)
 	if fnErr != nil {
 		return fnErr
 	}
