@@ -70,15 +70,26 @@ func (s AuthStyle) String() string {
 }
 
 // newHTTPClient returns the client a provider talks through: a shallow copy
-// of base (nil: a new client on http.DefaultTransport) that never follows
-// redirects, with defaultTimeout if base has no timeout. A redirect comes back
-// as the 3xx response itself, which the callers classify as ClassConfig: a
-// token endpoint that redirects is misconfigured, and following it would send
-// a code or refresh token somewhere else.
+// of base (nil: a new client) that never follows redirects, with
+// defaultTimeout if base has no timeout. A redirect comes back as the 3xx
+// response itself, which the callers classify as ClassConfig: a token
+// endpoint that redirects is misconfigured, and following it would send a
+// code or refresh token somewhere else.
+//
+// A client without a transport of its own gets one, not
+// http.DefaultTransport: its pool keeps enough idle connections for the
+// scheduler's concurrent refreshes to one host (DefaultTransport keeps 2),
+// and nothing else in the process that closes DefaultTransport's idle
+// connections can break a refresh under way.
 func newHTTPClient(base *http.Client) *http.Client {
 	var c http.Client
 	if base != nil {
 		c = *base
+	}
+	if c.Transport == nil {
+		t := http.DefaultTransport.(*http.Transport).Clone()
+		t.MaxIdleConnsPerHost = maxIdlePerHost
+		c.Transport = t
 	}
 	c.CheckRedirect = func(*http.Request, []*http.Request) error {
 		return http.ErrUseLastResponse
@@ -88,6 +99,10 @@ func newHTTPClient(base *http.Client) *http.Client {
 	}
 	return &c
 }
+
+// maxIdlePerHost is how many idle connections a provider's own transport
+// keeps to one host.
+const maxIdlePerHost = 64
 
 // httpResult is a provider's answer, read in full (and bounded).
 type httpResult struct {
