@@ -35,22 +35,18 @@ func (s *tokenService) GetAccessToken(ctx context.Context, req *tvv1.GetAccessTo
 		}
 		minValid = min(d.AsDuration(), maxMinValid)
 	}
-	tok, c, err := s.v.AccessToken(ctx, req.GetConnectionId(), req.GetCredential(), minValid, req.GetForceRefresh())
+	tok, info, err := s.v.AccessToken(ctx, req.GetConnectionId(), req.GetCredential(), minValid, req.GetForceRefresh())
 	if err != nil {
 		return nil, toStatus(err)
-	}
-	scopes := tok.Scopes
-	if len(scopes) == 0 {
-		scopes = c.Grant.Scopes
 	}
 	resp := &tvv1.GetAccessTokenResponse{
 		AccessToken:   tok.AccessToken,
 		TokenType:     tok.TokenType,
-		GrantedScopes: scopes,
-		MissingScopes: c.MissingScopes(),
-		Metadata:      c.Grant.Metadata,
-		ConnectionId:  c.ID,
-		Provider:      c.Provider,
+		GrantedScopes: info.GrantedScopes,
+		MissingScopes: info.MissingScopes,
+		Metadata:      info.Metadata,
+		ConnectionId:  info.ConnectionID,
+		Provider:      info.Provider,
 	}
 	if resp.TokenType == "" {
 		resp.TokenType = "Bearer"

@@ -224,11 +224,11 @@ type Filter struct {
 	Status                  Status
 }
 
-func (f Filter) match(c *Connection) bool {
-	return (f.Owner == "" || f.Owner == c.Owner) &&
-		(f.Tenant == "" || f.Tenant == c.Tenant) &&
-		(f.Provider == "" || f.Provider == c.Provider) &&
-		(f.Status == "" || f.Status == c.Status)
+func (f Filter) match(e *entry) bool {
+	return (f.Owner == "" || f.Owner == e.owner) &&
+		(f.Tenant == "" || f.Tenant == e.tenant) &&
+		(f.Provider == "" || f.Provider == e.provider) &&
+		(f.Status == "" || f.Status == e.res.Load().status)
 }
 
 // A Provider is what the vault needs of an OAuth provider. Errors it returns

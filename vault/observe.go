@@ -43,7 +43,7 @@ func (v *Vault) ProviderOf(id string) (string, bool) {
 	if e == nil {
 		return "", false
 	}
-	return e.conn.Load().Provider, true
+	return e.provider, true
 }
 
 // StatusCount is how many connections of one provider are in one status.
@@ -63,8 +63,7 @@ func (v *Vault) CountByStatus() []StatusCount {
 	counts := map[key]int{}
 	v.mu.RLock()
 	for _, e := range v.entries {
-		c := e.conn.Load()
-		counts[key{c.Provider, c.Status}]++
+		counts[key{e.provider, e.res.Load().status}]++
 	}
 	v.mu.RUnlock()
 	out := make([]StatusCount, 0, len(counts))
@@ -118,15 +117,15 @@ func lastUseDue(e *entry, minStep time.Duration) bool {
 	if used <= 0 {
 		return false
 	}
-	c := e.conn.Load()
-	return c.LastUsedAt.IsZero() || used-c.LastUsedAt.UnixNano() > int64(minStep)
+	stored := e.res.Load().lastUsedAt
+	return stored == 0 || used-stored > int64(minStep)
 }
 
 func (v *Vault) flushLastUsed(ctx context.Context, batch []*entry, minStep time.Duration) (int, error) {
 	var (
-		locked []*entry
-		nexts  []*Connection
-		ops    []Op
+		locked       []*entry
+		prevs, nexts []*Connection
+		ops          []Op
 	)
 	defer func() {
 		for _, e := range locked {
@@ -142,8 +141,13 @@ func (v *Vault) flushLastUsed(ctx context.Context, batch []*entry, minStep time.
 			e.mu.Unlock()
 			continue
 		}
-		next := e.conn.Load().clone()
-		next.LastUsedAt = time.Unix(0, e.lastUsed.Load())
+		prev, err := v.reload(ctx, e)
+		if err != nil {
+			e.mu.Unlock()
+			return 0, err
+		}
+		next := prev.clone()
+		next.LastUsedAt = timeOf(e.lastUsed.Load())
 		next.Generation++
 		next.UpdatedAt = now
 		key := connPrefix + next.ID
@@ -158,7 +162,7 @@ func (v *Vault) flushLastUsed(ctx context.Context, batch []*entry, minStep time.
 			return 0, fmt.Errorf("vault: seal %s: %w", next.ID, err)
 		}
 		locked = append(locked, e)
-		nexts = append(nexts, next)
+		prevs, nexts = append(prevs, prev), append(nexts, next)
 		ops = append(ops, Op{Key: key, Value: sealed, IfRev: int64(e.rev)})
 	}
 	if len(ops) == 0 {
@@ -174,7 +178,7 @@ func (v *Vault) flushLastUsed(ctx context.Context, batch []*entry, minStep time.
 			if err != nil {
 				return n, err
 			}
-			if err := v.commit(ctx, e, c.clone()); err != nil {
+			if err := v.commit(ctx, e, c, c.clone()); err != nil {
 				return n, err
 			}
 			n++
@@ -186,8 +190,7 @@ func (v *Vault) flushLastUsed(ctx context.Context, batch []*entry, minStep time.
 	}
 	for i, e := range locked {
 		e.rev = revs[i]
-		old := e.conn.Swap(nexts[i])
-		v.changed(e, old, nexts[i])
+		v.publish(e, prevs[i], nexts[i])
 	}
 	return len(locked), nil
 }

@@ -144,14 +144,24 @@ type Plan struct {
 //
 // The earliest of these wins. Plan.Action is ActionNone if nothing is to be done.
 func NextPlan(c *Connection, p RefreshPolicy, canValidate bool, now time.Time, j float64) Plan {
-	if c == nil || c.Status != StatusActive || len(c.Grant.Tokens) == 0 {
+	if c == nil {
+		return Plan{}
+	}
+	return nextPlan(newResident(c), p, canValidate, now, j)
+}
+
+// nextPlan is NextPlan on the resident part of the record, which is all it
+// reads.
+func nextPlan(c *resident, p RefreshPolicy, canValidate bool, now time.Time, j float64) Plan {
+	if c.status != StatusActive || len(c.tokens) == 0 {
 		return Plan{}
 	}
 	p = p.withDefaults(0)
 	j = min(max(j, 0), 1)
-	if f := c.InFlight; f != nil {
-		if t := c.Grant.Token(f.Credential); t != nil && t.RefreshToken != "" {
-			return Plan{At: later(now, c.NextRetryAt), Action: ActionRefresh, Credential: f.Credential}
+	nextRetryAt := timeOf(c.retryAt)
+	if c.inFlight {
+		if t := c.token(c.inFlightCred); t != nil && t.refreshable {
+			return Plan{At: later(now, nextRetryAt), Action: ActionRefresh, Credential: c.inFlightCred}
 		}
 	}
 	var best Plan
@@ -168,15 +178,16 @@ func NextPlan(c *Connection, p RefreshPolicy, canValidate bool, now time.Time, j
 	}
 	neverRefreshed := false
 	var issued time.Time // the newest token's
-	for i := range c.Grant.Tokens {
-		t := &c.Grant.Tokens[i]
-		issued = later(issued, t.IssuedAt)
-		exp := t.Expiry
-		if exp.IsZero() && p.TokenLifetime > 0 && t.RefreshToken != "" && !t.IssuedAt.IsZero() {
-			exp = t.IssuedAt.Add(p.TokenLifetime)
+	for i := range c.tokens {
+		t := &c.tokens[i]
+		tIssued := timeOf(t.issuedAt)
+		issued = later(issued, tIssued)
+		exp := timeOf(t.expiry)
+		if exp.IsZero() && p.TokenLifetime > 0 && t.refreshable && !tIssued.IsZero() {
+			exp = tIssued.Add(p.TokenLifetime)
 		}
-		if t.RefreshToken == "" {
-			if t.AccessToken != "" && (exp.IsZero() || exp.After(now)) {
+		if !t.refreshable {
+			if t.access != "" && (exp.IsZero() || exp.After(now)) {
 				neverRefreshed = true
 			}
 			continue
@@ -186,10 +197,10 @@ func NextPlan(c *Connection, p RefreshPolicy, canValidate bool, now time.Time, j
 		}
 		var at, latest time.Time
 		if !exp.IsZero() {
-			at, latest = refreshWindow(t.IssuedAt, exp, p, j)
+			at, latest = refreshWindow(tIssued, exp, p, j)
 		}
-		if p.RefreshIdleMax > 0 && !t.IssuedAt.IsZero() {
-			a, l := refreshWindow(t.IssuedAt, t.IssuedAt.Add(p.RefreshIdleMax), p, j)
+		if p.RefreshIdleMax > 0 && !tIssued.IsZero() {
+			a, l := refreshWindow(tIssued, tIssued.Add(p.RefreshIdleMax), p, j)
 			if at.IsZero() || a.Before(at) {
 				at, latest = a, l
 			}
@@ -197,16 +208,16 @@ func NextPlan(c *Connection, p RefreshPolicy, canValidate bool, now time.Time, j
 		if at.IsZero() {
 			continue
 		}
-		if c.NextRetryAt.After(at) {
-			at = c.NextRetryAt
+		if nextRetryAt.After(at) {
+			at = nextRetryAt
 			latest = later(latest, at)
 		}
-		consider(at, latest, ActionRefresh, t.Name)
+		consider(at, latest, ActionRefresh, t.name)
 	}
 	if neverRefreshed && canValidate && p.ValidateInterval > 0 {
-		base := c.LastValidatedAt
+		base := timeOf(c.validatedAt)
 		if base.IsZero() {
-			base = cmp.Or(issued, c.CreatedAt)
+			base = cmp.Or(issued, timeOf(c.createdAt))
 		}
 		iv := float64(p.ValidateInterval)
 		at := base.Add(time.Duration(iv - j*p.Jitter*iv))
@@ -245,22 +256,22 @@ func later(a, b time.Time) time.Time {
 	return a
 }
 
-// jitterOf returns c's jitter for NextPlan: a hash of its id and of its
-// newest token's issue time, in [0,1). It is stable while the tokens are
-// (a restart rebuilds the same schedule) and new with each token, so that
-// connections created together drift apart.
-func jitterOf(c *Connection) float64 {
+// jitterOf returns the jitter for NextPlan of connection id with resident
+// c: a hash of its id and of its newest token's issue time, in [0,1). It is
+// stable while the tokens are (a restart rebuilds the same schedule) and new
+// with each token, so that connections created together drift apart.
+func jitterOf(id string, c *resident) float64 {
 	// FNV-1a, inline: this runs for every connection at start.
 	const offset, prime = 14695981039346656037, 1099511628211
 	h := uint64(offset)
-	for i := 0; i < len(c.ID); i++ {
-		h = (h ^ uint64(c.ID[i])) * prime
+	for i := 0; i < len(id); i++ {
+		h = (h ^ uint64(id[i])) * prime
 	}
-	var issued time.Time
-	for i := range c.Grant.Tokens {
-		issued = later(issued, c.Grant.Tokens[i].IssuedAt)
+	var issued int64
+	for i := range c.tokens {
+		issued = max(issued, c.tokens[i].issuedAt)
 	}
-	n := uint64(issued.UnixNano())
+	n := uint64(timeOf(issued).UnixNano())
 	for i := range 8 {
 		h = (h ^ (n >> (8 * i) & 0xff)) * prime
 	}
@@ -474,13 +485,13 @@ func (s *Scheduler) build() {
 			for i := w * chunk; i < min((w+1)*chunk, len(entries)); i++ {
 				e, it := entries[i], &items[i]
 				*it = schedItem{e: e, index: -1, epoch: s.epoch}
-				c := e.conn.Load()
-				pol, ok := s.policies[c.Provider]
+				c := e.res.Load()
+				pol, ok := s.policies[e.provider]
 				if !ok {
 					pol = RefreshPolicy{}.withDefaults(s.v.cfg.DefaultMinValid)
 				}
-				p := NextPlan(c, pol, s.canValidate[c.Provider], now, jitterOf(c))
-				it.at, it.action, it.cred, it.gen = p.At.UnixNano(), p.Action, p.Credential, c.Generation
+				p := nextPlan(c, pol, s.canValidate[e.provider], now, jitterOf(e.id, c))
+				it.at, it.action, it.cred, it.gen = p.At.UnixNano(), p.Action, p.Credential, c.gen
 			}
 		})
 	}
@@ -498,18 +509,18 @@ func (s *Scheduler) build() {
 	heap.Init(&s.heap)
 }
 
-// plan decides it's next action from c; it reports whether there is one.
-// The caller holds s.mu.
-func (s *Scheduler) plan(it *schedItem, c *Connection, now time.Time) bool {
-	p := NextPlan(c, s.policy(c.Provider), s.canValidate[c.Provider], now, jitterOf(c))
+// plan decides it's next action from c, the resident of it's connection;
+// it reports whether there is one. The caller holds s.mu.
+func (s *Scheduler) plan(it *schedItem, c *resident, now time.Time) bool {
+	p := nextPlan(c, s.policy(it.e.provider), s.canValidate[it.e.provider], now, jitterOf(it.e.id, c))
 	it.at, it.action, it.cred = p.At.UnixNano(), p.Action, p.Credential
-	it.gen = c.Generation
+	it.gen = c.gen
 	return p.Action != ActionNone
 }
 
-// noteChange re-plans e, whose record just became c. The vault calls it
-// with e's lock held, after every commit.
-func (s *Scheduler) noteChange(e *entry, c *Connection) {
+// noteChange re-plans e, whose record's resident just became c. The vault
+// calls it with e's lock held, after every commit.
+func (s *Scheduler) noteChange(e *entry, c *resident) {
 	now := s.cfg.Now()
 	s.mu.Lock()
 	it := e.item
@@ -570,7 +581,7 @@ func (s *Scheduler) step(ctx context.Context, wg *sync.WaitGroup) time.Duration 
 			// The clock jumped forward (or the process stood still):
 			// decide again, which spreads what can still wait.
 			s.stats.replanned.Add(1)
-			if !s.plan(it, it.e.conn.Load(), now) {
+			if !s.plan(it, it.e.res.Load(), now) {
 				heap.Remove(&s.heap, 0)
 				s.count--
 				continue
@@ -582,7 +593,7 @@ func (s *Scheduler) step(ctx context.Context, wg *sync.WaitGroup) time.Duration 
 		}
 		heap.Pop(&s.heap)
 		it.state = itemReady
-		p := it.e.conn.Load().Provider
+		p := it.e.provider
 		if len(s.ready[p]) == 0 {
 			if i, found := slices.BinarySearch(s.provs, p); !found {
 				s.provs = slices.Insert(s.provs, i, p)
@@ -648,17 +659,17 @@ func (s *Scheduler) run(ctx context.Context, it *schedItem, plan Plan, gen uint6
 	case ActionValidate:
 		did, err = s.v.validatePlanned(gated, it.e, gen)
 	}
-	c := it.e.conn.Load()
+	c := it.e.res.Load()
 	switch {
-	case c.Status == StatusNeedsReauth && errors.Is(err, ErrReauthRequired):
+	case c.status == StatusNeedsReauth && errors.Is(err, ErrReauthRequired):
 		s.stats.reauth.Add(1)
-	case err != nil, plan.Action == ActionRefresh && did && c.Failures > 0:
+	case err != nil, plan.Action == ActionRefresh && did && c.failures > 0:
 		// (A transient refresh failure while the token is still valid
 		// returns no error: the record shows it.)
 		s.stats.failed.Add(1)
 		if err != nil && ctx.Err() == nil {
 			s.log.LogAttrs(ctx, slog.LevelDebug, "scheduled action failed",
-				slog.String("connection", c.ID), slog.String("op", plan.Action.String()),
+				slog.String("connection", it.e.id), slog.String("op", plan.Action.String()),
 				slog.String("err", err.Error()))
 		}
 	case !did:
@@ -679,14 +690,14 @@ func (s *Scheduler) run(ctx context.Context, it *schedItem, plan Plan, gen uint6
 	}
 	// Read again under s.mu: a commit after this point finds the item
 	// idle and re-plans it (noteChange); one before it is seen here.
-	c = it.e.conn.Load()
+	c = it.e.res.Load()
 	if !s.plan(it, c, now) {
 		s.count--
 		s.mu.Unlock()
 		s.poke()
 		return
 	}
-	if c.Generation == gen {
+	if c.gen == gen {
 		// Nothing changed (a failure that left no trace, such as a
 		// transient validation failure): back off, whatever the plan says,
 		// so that nothing loops.
@@ -789,7 +800,7 @@ func (v *Vault) Validate(ctx context.Context, id string) (*Connection, error) {
 	if _, err := v.validatePlanned(ctx, e, 0); err != nil {
 		return nil, err
 	}
-	return e.conn.Load(), nil
+	return v.Get(ctx, id)
 }
 
 // validatePlanned validates e's grant if its record is still at generation
@@ -838,13 +849,13 @@ func (v *Vault) validatePlanned(ctx context.Context, e *entry, gen uint64) (bool
 		}
 		next.transition(now, StatusNeedsReauth, pe.Code)
 		next.LastError = pe.Code
-		if err := v.commit(rctx, e, next); err != nil {
+		if err := v.commit(rctx, e, c, next); err != nil {
 			return true, err
 		}
 		return true, &ProviderError{Kind: ErrReauthRequired, Code: pe.Code}
 	}
 	next.LastValidatedAt = now
-	return true, v.commit(rctx, e, next)
+	return true, v.commit(rctx, e, c, next)
 }
 
 // schedHeap orders items by their next action's time.

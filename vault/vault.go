@@ -100,15 +100,21 @@ type Vault struct {
 	sched atomic.Pointer[Scheduler] // told of every change; nil: none
 }
 
-// entry is the in-memory state of one connection. conn is the committed
-// record (immutable; replaced on every write); mu is the connection's
-// critical section for writes.
+// entry is the in-memory state of one connection: its identity, which
+// never changes, and the resident part of its committed record (replaced on
+// every write). mu is the connection's critical section for writes.
 type entry struct {
+	id, owner, tenant, provider string
+
 	mu       sync.Mutex
-	conn     atomic.Pointer[Connection]
-	rev      uint64 // store revision of conn; guarded by mu
+	res      atomic.Pointer[resident]
+	rev      uint64 // store revision of res; guarded by mu
 	lastUsed atomic.Int64
 	item     *schedItem // the Scheduler's; guarded by Scheduler.mu
+}
+
+func newEntry(c *Connection) *entry {
+	return &entry{id: c.ID, owner: c.Owner, tenant: intern(c.Tenant), provider: intern(c.Provider)}
 }
 
 // Open loads every connection from the store and returns a Vault serving
@@ -149,15 +155,9 @@ func Open(ctx context.Context, cfg Config) (*Vault, error) {
 	}
 	v.entries = make(map[string]*entry, len(all))
 	v.ids = make([]string, 0, len(all))
-	for _, l := range all {
-		c := l.conn
-		e := &entry{rev: l.rev}
-		e.conn.Store(c)
-		if !c.LastUsedAt.IsZero() { // zero: never used (its UnixNano is undefined)
-			e.lastUsed.Store(c.LastUsedAt.UnixNano())
-		}
-		v.entries[c.ID] = e
-		v.ids = append(v.ids, c.ID)
+	for _, e := range all {
+		v.entries[e.id] = e
+		v.ids = append(v.ids, e.id)
 	}
 	slices.Sort(v.ids)
 	return v, nil
@@ -197,10 +197,10 @@ func (v *Vault) provider(name string) (Provider, error) {
 	return p, nil
 }
 
-// commit writes next over e's record with a compare-and-swap on e's
-// revision, then publishes it. The caller holds e.mu. extra ops are applied
-// in the same transaction.
-func (v *Vault) commit(ctx context.Context, e *entry, next *Connection, extra ...Op) error {
+// commit writes next over e's record, which was prev (nil: a new
+// connection), with a compare-and-swap on e's revision, then publishes it.
+// The caller holds e.mu. extra ops are applied in the same transaction.
+func (v *Vault) commit(ctx context.Context, e *entry, prev, next *Connection, extra ...Op) error {
 	if used := time.Unix(0, e.lastUsed.Load()); e.lastUsed.Load() > 0 && used.After(next.LastUsedAt) {
 		next.LastUsedAt = used
 	}
@@ -208,7 +208,7 @@ func (v *Vault) commit(ctx context.Context, e *entry, next *Connection, extra ..
 	next.UpdatedAt = v.now()
 	key := connPrefix + next.ID
 	// The change's events (events.go) go in the same transaction.
-	evs := changeEvents(e.conn.Load(), next, next.UpdatedAt)
+	evs := changeEvents(prev, next, next.UpdatedAt)
 	plain, err := json.Marshal(next)
 	if err != nil {
 		return fmt.Errorf("vault: encode %s: %w", next.ID, err)
@@ -223,17 +223,22 @@ func (v *Vault) commit(ctx context.Context, e *entry, next *Connection, extra ..
 		return fmt.Errorf("vault: write %s: %w", next.ID, err)
 	}
 	e.rev = revs[0]
-	old := e.conn.Swap(next)
-	v.changed(e, old, next)
+	v.publish(e, prev, next)
 	return nil
 }
 
-// changed tells the scheduler and Config.OnChange that a connection's
-// committed record went from old (nil: new) to next. The caller holds the
-// connection's lock.
-func (v *Vault) changed(e *entry, old, next *Connection) {
+// publish makes next, committed, e's record, and tells the scheduler and
+// Config.OnChange that it went from prev (nil: new, or changed outside this
+// vault) to next. The caller holds the connection's lock.
+func (v *Vault) publish(e *entry, prev, next *Connection) {
+	r := newResident(next)
+	e.res.Store(r)
+	v.changed(e, r, prev, next)
+}
+
+func (v *Vault) changed(e *entry, r *resident, old, next *Connection) {
 	if s := v.sched.Load(); s != nil {
-		s.noteChange(e, next)
+		s.noteChange(e, r)
 	}
 	if f := v.cfg.OnChange; f != nil {
 		f(old, next)
@@ -247,39 +252,47 @@ func (v *Vault) failpoint(name string) {
 	}
 }
 
-// reload re-reads e's record from the store, in case another writer (a
-// re-wrap pass, another process sharing the store) changed it. The caller
-// holds e.mu.
+// reload reads e's full record from the store, the one to change and
+// write. If another writer (another process sharing the store, a re-wrap
+// pass) changed it, the change is published first. The caller holds e.mu.
 func (v *Vault) reload(ctx context.Context, e *entry) (*Connection, error) {
-	cur := e.conn.Load()
-	val, rev, err := v.store.Get(ctx, connPrefix+cur.ID)
+	key := connPrefix + e.id
+	val, rev, err := v.store.Get(ctx, key)
 	if err != nil {
-		return nil, fmt.Errorf("vault: read %s: %w", cur.ID, err)
+		return nil, fmt.Errorf("vault: read %s: %w", e.id, err)
 	}
-	if rev == e.rev {
-		return cur, nil
-	}
-	c, err := v.decode(connPrefix+cur.ID, val)
+	c, err := v.decode(key, val)
 	if err != nil {
 		return nil, err
 	}
-	e.rev = rev
-	e.conn.Store(c)
-	v.changed(e, cur, c)
+	if rev != e.rev {
+		e.rev = rev
+		if c.Generation != e.res.Load().gen {
+			v.publish(e, nil, c)
+		}
+	}
 	return c, nil
 }
 
-// Get returns the connection with the given id, or ErrNotFound. The record
-// still holds token material: callers outside the process get Redacted().
+// Get returns the connection with the given id, read from the store, or
+// ErrNotFound. The record holds token material: callers outside the
+// process get Redacted().
 func (v *Vault) Get(ctx context.Context, id string) (*Connection, error) {
 	e := v.entry(id)
 	if e == nil {
 		return nil, fmt.Errorf("vault: connection %q: %w", id, ErrNotFound)
 	}
-	c := e.conn.Load()
-	if used := time.Unix(0, e.lastUsed.Load()); e.lastUsed.Load() > 0 && used.After(c.LastUsedAt) {
-		c = c.clone()
-		c.LastUsedAt = used
+	key := connPrefix + id
+	val, _, err := v.store.Get(ctx, key)
+	if err != nil {
+		return nil, fmt.Errorf("vault: read %s: %w", id, err)
+	}
+	c, err := v.decode(key, val)
+	if err != nil {
+		return nil, err
+	}
+	if used := e.lastUsed.Load(); used > 0 && used > nanos(c.LastUsedAt) {
+		c.LastUsedAt = timeOf(used)
 	}
 	return c, nil
 }
@@ -296,63 +309,70 @@ func (v *Vault) List(ctx context.Context, f Filter, after string, limit int) ([]
 	if start < len(v.ids) && v.ids[start] == after {
 		start++
 	}
-	var out []*Connection
+	var ids []string
 	next := ""
 	for _, id := range v.ids[start:] {
-		c := v.entries[id].conn.Load()
-		if !f.match(c) {
+		if !f.match(v.entries[id]) {
 			continue
 		}
-		if len(out) == limit {
-			next = out[len(out)-1].ID
+		if len(ids) == limit {
+			next = ids[len(ids)-1]
 			break
 		}
-		out = append(out, c)
+		ids = append(ids, id)
 	}
 	v.mu.RUnlock()
-	for i, c := range out {
-		out[i], _ = v.Get(ctx, c.ID)
+	out := make([]*Connection, 0, len(ids))
+	for _, id := range ids {
+		c, err := v.Get(ctx, id)
+		if err != nil {
+			return nil, "", err
+		}
+		out = append(out, c)
 	}
 	return out, next, nil
 }
 
 // AccessToken returns the named credential of connection id ("" is the
-// primary one), valid for at least minValid (0: the configured default),
-// refreshing at the provider first if needed or if force is set. The
-// returned Connection is a shared snapshot: read-only.
+// primary one), without its refresh token, valid for at least minValid (0:
+// the configured default), refreshing at the provider first if needed or if
+// force is set; and what the caller needs to know of the connection with
+// it. A token still valid is served from memory.
 //
 // It returns ErrNotFound for an unknown id, ErrRevoked for a revoked
 // connection, ErrReauthRequired if the provider rejected the grant,
 // ErrMisconfigured if the provider rejected our client, and ErrUnavailable
 // if the provider failed transiently and the stored token is expired.
-func (v *Vault) AccessToken(ctx context.Context, id, credential string, minValid time.Duration, force bool) (Token, *Connection, error) {
+func (v *Vault) AccessToken(ctx context.Context, id, credential string, minValid time.Duration, force bool) (Token, TokenInfo, error) {
 	e := v.entry(id)
 	if e == nil {
-		return Token{}, nil, fmt.Errorf("vault: connection %q: %w", id, ErrNotFound)
+		return Token{}, TokenInfo{}, fmt.Errorf("vault: connection %q: %w", id, ErrNotFound)
 	}
 	if minValid <= 0 {
 		minValid = v.cfg.DefaultMinValid
 	}
 	now := v.now()
-	c := e.conn.Load()
-	if !force && c.Status == StatusActive {
-		if t := c.Grant.Token(credential); t != nil && t.ValidFor(now, minValid) {
+	r := e.res.Load()
+	if !force && r.status == StatusActive {
+		if t := r.token(credential); t != nil && t.validFor(now, minValid) {
 			e.lastUsed.Store(now.UnixNano())
-			return *t, c, nil
+			return t.out(), e.info(r, t), nil
 		}
 	}
-	if err := statusErr(c); err != nil {
-		return Token{}, nil, err
+	if err := r.err(id); err != nil {
+		return Token{}, TokenInfo{}, err
 	}
-	if c.Grant.Token(credential) == nil {
-		return Token{}, nil, fmt.Errorf("%w: connection %q has no credential %q", ErrInvalidArgument, id, credential)
+	if r.token(credential) == nil {
+		return Token{}, TokenInfo{}, fmt.Errorf("%w: connection %q has no credential %q", ErrInvalidArgument, id, credential)
 	}
-	t, c, err := v.refreshShared(ctx, e, credential, minValid, force)
+	t, _, err := v.refreshShared(ctx, e, credential, minValid, force)
 	if err != nil {
-		return Token{}, nil, err
+		return Token{}, TokenInfo{}, err
 	}
 	e.lastUsed.Store(now.UnixNano())
-	return t, c, nil
+	t.RefreshToken = ""
+	r = e.res.Load()
+	return t, e.info(r, r.token(credential)), nil
 }
 
 func statusErr(c *Connection) error {
@@ -373,8 +393,7 @@ type refreshResult struct {
 // refreshShared runs one refresh per connection and credential however many
 // callers ask at once; they all get its result.
 func (v *Vault) refreshShared(ctx context.Context, e *entry, credential string, minValid time.Duration, force bool) (Token, *Connection, error) {
-	id := e.conn.Load().ID
-	key := id + "\x00" + credential
+	key := e.id + "\x00" + credential
 	if force {
 		key += "\x00force"
 	}
@@ -453,7 +472,7 @@ func (v *Vault) refreshLocked(ctx context.Context, e *entry, c *Connection, cred
 		marked.InFlight = &InFlight{Credential: credential, StartedAt: v.now()}
 	}
 	marked.InFlight.Attempts++
-	if err := v.commit(ctx, e, marked); err != nil {
+	if err := v.commit(ctx, e, c, marked); err != nil {
 		return Token{}, nil, err
 	}
 	v.failpoint(FailpointBeforeProviderCall)
@@ -481,7 +500,7 @@ func (v *Vault) refreshLocked(ctx context.Context, e *entry, c *Connection, cred
 			}
 			next.transition(now, StatusNeedsReauth, reason)
 			next.Failures, next.LastError, next.NextRetryAt = 0, pe.Code, time.Time{}
-			if err := v.commit(ctx, e, next); err != nil {
+			if err := v.commit(ctx, e, marked, next); err != nil {
 				return Token{}, nil, err
 			}
 			v.failpoint(FailpointAfterCommit)
@@ -498,7 +517,7 @@ func (v *Vault) refreshLocked(ctx context.Context, e *entry, c *Connection, cred
 			if s := v.sched.Load(); s != nil && pe.RetryAfter > 0 {
 				s.pauseProvider(c.Provider, now.Add(pe.RetryAfter)) // Retry-After holds for the whole client
 			}
-			if err := v.commit(ctx, e, next); err != nil {
+			if err := v.commit(ctx, e, marked, next); err != nil {
 				return Token{}, nil, err
 			}
 			v.failpoint(FailpointAfterCommit)
@@ -528,7 +547,7 @@ func (v *Vault) refreshLocked(ctx context.Context, e *entry, c *Connection, cred
 	next.Grant.Scopes = normalizeScopes(g.Scopes)
 	next.LastRefreshedAt = now
 	next.Failures, next.LastError, next.NextRetryAt = 0, "", time.Time{}
-	if err := v.commit(ctx, e, next); err != nil {
+	if err := v.commit(ctx, e, marked, next); err != nil {
 		return Token{}, nil, err
 	}
 	v.failpoint(FailpointAfterCommit)
@@ -566,7 +585,7 @@ func (v *Vault) RecoverInterrupted(ctx context.Context) (int, error) {
 	v.mu.RLock()
 	var todo []*entry
 	for _, e := range v.entries {
-		if c := e.conn.Load(); c.InFlight != nil && c.Status == StatusActive {
+		if r := e.res.Load(); r.inFlight && r.status == StatusActive {
 			todo = append(todo, e)
 		}
 	}
@@ -635,7 +654,7 @@ func (v *Vault) recoverOne(ctx context.Context, e *entry) (bool, error) {
 		// way by a refresh; repair it rather than trip over it forever).
 		next := c.clone()
 		next.InFlight = nil
-		return true, v.commit(rctx, e, next)
+		return true, v.commit(rctx, e, c, next)
 	}
 	if v.now().Before(c.NextRetryAt) {
 		return false, nil // the retry already failed transiently: wait out its backoff
@@ -646,7 +665,7 @@ func (v *Vault) recoverOne(ctx context.Context, e *entry) (bool, error) {
 			return false, err
 		}
 	}
-	return e.conn.Load().InFlight == nil, nil
+	return !e.res.Load().inFlight, nil
 }
 
 // Backoff returns how long to wait after the n-th consecutive transient
@@ -824,7 +843,7 @@ func (v *Vault) saveGrant(ctx context.Context, st connectState, g Grant) (*Conne
 		if err != nil && !errors.Is(err, ErrNotFound) {
 			return nil, false, fmt.Errorf("vault: read identity: %w", err)
 		}
-		if e := v.entry(string(idVal)); err == nil && e != nil && e.conn.Load().Status != StatusRevoked {
+		if e := v.entry(string(idVal)); err == nil && e != nil && e.res.Load().status != StatusRevoked {
 			c, err := v.reconnect(ctx, e, st, g)
 			return c, err == nil, err
 		}
@@ -835,9 +854,9 @@ func (v *Vault) saveGrant(ctx context.Context, st connectState, g Grant) (*Conne
 			RequestedScopes: normalizeScopes(st.Scopes), CreatedAt: now, Grant: g, Connects: 1,
 		}
 		c.transition(now, StatusActive, "")
-		e := &entry{}
+		e := newEntry(c)
 		e.mu.Lock()
-		err = v.commit(ctx, e, c, Op{Key: ik, Value: []byte(c.ID), IfRev: int64(identRev)})
+		err = v.commit(ctx, e, nil, c, Op{Key: ik, Value: []byte(c.ID), IfRev: int64(identRev)})
 		e.mu.Unlock()
 		if errors.Is(err, ErrConflict) {
 			continue // a concurrent flow for the same identity won; join it
@@ -872,7 +891,7 @@ func (v *Vault) reconnect(ctx context.Context, e *entry, st connectState, g Gran
 	next.InFlight, next.Failures, next.LastError, next.NextRetryAt = nil, 0, "", time.Time{}
 	next.Connects++
 	next.transition(now, StatusActive, "")
-	if err := v.commit(ctx, e, next); err != nil {
+	if err := v.commit(ctx, e, c, next); err != nil {
 		return nil, err
 	}
 	return next, nil
@@ -916,7 +935,7 @@ func (v *Vault) Revoke(ctx context.Context, id, reason string) (*RevokeResult, e
 	next.Grant.Secrets = nil
 	next.InFlight, next.NextRetryAt = nil, time.Time{}
 	next.transition(v.now(), StatusRevoked, cmp.Or(reason, ReasonRevoked))
-	if err := v.commit(ctx, e, next); err != nil {
+	if err := v.commit(ctx, e, c, next); err != nil {
 		return nil, err
 	}
 	res.Connection = next

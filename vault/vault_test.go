@@ -243,8 +243,14 @@ func TestVault_AccessToken_Fresh_NoRefresh(t *testing.T) {
 	if h.p.refreshes.Load() != 0 {
 		t.Errorf("refreshed a fresh token")
 	}
-	if want := []string{"write"}; fmt.Sprint(got.MissingScopes()) != fmt.Sprint(want) {
-		t.Errorf("MissingScopes = %v; want %v", got.MissingScopes(), want)
+	if want := []string{"write"}; fmt.Sprint(got.MissingScopes) != fmt.Sprint(want) {
+		t.Errorf("MissingScopes = %v; want %v", got.MissingScopes, want)
+	}
+	if got.ConnectionID != c.ID || got.Provider != c.Provider || fmt.Sprint(got.GrantedScopes) != fmt.Sprint(c.Grant.Scopes) {
+		t.Errorf("TokenInfo = %+v; want the connection's id, provider and scopes %v", got, c.Grant.Scopes)
+	}
+	if tok.RefreshToken != "" {
+		t.Error("AccessToken handed out a refresh token")
 	}
 }
 
