@@ -100,7 +100,7 @@ func main() {
 	flag.IntVar(&o.readers, "readers", 8, "goroutines calling AccessToken")
 	flag.Int64Var(&o.maxReads, "reads", 20_000_000, "bound on AccessToken calls in all")
 	flag.Float64Var(&o.readRate, "read-rate", 20000, "AccessToken calls per real second, all readers together (0: as fast as they go)")
-	flag.IntVar(&o.gogc, "gogc", 100, "GOGC for the run")
+	flag.IntVar(&o.gogc, "gogc", 50, "GOGC for the run (50: the sidecar's default)")
 	flag.Int64Var(&o.memLimit, "memlimit", 0, "GOMEMLIMIT for the run, in MiB (0: none)")
 	flag.IntVar(&o.concurrency, "concurrency", 128, "scheduler concurrency")
 	flag.IntVar(&o.tokenBytes, "token-bytes", 128, "length of access tokens (refresh tokens: half); real ones run 40 (GitHub) to 250 (Google)")
@@ -108,7 +108,7 @@ func main() {
 	flag.StringVar(&o.dataDir, "data", "", "directory for the seeded bbolt file, reused across runs (default: a temporary one)")
 	flag.BoolVar(&o.noSync, "nosync", false, "open the store without fsync on commit")
 	flag.StringVar(&o.cpuprofile, "cpuprofile", "", "write a CPU profile of the run")
-	flag.StringVar(&o.memprofile, "memprofile", "", "write a heap profile taken after startup")
+	flag.StringVar(&o.memprofile, "memprofile", "", "write a heap profile taken after startup, and one of the run to this path + .end")
 	flag.BoolVar(&o.startupOnly, "startup-only", false, "measure the startup and memory, then stop")
 	flag.BoolVar(&o.fake, "fake", false, "internal: serve the loopback token endpoint and print its address")
 	flag.DurationVar(&o.fakeLifetime, "fake-lifetime", time.Hour, "internal: expires_in of the loopback token endpoint")
@@ -281,6 +281,7 @@ func run(o options) error {
 	if err != nil {
 		return err
 	}
+	debug.FreeOSMemory() // as the sidecar does after opening
 	tOpen := time.Since(clock.start)
 	if _, err := v.RecoverInterrupted(ctx); err != nil {
 		return err
@@ -301,12 +302,9 @@ func run(o options) error {
 	heapAfterStartup := heapLive()
 	rssAfterStartup := procStatus()["VmRSS"]
 	if o.memprofile != "" {
-		f, err := os.Create(o.memprofile)
-		if err != nil {
+		if err := writeHeapProfile(o.memprofile); err != nil {
 			return err
 		}
-		pprof.Lookup("heap").WriteTo(f, 0)
-		f.Close()
 	}
 	if o.startupOnly {
 		st := procStatus()
@@ -319,7 +317,7 @@ func run(o options) error {
 	// minutes), each answer checked against the simulated clock.
 	ids := make([]string, 0, v.Len())
 	for after := ""; ; {
-		page, next, err := v.List(ctx, vault.Filter{}, after, 10000)
+		page, next, err := v.List(ctx, vault.Filter{}, after, 500)
 		if err != nil {
 			return err
 		}
@@ -370,6 +368,12 @@ func run(o options) error {
 	fs := fakeStats()
 	status := procStatus()
 	heapAtEnd := heapLive()
+	if o.memprofile != "" {
+		// Allocations over the whole run, live heap at its end.
+		if err := writeHeapProfile(o.memprofile + ".end"); err != nil {
+			return err
+		}
+	}
 
 	// Spread over the whole simulated seconds of the run.
 	fullSim := min(int(simElapsed/time.Second), len(bp.perSim))
@@ -698,6 +702,18 @@ func procStatus() map[string]string {
 		}
 	}
 	return out
+}
+
+func writeHeapProfile(path string) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if err := pprof.Lookup("heap").WriteTo(f, 0); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }
 
 func startCPUProfile(path string) (func(), error) {

