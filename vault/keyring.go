@@ -439,6 +439,32 @@ func (k *Keyring) Seal(key string, plaintext []byte) ([]byte, error) {
 // another process: call Reload). The returned plaintext is newly allocated;
 // sealed is not retained.
 func (k *Keyring) Open(key string, sealed []byte) ([]byte, error) {
+	aead, err := k.aeadFor(sealed)
+	if err != nil {
+		return nil, err
+	}
+	return openEnvelope(aead, key, sealed)
+}
+
+// openAppend is Open that appends the plaintext to dst instead of
+// allocating it, for loops that open many values into one buffer. On error
+// dst is returned unchanged.
+func (k *Keyring) openAppend(dst []byte, key string, sealed []byte) ([]byte, error) {
+	aead, err := k.aeadFor(sealed)
+	if err != nil {
+		return dst, err
+	}
+	var scratch [128]byte
+	ad := append(append(scratch[:0], sealed[:sealHeaderLen]...), key...)
+	out, err := aead.Open(dst, sealed[5:sealHeaderLen], sealed[sealHeaderLen:], ad)
+	if err != nil {
+		return dst, errSealAuth
+	}
+	return out, nil
+}
+
+// aeadFor returns the AEAD of the term sealed names.
+func (k *Keyring) aeadFor(sealed []byte) (cipher.AEAD, error) {
 	rs := k.ring.Load()
 	if rs == nil {
 		return nil, errNoKeyring
@@ -451,7 +477,7 @@ func (k *Keyring) Open(key string, sealed []byte) ([]byte, error) {
 	if aead == nil {
 		return nil, fmt.Errorf("%w: unknown key term %d", ErrSealBroken, term)
 	}
-	return openEnvelope(aead, key, sealed)
+	return aead, nil
 }
 
 // SealedTerm returns the key term in the header of a sealed value without

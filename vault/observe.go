@@ -3,7 +3,6 @@ package vault
 import (
 	"cmp"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -151,7 +150,7 @@ func (v *Vault) flushLastUsed(ctx context.Context, batch []*entry, minStep time.
 		next.Generation++
 		next.UpdatedAt = now
 		key := connPrefix + next.ID
-		plain, err := json.Marshal(next)
+		plain, err := marshalRecord(next)
 		if err != nil {
 			e.mu.Unlock()
 			return 0, fmt.Errorf("vault: encode %s: %w", next.ID, err)

@@ -2,6 +2,7 @@ package vault
 
 import (
 	"encoding/json"
+	"fmt"
 	"reflect"
 	"testing"
 	"time"
@@ -15,7 +16,7 @@ func fullRecord() *Connection {
 		Status: StatusNeedsReauth, StatusReason: "invalid_grant", RequestedScopes: []string{"chat:write", "users:read"},
 		CreatedAt: t0, UpdatedAt: t0.Add(time.Hour), LastRefreshedAt: t0.Add(2 * time.Hour),
 		LastUsedAt: t0.Add(3 * time.Hour), LastValidatedAt: t0.Add(4 * time.Hour),
-		Generation: 9, Transitions: []Transition{{At: t0, To: StatusActive}}, Connects: 2, EventSeq: 5,
+		Generation: 9, Transitions: []Transition{{At: t0, To: StatusActive}, {At: t0.Add(time.Hour), From: StatusActive, To: StatusNeedsReauth, Reason: "invalid_grant"}}, Connects: 2, EventSeq: 5,
 		InFlight: &InFlight{Credential: "user", StartedAt: t0, Attempts: 1}, Failures: 3, LastError: "server_error",
 		NextRetryAt: t0.Add(5 * time.Hour),
 		Grant: Grant{
@@ -30,28 +31,86 @@ func fullRecord() *Connection {
 	}
 }
 
-// Open decodes only the resident part of each record: what it builds from
-// that must be what a full decode gives.
-func TestDecodeResidentJSON_SameAsFullRecord(t *testing.T) {
+// Every field of a record survives the store's encoding, and the JSON of
+// records written before it still reads the same.
+func TestRecord_RoundTrip(t *testing.T) {
 	full := fullRecord()
-	plain, err := json.Marshal(full)
+	assertAllSet(t, reflect.ValueOf(*full), "Connection")
+	b, err := marshalRecord(full)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var decoded Connection
-	if err := json.Unmarshal(plain, &decoded); err != nil {
+	if b[0] == '{' {
+		t.Fatal("the protobuf encoding starts with '{', which reads as JSON")
+	}
+	var got Connection
+	if err := unmarshalRecord(b, &got, nil); err != nil {
 		t.Fatal(err)
 	}
-	part, err := decodeResidentJSON(plain)
+	if !reflect.DeepEqual(&got, full) {
+		t.Errorf("protobuf round trip:\n%+v\nwant\n%+v", got, *full)
+	}
+	legacy, err := json.Marshal(full)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got, want := newResident(part), newResident(&decoded); !reflect.DeepEqual(got, want) {
-		t.Errorf("resident from the partial decode:\n%+v\nwant\n%+v", got, want)
+	got = Connection{ID: "stale"}
+	if err := unmarshalRecord(legacy, &got, nil); err != nil {
+		t.Fatal(err)
 	}
-	if got, want := newEntry(part), newEntry(&decoded); got.id != want.id || got.owner != want.owner ||
-		got.tenant != want.tenant || got.provider != want.provider {
-		t.Errorf("entry from the partial decode: %+v; want %+v", got, want)
+	if !reflect.DeepEqual(&got, full) {
+		t.Errorf("JSON record:\n%+v\nwant\n%+v", got, *full)
+	}
+	if err := unmarshalRecord([]byte{0xff, 0xff, 0xff}, &got, nil); err == nil {
+		t.Error("garbage decoded without an error")
+	}
+}
+
+// assertAllSet fails for every zero field of v (recursively in structs and
+// in some element of slices), so that a field added to Connection without
+// a place in the record fails TestRecord_RoundTrip.
+func assertAllSet(t *testing.T, v reflect.Value, path string) {
+	t.Helper()
+	if v.Type() == reflect.TypeOf(time.Time{}) {
+		if v.Interface().(time.Time).IsZero() {
+			t.Errorf("fullRecord leaves %s zero", path)
+		}
+		return
+	}
+	switch v.Kind() {
+	case reflect.Struct:
+		for i := range v.NumField() {
+			assertAllSet(t, v.Field(i), path+"."+v.Type().Field(i).Name)
+		}
+	case reflect.Pointer:
+		if v.IsNil() {
+			t.Errorf("fullRecord leaves %s nil", path)
+			return
+		}
+		assertAllSet(t, v.Elem(), path)
+	case reflect.Slice:
+		if v.Len() == 0 {
+			t.Errorf("fullRecord leaves %s empty", path)
+			return
+		}
+		if v.Type().Elem().Kind() != reflect.Struct {
+			return
+		}
+		// Each field set in some element.
+		for f := range v.Type().Elem().NumField() {
+			at := 0
+			for i := range v.Len() {
+				if !v.Index(i).Field(f).IsZero() {
+					at = i
+					break
+				}
+			}
+			assertAllSet(t, v.Index(at).Field(f), fmt.Sprintf("%s[%d].%s", path, at, v.Type().Elem().Field(f).Name))
+		}
+	default:
+		if v.IsZero() {
+			t.Errorf("fullRecord leaves %s zero", path)
+		}
 	}
 }
 

@@ -169,7 +169,7 @@ func (v *Vault) decode(key string, sealed []byte) (*Connection, error) {
 		return nil, fmt.Errorf("vault: open %s: %w", key, err)
 	}
 	var c Connection
-	if err := json.Unmarshal(plain, &c); err != nil {
+	if err := unmarshalRecord(plain, &c, nil); err != nil {
 		return nil, fmt.Errorf("vault: decode %s: %w", key, err)
 	}
 	return &c, nil
@@ -209,7 +209,7 @@ func (v *Vault) commit(ctx context.Context, e *entry, prev, next *Connection, ex
 	key := connPrefix + next.ID
 	// The change's events (events.go) go in the same transaction.
 	evs := changeEvents(prev, next, next.UpdatedAt)
-	plain, err := json.Marshal(next)
+	plain, err := marshalRecord(next)
 	if err != nil {
 		return fmt.Errorf("vault: encode %s: %w", next.ID, err)
 	}
