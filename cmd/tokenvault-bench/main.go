@@ -444,7 +444,7 @@ func run(o options) error {
 // made with the same settings is there) and returns the master key.
 func seed(ctx context.Context, o options, dir, fakeAddr string) (vault.MasterKey, error) {
 	path, metaPath, keyPath := filepath.Join(dir, "seed.db"), filepath.Join(dir, "seed.json"), filepath.Join(dir, "master.key")
-	meta := fmt.Sprintf(`{"connections":%d,"lifetime":%q,"epoch":%q,"events":"swept","token_bytes":%d}`, o.connections, o.lifetime, epoch.Format(time.RFC3339), o.tokenBytes)
+	meta := fmt.Sprintf(`{"connections":%d,"lifetime":%q,"epoch":%q,"events":"swept","token_bytes":%d,"record":"protobuf","freelist":"synced"}`, o.connections, o.lifetime, epoch.Format(time.RFC3339), o.tokenBytes)
 	if b, err := os.ReadFile(metaPath); err == nil && string(b) == meta {
 		if k, err := os.ReadFile(keyPath); err == nil {
 			return vault.ParseMasterKey(k)
