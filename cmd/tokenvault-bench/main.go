@@ -436,8 +436,34 @@ func run(o options) error {
 	}
 	fmt.Printf("memory:      GOGC %d, GOMEMLIMIT %s; heap live after startup %.1f MiB, at end %.1f MiB; RSS after startup %s; peak RSS (VmHWM) %s; at end RssAnon %s, RssFile %s (bbolt's read-only mmap: clean page-cache pages)\n",
 		o.gogc, limit, float64(heapAfterStartup)/(1<<20), float64(heapAtEnd)/(1<<20), rssAfterStartup, status["VmHWM"], status["RssAnon"], status["RssFile"])
+	fmt.Printf("runtime:     %s\n", memClasses())
 	fmt.Printf("scheduler:   %+v\n", ss)
 	return nil
+}
+
+// memClasses describes where the Go runtime's memory is at the end.
+func memClasses() string {
+	names := []string{
+		"/memory/classes/heap/objects:bytes", "/memory/classes/heap/unused:bytes",
+		"/memory/classes/heap/free:bytes", "/memory/classes/heap/released:bytes",
+		"/memory/classes/heap/stacks:bytes", "/memory/classes/metadata/other:bytes",
+		"/memory/classes/metadata/mspan/inuse:bytes", "/memory/classes/os-stacks:bytes",
+		"/memory/classes/other:bytes", "/memory/classes/profiling/buckets:bytes",
+	}
+	samples := make([]metrics.Sample, len(names))
+	for i, n := range names {
+		samples[i].Name = n
+	}
+	metrics.Read(samples)
+	var b strings.Builder
+	for _, sm := range samples {
+		if sm.Value.Kind() != metrics.KindUint64 {
+			continue
+		}
+		name := strings.TrimSuffix(strings.TrimPrefix(sm.Name, "/memory/classes/"), ":bytes")
+		fmt.Fprintf(&b, "%s %.1f MiB; ", name, float64(sm.Value.Uint64())/(1<<20))
+	}
+	return strings.TrimSuffix(b.String(), "; ")
 }
 
 // seed creates dir/seed.db with o.connections connections (unless one

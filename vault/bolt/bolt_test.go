@@ -1,6 +1,8 @@
 package bolt_test
 
 import (
+	"context"
+	"encoding/binary"
 	"errors"
 	"os"
 	"path/filepath"
@@ -209,5 +211,61 @@ func BenchmarkStore_Apply(b *testing.B) {
 				rev = revs[0]
 			}
 		})
+	}
+}
+
+// syncedFreelist reads the newest of the file's two meta pages and reports
+// whether it names a freelist page (bbolt's layout: a 16-byte page header,
+// then magic, version, page size, flags, the root bucket (16 bytes), the
+// freelist page id, the high-water page id, the transaction id).
+func syncedFreelist(t *testing.T, path string) bool {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	le := binary.LittleEndian
+	pageSize := int(le.Uint32(b[24:]))
+	var freelist, txid uint64
+	for _, off := range []int{0, pageSize} {
+		if id := le.Uint64(b[off+64:]); id >= txid {
+			txid, freelist = id, le.Uint64(b[off+48:])
+		}
+	}
+	return freelist != ^uint64(0)
+}
+
+// Commits do not write the freelist (it would be sorted and written whole
+// on every one); Close writes it once, so that the next Open reads it
+// instead of walking every page of the file.
+func TestClose_WritesFreelist(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "vault.db")
+	st, err := bolt.Open(path, bolt.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 200 {
+		// Rewrites, so that pages are freed.
+		if _, err := st.Apply(ctx, vault.Op{Key: "conn/" + strconv.Itoa(i%20), Value: make([]byte, 1000), IfRev: -1}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if syncedFreelist(t, path) {
+		t.Error("a commit wrote the freelist")
+	}
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if !syncedFreelist(t, path) {
+		t.Fatal("Close did not write the freelist")
+	}
+	// And the store opens and reads as before, then writes on.
+	st = openStore(t, path, bolt.Options{})
+	if _, _, err := st.Get(ctx, "conn/7"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Apply(ctx, vault.Op{Key: "conn/7", Value: []byte("x"), IfRev: -1}); err != nil {
+		t.Fatal(err)
 	}
 }
