@@ -21,8 +21,7 @@ import (
 // nanoseconds, 0 for the zero time; strings shared by many connections
 // (status, reasons, token types, scope lists) are interned.
 type resident struct {
-	status       Status
-	reason       string
+	*residentState
 	gen          uint64
 	createdAt    int64
 	lastUsedAt   int64 // as stored; the entry's lastUsed is newer
@@ -33,6 +32,13 @@ type resident struct {
 	inFlightCred string // its credential
 	grant        *residentGrant
 	tokens       []residentToken
+}
+
+// residentState is a connection's status and its reason, shared by every
+// resident in the same one.
+type residentState struct {
+	status Status
+	reason string
 }
 
 // residentGrant is what GetAccessToken returns along with a token; shared
@@ -46,13 +52,19 @@ type residentGrant struct {
 // residentToken is one credential of a resident: never its refresh token,
 // only whether it has one.
 type residentToken struct {
-	name        string
+	*tokenMeta
 	access      string
-	tokenType   string
 	expiry      int64
 	issuedAt    int64
-	scopes      []string
 	refreshable bool
+}
+
+// tokenMeta is what many credentials have in common: their name, type and
+// scopes (read-only).
+type tokenMeta struct {
+	name      string
+	tokenType string
+	scopes    []string
 }
 
 // nanos returns t as Unix nanoseconds: 0 for the zero time, clamped to the
@@ -80,29 +92,26 @@ func timeOf(ns int64) time.Time {
 // newResident returns the resident of record c.
 func newResident(c *Connection) *resident {
 	r := &resident{
-		status:      Status(intern(string(c.Status))),
-		reason:      intern(c.StatusReason),
-		gen:         c.Generation,
-		createdAt:   nanos(c.CreatedAt),
-		lastUsedAt:  nanos(c.LastUsedAt),
-		validatedAt: nanos(c.LastValidatedAt),
-		retryAt:     nanos(c.NextRetryAt),
-		failures:    int32(min(c.Failures, math.MaxInt32)),
-		inFlight:    c.InFlight != nil,
-		grant:       internGrant(c.Grant.Scopes, c.MissingScopes(), c.Grant.Metadata),
-		tokens:      make([]residentToken, len(c.Grant.Tokens)),
+		residentState: internState(c.Status, c.StatusReason),
+		gen:           c.Generation,
+		createdAt:     nanos(c.CreatedAt),
+		lastUsedAt:    nanos(c.LastUsedAt),
+		validatedAt:   nanos(c.LastValidatedAt),
+		retryAt:       nanos(c.NextRetryAt),
+		failures:      int32(min(c.Failures, math.MaxInt32)),
+		inFlight:      c.InFlight != nil,
+		grant:         internGrant(c.Grant.Scopes, c.MissingScopes(), c.Grant.Metadata),
+		tokens:        make([]residentToken, len(c.Grant.Tokens)),
 	}
 	if c.InFlight != nil {
 		r.inFlightCred = intern(c.InFlight.Credential)
 	}
 	for i, t := range c.Grant.Tokens {
 		r.tokens[i] = residentToken{
-			name:        intern(t.Name),
+			tokenMeta:   internTokenMeta(t.Name, t.TokenType, t.Scopes),
 			access:      t.AccessToken,
-			tokenType:   intern(t.TokenType),
 			expiry:      nanos(t.Expiry),
 			issuedAt:    nanos(t.IssuedAt),
-			scopes:      internScopes(t.Scopes),
 			refreshable: t.RefreshToken != "",
 		}
 	}
@@ -153,9 +162,58 @@ func intern(s string) string {
 }
 
 var interned struct {
-	mu     sync.Mutex
-	scopes map[string][]string
-	grants map[[2]string]*residentGrant
+	mu         sync.Mutex
+	scopes     map[string][]string
+	grants     map[[2]string]*residentGrant
+	states     map[residentState]*residentState
+	tokenMetas map[[3]string]*tokenMeta
+	placements map[placement]*placement
+}
+
+// internState returns the shared residentState of status and reason.
+func internState(status Status, reason string) *residentState {
+	return internValue(&interned.states, residentState{Status(intern(string(status))), intern(reason)})
+}
+
+// internTokenMeta returns a shared tokenMeta.
+func internTokenMeta(name, tokenType string, scopes []string) *tokenMeta {
+	scopes = internScopes(scopes)
+	key := [3]string{name, tokenType, strings.Join(scopes, "\x00")}
+	interned.mu.Lock()
+	defer interned.mu.Unlock()
+	if m, ok := interned.tokenMetas[key]; ok {
+		return m
+	}
+	m := &tokenMeta{name: intern(name), tokenType: intern(tokenType), scopes: scopes}
+	if interned.tokenMetas == nil {
+		interned.tokenMetas = map[[3]string]*tokenMeta{}
+	}
+	if len(interned.tokenMetas) < internMaxSets {
+		interned.tokenMetas[key] = m
+	}
+	return m
+}
+
+// internPlacement returns the shared placement of tenant and provider.
+func internPlacement(tenant, provider string) *placement {
+	return internValue(&interned.placements, placement{intern(tenant), intern(provider)})
+}
+
+// internValue returns the shared copy of v in *table.
+func internValue[T comparable](table *map[T]*T, v T) *T {
+	interned.mu.Lock()
+	defer interned.mu.Unlock()
+	if p, ok := (*table)[v]; ok {
+		return p
+	}
+	p := &v
+	if *table == nil {
+		*table = map[T]*T{}
+	}
+	if len(*table) < internMaxSets {
+		(*table)[v] = p
+	}
+	return p
 }
 
 // internScopes returns a shared copy of scopes, which must be read-only.

@@ -104,7 +104,8 @@ type Vault struct {
 // never changes, and the resident part of its committed record (replaced on
 // every write). mu is the connection's critical section for writes.
 type entry struct {
-	id, owner, tenant, provider string
+	id, owner string
+	*placement
 
 	mu       sync.Mutex
 	res      atomic.Pointer[resident]
@@ -113,8 +114,14 @@ type entry struct {
 	item     *schedItem // the Scheduler's; guarded by Scheduler.mu
 }
 
+// placement is where a connection belongs: its tenant and provider, shared
+// by every connection in the same.
+type placement struct {
+	tenant, provider string
+}
+
 func newEntry(c *Connection) *entry {
-	return &entry{id: c.ID, owner: c.Owner, tenant: intern(c.Tenant), provider: intern(c.Provider)}
+	return &entry{id: c.ID, owner: c.Owner, placement: internPlacement(c.Tenant, c.Provider)}
 }
 
 // Open loads every connection from the store and returns a Vault serving
