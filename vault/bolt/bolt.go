@@ -60,6 +60,8 @@ type Store struct {
 	// (release.go).
 	ops       atomic.Int64
 	releasing atomic.Bool
+	// wrote is set by the first write: Close then writes the freelist.
+	wrote atomic.Bool
 
 	closeOnce sync.Once
 	closeErr  error
@@ -98,11 +100,13 @@ func Open(path string, opts Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("bolt: open %s: %w", path, err)
 	}
-	if err := ensureBucket(db); err != nil {
+	created, err := ensureBucket(db)
+	if err != nil {
 		db.Close()
 		return nil, fmt.Errorf("bolt: open %s: %w", path, err)
 	}
 	s := &Store{db: db}
+	s.wrote.Store(created)
 	// A freelist rebuilt after a crash touched every page: let them go.
 	_ = db.View(func(tx *bbolt.Tx) error {
 		s.release(tx)
@@ -111,16 +115,17 @@ func Open(path string, opts Options) (*Store, error) {
 	return s, nil
 }
 
-// ensureBucket creates the bucket, writing only if it is missing.
-func ensureBucket(db *bbolt.DB) error {
+// ensureBucket creates the bucket, writing only if it is missing, and
+// reports whether it wrote.
+func ensureBucket(db *bbolt.DB) (bool, error) {
 	var exists bool
 	if err := db.View(func(tx *bbolt.Tx) error {
 		exists = tx.Bucket(bucketName) != nil
 		return nil
 	}); err != nil || exists {
-		return err
+		return false, err
 	}
-	return db.Update(func(tx *bbolt.Tx) error {
+	return true, db.Update(func(tx *bbolt.Tx) error {
 		_, err := tx.CreateBucketIfNotExists(bucketName)
 		return err
 	})
@@ -232,6 +237,7 @@ func (s *Store) Apply(ctx context.Context, ops ...vault.Op) ([]uint64, error) {
 		return nil
 	})
 	s.touched(len(ops))
+	s.wrote.Store(true)
 	if err == vault.ErrConflict {
 		return nil, err
 	}
@@ -292,6 +298,7 @@ func (s *Store) Take(ctx context.Context, key string) ([]byte, error) {
 		return b.Delete(k)
 	})
 	s.touched(1)
+	s.wrote.Store(true)
 	if err == vault.ErrNotFound {
 		return nil, err
 	}
@@ -368,14 +375,18 @@ func (s *Store) Scan(ctx context.Context, prefix, after string, fn func(key stri
 // return an error.
 func (s *Store) Close() error {
 	s.closeOnce.Do(func() {
-		// One commit that writes the freelist, so that the next Open reads
-		// it instead of walking the whole file. If it fails, that Open
-		// walks: nothing is lost. (Set inside the write transaction, the
-		// flag is read by this commit alone.)
-		syncErr := s.db.Update(func(*bbolt.Tx) error {
-			s.db.NoFreelistSync = false
-			return nil
-		})
+		// If this Store wrote, one commit that writes the freelist, so
+		// that the next Open reads it instead of walking the whole file.
+		// If it fails, that Open walks: nothing is lost. (Set inside the
+		// write transaction, the flag is read by this commit alone.) A
+		// Store that only read leaves the file as it found it.
+		var syncErr error
+		if s.wrote.Load() {
+			syncErr = s.db.Update(func(*bbolt.Tx) error {
+				s.db.NoFreelistSync = false
+				return nil
+			})
+		}
 		if err := errors.Join(syncErr, s.db.Close()); err != nil {
 			s.closeErr = fmt.Errorf("bolt: close: %w", err)
 		}

@@ -16,7 +16,7 @@ import (
 // minor fault, not a disk read.
 const (
 	releaseBytes = 1 << 20
-	releaseOps   = 128
+	releaseOps   = 32
 )
 
 // touched counts a read or write of n keys, and releases the mapping once
