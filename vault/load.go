@@ -9,8 +9,13 @@ import (
 	recordv1 "github.com/tokenvault/tokenvault/proto/tokenvault/record/v1"
 )
 
-// loadBatch is how many records one decoding worker takes at a time.
-const loadBatch = 256
+// loadBatch is how many records one decoding worker takes at a time, and
+// loadRecordSize a typical record's plaintext size, to size a batch's buffer
+// (it grows past it as needed).
+const (
+	loadBatch      = 256
+	loadRecordSize = 768
+)
 
 type loadJob struct {
 	keys  []string
@@ -59,7 +64,7 @@ func (v *Vault) loadConnections(ctx context.Context) ([]*entry, error) {
 		})
 	}
 	var all []*loadJob
-	newJob := func() *loadJob { return &loadJob{plain: make([]byte, 0, loadBatch*768)} }
+	newJob := func() *loadJob { return &loadJob{plain: make([]byte, 0, loadBatch*loadRecordSize)} }
 	cur := newJob()
 	err := v.store.Scan(ctx, connPrefix, "", func(key string, value []byte, rev uint64) (bool, error) {
 		plain, err := v.kr.openAppend(cur.plain, key, value)

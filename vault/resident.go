@@ -141,11 +141,6 @@ func (t *residentToken) out() Token {
 	}
 }
 
-// err is statusErr for a resident.
-func (r *resident) err(id string) error {
-	return statusErr(&Connection{ID: id, Status: r.status, StatusReason: r.reason})
-}
-
 // Interning. Small strings go through package unique; scope lists and
 // metadata-free grants through bounded tables (a vault with more distinct
 // ones than that simply stops sharing them).

@@ -817,7 +817,7 @@ func (v *Vault) validatePlanned(ctx context.Context, e *entry, gen uint64) (bool
 	if gen != 0 && c.Generation != gen {
 		return false, nil
 	}
-	if err := statusErr(c); err != nil {
+	if err := statusErr(c.ID, c.Status, c.StatusReason); err != nil {
 		return false, err
 	}
 	p, err := v.provider(c.Provider)

@@ -366,7 +366,7 @@ func (v *Vault) AccessToken(ctx context.Context, id, credential string, minValid
 			return t.out(), e.info(r, t), nil
 		}
 	}
-	if err := r.err(id); err != nil {
+	if err := statusErr(id, r.status, r.reason); err != nil {
 		return Token{}, TokenInfo{}, err
 	}
 	if r.token(credential) == nil {
@@ -382,12 +382,14 @@ func (v *Vault) AccessToken(ctx context.Context, id, credential string, minValid
 	return t, e.info(r, r.token(credential)), nil
 }
 
-func statusErr(c *Connection) error {
-	switch c.Status {
+// statusErr is the error for using connection id in status s (with
+// reason), nil if it is active.
+func statusErr(id string, s Status, reason string) error {
+	switch s {
 	case StatusRevoked:
-		return fmt.Errorf("vault: connection %q: %w", c.ID, ErrRevoked)
+		return fmt.Errorf("vault: connection %q: %w", id, ErrRevoked)
 	case StatusNeedsReauth:
-		return &ProviderError{Kind: ErrReauthRequired, Code: c.StatusReason}
+		return &ProviderError{Kind: ErrReauthRequired, Code: reason}
 	}
 	return nil
 }
@@ -438,7 +440,7 @@ func (v *Vault) refresh(ctx context.Context, e *entry, credential string, minVal
 	if err != nil {
 		return Token{}, nil, err
 	}
-	if err := statusErr(c); err != nil {
+	if err := statusErr(c.ID, c.Status, c.StatusReason); err != nil {
 		return Token{}, nil, err
 	}
 	now := v.now()

@@ -8,6 +8,8 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -683,5 +685,64 @@ func TestVault_Refresh_OneCredential_KeepsTheOthersIssuedAt(t *testing.T) {
 	}
 	if at := got.Grant.Token("user").IssuedAt; !at.Equal(h.clock.Now()) {
 		t.Errorf("user token IssuedAt = %v; want %v", at, h.clock.Now())
+	}
+}
+
+// Open decodes records in batches (256 to a batch, opened into one buffer
+// per batch): every one of several batches' records comes back whole, and a
+// record sealed for another connection's key stops the start.
+func TestOpen_ManyRecords_AndAMovedOne(t *testing.T) {
+	h := newHarness(t)
+	const n = 600
+	want := map[string]string{} // id -> owner
+	for i := range n {
+		c := h.connect("user-" + strconv.Itoa(i))
+		want[c.ID] = c.Owner
+	}
+	h.reopen()
+	if h.v.Len() != n {
+		t.Fatalf("Len() = %d after reopening; want %d", h.v.Len(), n)
+	}
+	var ids []string
+	for id, owner := range want {
+		ids = append(ids, id)
+		tok, info, err := h.v.AccessToken(context.Background(), id, "", time.Minute, false)
+		if err != nil || tok.AccessToken == "" || info.ConnectionID != id {
+			t.Fatalf("AccessToken(%s) after reopening = %q, %+v, %v", id, tok.AccessToken, info, err)
+		}
+		c, err := h.v.Get(context.Background(), id) // read from the store
+		if err != nil || c.Owner != owner {
+			t.Fatalf("Get(%s) = %+v, %v; want owner %s", id, c, err, owner)
+		}
+		if stored := c.Grant.Token(""); stored == nil || tok.AccessToken != stored.AccessToken || len(c.Grant.Tokens) != 1 {
+			t.Fatalf("AccessToken(%s) after reopening = %q; the stored record has %+v", id, tok.AccessToken, c.Grant.Tokens)
+		}
+	}
+	if got := h.p.refreshes.Load(); got != 0 {
+		t.Errorf("%d refreshes; the tokens were fresh", got)
+	}
+
+	// Move one sealed record over another's key.
+	ctx := context.Background()
+	val, _, err := h.store.Get(ctx, "conn/"+ids[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.store.Apply(ctx, vault.Op{Key: "conn/" + ids[1], Value: val, IfRev: -1}); err != nil {
+		t.Fatal(err)
+	}
+	h.store.Close()
+	st, err := bolt.Open(h.path, bolt.Options{NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	kr, err := vault.OpenKeyring(ctx, st, h.mk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = vault.Open(ctx, vault.Config{Store: st, Keyring: kr, Providers: map[string]vault.Provider{"fake": h.p}})
+	if !errors.Is(err, vault.ErrSealBroken) || !strings.Contains(err.Error(), ids[1]) {
+		t.Fatalf("Open with a moved record = %v; want ErrSealBroken naming %s", err, ids[1])
 	}
 }
