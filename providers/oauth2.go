@@ -30,6 +30,13 @@ type OAuth2Config struct {
 	// absolute http or https URLs.
 	AuthURL, TokenURL, RevokeURL string
 
+	// IntrospectURL is the optional RFC 7662 introspection endpoint. With
+	// it, an access token issued without expires_in gets the expiry the
+	// endpoint reports (Metadata["expiry_source"] = "introspect"), and the
+	// provider can validate grants (see Validate). It is called with the
+	// client's credentials, as the token endpoint is.
+	IntrospectURL string
+
 	// RedirectURL is required, absolute http or https. It is sent to both
 	// the authorization and the token endpoint.
 	RedirectURL string
@@ -65,9 +72,11 @@ type OAuth2Config struct {
 }
 
 // OAuth2 is the generic OAuth 2.0 provider (RFC 6749 authorization code
-// grant, RFC 7636 PKCE, RFC 7009 revocation). Its grants have one credential,
-// named "". It does not implement Validator, and it leaves Grant.Account
-// empty: a standard server has no standard identity endpoint.
+// grant, RFC 7636 PKCE, RFC 7009 revocation, RFC 7662 introspection). Its
+// grants have one credential, named "". It can validate grants only when
+// configured with an introspection endpoint (Info().Validation), and it
+// leaves Grant.Account empty: a standard server has no standard identity
+// endpoint.
 //
 // An OAuth2 is safe for concurrent use.
 type OAuth2 struct {
@@ -124,6 +133,7 @@ func NewOAuth2(cfg OAuth2Config) (*OAuth2, error) {
 		{"auth URL", cfg.AuthURL, false},
 		{"token URL", cfg.TokenURL, false},
 		{"revoke URL", cfg.RevokeURL, true},
+		{"introspection URL", cfg.IntrospectURL, true},
 		{"redirect URL", cfg.RedirectURL, false},
 	} {
 		if u.url == "" && u.optional {
@@ -191,6 +201,7 @@ func (p *OAuth2) Info() Info {
 		PKCE:          p.cfg.PKCE,
 		Refresh:       true,
 		Revocation:    p.cfg.RevokeURL != "",
+		Validation:    p.cfg.IntrospectURL != "",
 		ClientID:      p.cfg.ClientID,
 		RedirectURL:   p.cfg.RedirectURL,
 	}
@@ -292,6 +303,7 @@ func (p *OAuth2) Exchange(ctx context.Context, req ExchangeRequest) (Grant, erro
 		t.RefreshExpiry = now.Add(tr.RefreshExpiresIn)
 	}
 	g := Grant{Tokens: []Token{t}, Scopes: slices.Clone(t.Scopes)}
+	g.Tokens[0].Expiry, g.Metadata = p.expiry(ctx, t, nil, now)
 	if tr.IDToken != "" {
 		g.Secrets = map[string]string{"id_token": tr.IDToken}
 	}
@@ -330,6 +342,8 @@ func (p *OAuth2) Refresh(ctx context.Context, g Grant, credential string) (Grant
 	if tr.ExpiresIn > 0 {
 		t.Expiry = now.Add(tr.ExpiresIn)
 	}
+	var meta map[string]string
+	t.Expiry, meta = p.expiry(ctx, t, g.Metadata, now)
 	if tr.RefreshToken != "" && tr.RefreshToken != old.RefreshToken {
 		t.RefreshToken = tr.RefreshToken
 		t.RefreshExpiry = time.Time{} // the old one's expiry says nothing of the new one
@@ -344,6 +358,7 @@ func (p *OAuth2) Refresh(ctx context.Context, g Grant, credential string) (Grant
 	}
 	out := cloneGrant(g)
 	out.Tokens[i] = t
+	out.Metadata = meta
 	var all []string
 	for _, t := range out.Tokens {
 		all = append(all, t.Scopes...)
@@ -365,19 +380,8 @@ func (p *OAuth2) Revoke(ctx context.Context, g Grant) error {
 	if p.cfg.RevokeURL == "" {
 		return &Error{Class: ClassConfig, Code: "revocation_unsupported", Op: opRevoke, Provider: p.cfg.Name}
 	}
-	t, ok := g.Token("")
-	if !ok && len(g.Tokens) > 0 {
-		t = g.Tokens[0]
-	}
-	form := url.Values{}
-	switch {
-	case t.RefreshToken != "":
-		form.Set("token", t.RefreshToken)
-		form.Set("token_type_hint", "refresh_token")
-	case t.AccessToken != "":
-		form.Set("token", t.AccessToken)
-		form.Set("token_type_hint", "access_token")
-	default:
+	form, ok := tokenForm(g)
+	if !ok {
 		return nil
 	}
 	res, err := postForm(ctx, p.hc, p.cfg.RevokeURL, form, &p.auth)
@@ -389,6 +393,87 @@ func (p *OAuth2) Revoke(ctx context.Context, g Grant) error {
 		return nil
 	}
 	return tokenError(p.cfg.Name, opRevoke, res.Status, res.Header, code, p.cfg.Now())
+}
+
+// expiry returns t's expiry and the grant's metadata m updated to say where
+// the expiry came from. An expiry from expires_in stands; without one, and
+// with an IntrospectURL, the introspection endpoint is asked (bounded by
+// introspectTimeout). If it does not answer usably the expiry stays zero:
+// the token response has already been spent, so this never fails, and the
+// vault's configured token lifetime, if any, applies. m is not modified.
+func (p *OAuth2) expiry(ctx context.Context, t Token, m map[string]string, now time.Time) (time.Time, map[string]string) {
+	m = maps.Clone(m)
+	delete(m, "expiry_source")
+	if !t.Expiry.IsZero() || p.cfg.IntrospectURL == "" {
+		return t.Expiry, emptyNil(m)
+	}
+	ctx, cancel := boundedContext(ctx)
+	defer cancel()
+	res, err := postForm(ctx, p.hc, p.cfg.IntrospectURL, url.Values{"token": {t.AccessToken}, "token_type_hint": {"access_token"}}, &p.auth)
+	if err != nil {
+		return time.Time{}, emptyNil(m)
+	}
+	exp, ok := readIntrospection(res).expiry(now, maxExpiresIn)
+	if !ok {
+		return time.Time{}, emptyNil(m)
+	}
+	return exp, setMeta(m, "expiry_source", "introspect")
+}
+
+// emptyNil returns nil for an empty map.
+func emptyNil(m map[string]string) map[string]string {
+	if len(m) == 0 {
+		return nil
+	}
+	return m
+}
+
+// Validate checks g at the introspection endpoint without refreshing it. It
+// asks about the primary credential's refresh token if it has one (RFC 7662
+// §2.1 requires a server to look a token up whatever its type) and else
+// about its access token. Active: nil. Inactive: ClassReauth, Code
+// "inactive": a dead refresh token, or an access token that nothing can
+// renew, is a dead grant. A failed call is classified by
+// introspectionError. Without an IntrospectURL it returns ClassConfig,
+// "validation_unsupported".
+func (p *OAuth2) Validate(ctx context.Context, g Grant) error {
+	if p.cfg.IntrospectURL == "" {
+		return &Error{Class: ClassConfig, Code: "validation_unsupported", Op: opValidate, Provider: p.cfg.Name}
+	}
+	form, ok := tokenForm(g)
+	if !ok {
+		return &Error{Class: ClassReauth, Code: "no_token", Op: opValidate, Provider: p.cfg.Name}
+	}
+	res, err := postForm(ctx, p.hc, p.cfg.IntrospectURL, form, &p.auth)
+	if err != nil {
+		return transportError(ctx, p.cfg.Name, opValidate, err)
+	}
+	in := readIntrospection(res)
+	switch {
+	case in == nil:
+		return introspectionError(p.cfg.Name, opValidate, res, p.cfg.Now())
+	case !in.Active:
+		return &Error{Class: ClassReauth, Code: "inactive", Op: opValidate, Provider: p.cfg.Name}
+	}
+	return nil
+}
+
+// tokenForm names the token that stands for g at the revocation and
+// introspection endpoints (RFC 7009 and 7662 both take token and
+// token_type_hint): the primary credential's refresh token if it has one,
+// else its access token. It reports false if there is neither.
+func tokenForm(g Grant) (url.Values, bool) {
+	t, ok := g.Token("")
+	if !ok && len(g.Tokens) > 0 {
+		t = g.Tokens[0]
+	}
+	switch {
+	case t.RefreshToken != "":
+		return url.Values{"token": {t.RefreshToken}, "token_type_hint": {"refresh_token"}}, true
+	case t.AccessToken != "":
+		return url.Values{"token": {t.AccessToken}, "token_type_hint": {"access_token"}}, true
+	}
+	return nil, false
 }
 
 // token sends one token request and checks the answer.

@@ -471,7 +471,8 @@ func TestOAuth2_TokenResponseShapes(t *testing.T) {
 			t.Parallel()
 			clk := newClock()
 			tc.opts.Now = clk.Now
-			srv, p := setup(t, tc.opts, nil)
+			// Without introspection: the token response alone decides.
+			srv, p := setup(t, tc.opts, func(c *providers.OAuth2Config) { c.IntrospectURL = "" })
 			g := connect(t, srv, p, tc.scopes...)
 			for i, g := range []providers.Grant{g, mustRefresh(t, p, g)} {
 				tok, _ := g.Token("")

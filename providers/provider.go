@@ -55,6 +55,7 @@ type Info struct {
 	PKCE          bool
 	Refresh       bool // grants can be refreshed
 	Revocation    bool // grants can be revoked at the provider
+	Validation    bool // grants can be checked at the provider (Validator)
 	ClientID      string
 	RedirectURL   string
 }

@@ -6,7 +6,6 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/base64"
-	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -335,26 +334,15 @@ func sfIdentity(s string) (org, user string, ok bool) {
 	return parts[len(parts)-2], parts[len(parts)-1], true
 }
 
-// sfIntrospection is an RFC 7662 answer.
-type sfIntrospection struct {
-	Active   bool            `json:"active"`
-	Exp      json.RawMessage `json:"exp"`
-	Username string          `json:"username"`
-}
-
 // introspectCall asks /services/oauth2/introspect about token. A non-200
 // or unreadable answer gives a nil introspection and the answer.
-func (p *Salesforce) introspectCall(ctx context.Context, op string, h sfHost, token, hint string) (*sfIntrospection, *httpResult, error) {
+func (p *Salesforce) introspectCall(ctx context.Context, op string, h sfHost, token, hint string) (*introspection, *httpResult, error) {
 	form := url.Values{"token": {token}, "token_type_hint": {hint}}
 	res, err := p.post(ctx, op, h.base+"/services/oauth2/introspect", form, p.clientAuth(AuthStyleInParams))
 	if err != nil {
 		return nil, nil, err
 	}
-	var in sfIntrospection
-	if res.Status != http.StatusOK || !decodeJSON(res.Body, &in) {
-		return nil, res, nil
-	}
-	return &in, res, nil
+	return readIntrospection(res), res, nil
 }
 
 // introspectAccess returns the access token's expiry per introspection, if
@@ -364,20 +352,14 @@ func (p *Salesforce) introspectAccess(ctx context.Context, h sfHost, token strin
 	if !p.introspect {
 		return time.Time{}, "", false
 	}
+	ctx, cancel := boundedContext(ctx)
+	defer cancel()
 	in, _, err := p.introspectCall(ctx, opExchange, h, token, "access_token")
-	if err != nil || in == nil || !in.Active {
-		return time.Time{}, "", false
-	}
-	secs, ok := rawString(in.Exp)
-	if !ok {
-		return time.Time{}, "", false
-	}
-	n, err := strconv.ParseInt(secs, 10, 64)
 	if err != nil {
 		return time.Time{}, "", false
 	}
-	exp := time.Unix(n, 0)
-	if !exp.After(now) || exp.After(now.Add(24*time.Hour)) {
+	exp, ok := in.expiry(now, 24*time.Hour)
+	if !ok {
 		return time.Time{}, "", false
 	}
 	return exp, in.Username, true

@@ -137,6 +137,7 @@ func (s *service) info() Info {
 		PKCE:          s.cfg.PKCE,
 		Refresh:       true,
 		Revocation:    true,
+		Validation:    true,
 		ClientID:      s.cfg.ClientID,
 		RedirectURL:   s.cfg.RedirectURL,
 	}

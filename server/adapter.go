@@ -16,10 +16,12 @@ type providerAdapter struct {
 }
 
 // AdaptProvider returns p as a vault.Provider. If p is a
-// providers.Validator the result is a vault.Validator too, so that the
-// vault's scheduler can check long-lived grants.
+// providers.Validator and its Info says it can validate (the generic
+// provider can only with an introspection endpoint), the result is a
+// vault.Validator too, so that the vault's scheduler can check long-lived
+// grants.
 func AdaptProvider(p providers.Provider) vault.Provider {
-	if v, ok := p.(providers.Validator); ok {
+	if v, ok := p.(providers.Validator); ok && p.Info().Validation {
 		return validatingAdapter{providerAdapter{p}, v}
 	}
 	return providerAdapter{p}

@@ -35,9 +35,20 @@ func (s stubValidator) Validate(ctx context.Context, g providers.Grant) error {
 	return s.err
 }
 
+func (stubValidator) Info() providers.Info { return providers.Info{Name: "stub", Validation: true} }
+
+// unconfiguredValidator has a Validate method but says it cannot validate,
+// as the generic provider without an introspection endpoint does.
+type unconfiguredValidator struct{ stubValidator }
+
+func (unconfiguredValidator) Info() providers.Info { return providers.Info{Name: "stub"} }
+
 func TestAdaptProvider_Validator(t *testing.T) {
 	if _, ok := server.AdaptProvider(stubProvider{}).(vault.Validator); ok {
 		t.Error("a provider without Validate became a vault.Validator")
+	}
+	if _, ok := server.AdaptProvider(unconfiguredValidator{}).(vault.Validator); ok {
+		t.Error("a provider whose Info says it cannot validate became a vault.Validator")
 	}
 	for _, tc := range []struct {
 		name string

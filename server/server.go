@@ -162,7 +162,7 @@ func New(cfg Config) *Server {
 	for _, p := range cfg.Providers {
 		infos = append(infos, &tvv1.Provider{
 			Name: p.Name, Kind: p.Kind, DisplayName: p.DisplayName, DefaultScopes: p.DefaultScopes,
-			Pkce: p.PKCE, SupportsRefresh: p.Refresh, SupportsRevocation: p.Revocation,
+			Pkce: p.PKCE, SupportsRefresh: p.Refresh, SupportsRevocation: p.Revocation, SupportsValidation: p.Validation,
 			ClientId: p.ClientID, RedirectUrl: p.RedirectURL,
 		})
 	}

@@ -500,3 +500,35 @@ func TestServer_RecoversFromPanic(t *testing.T) {
 		t.Error("unexpected cancel")
 	}
 }
+
+// TestIntrospection_EndToEnd: a generic provider that sends no expires_in
+// but has an RFC 7662 endpoint: the token is served with the expiry the
+// provider reports, the provider is listed as able to validate, and a grant
+// revoked at the provider is found by validation and needs reauthorization.
+func TestIntrospection_EndToEnd(t *testing.T) {
+	e := newEnv(t, providertest.Options{OmitExpiresIn: true, AccessTokenTTL: 2 * time.Hour})
+	ctx := context.Background()
+	id := e.connect("alice")
+	tok, err := e.api.GetAccessToken(ctx, &tvv1.GetAccessTokenRequest{ConnectionId: id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := e.clock.Now().Add(2 * time.Hour).Truncate(time.Second); !tok.GetExpireTime().AsTime().Equal(want) {
+		t.Errorf("expire_time = %v; want %v, from introspection", tok.GetExpireTime().AsTime(), want)
+	}
+	lp, err := e.api.ListProviders(ctx, &tvv1.ListProvidersRequest{})
+	if err != nil || len(lp.Providers) != 1 || !lp.Providers[0].SupportsValidation {
+		t.Errorf("ListProviders = %v, %v; want acme, able to validate", lp, err)
+	}
+	if _, err := e.v.Validate(ctx, id); err != nil {
+		t.Fatalf("Validate(live) = %v", err)
+	}
+	e.fake.RevokeGrant(e.fake.Grants()[0].ID)
+	if _, err := e.v.Validate(ctx, id); !errors.Is(err, vault.ErrReauthRequired) {
+		t.Fatalf("Validate(revoked at the provider) = %v; want ErrReauthRequired", err)
+	}
+	c, err := e.api.GetConnection(ctx, &tvv1.GetConnectionRequest{ConnectionId: id})
+	if err != nil || c.Connection.Status != tvv1.ConnectionStatus_CONNECTION_STATUS_NEEDS_REAUTH || c.Connection.StatusReason != "inactive" {
+		t.Errorf("GetConnection = %v, %v; want needs_reauth, reason inactive", c, err)
+	}
+}

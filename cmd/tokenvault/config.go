@@ -126,6 +126,10 @@ type ProviderConfig struct {
 	AuthURL          string `yaml:"auth_url"`
 	TokenURL         string `yaml:"token_url"`
 	RevokeURL        string `yaml:"revoke_url"`
+	// IntrospectURL is an RFC 7662 endpoint (kind oauth2 only): it gives
+	// tokens issued without expires_in their expiry, and lets the sidecar
+	// validate grants.
+	IntrospectURL string `yaml:"introspect_url"`
 	// RedirectURL defaults to PublicURL + /oauth/callback/<name>.
 	RedirectURL    string            `yaml:"redirect_url"`
 	Scopes         []string          `yaml:"scopes"`

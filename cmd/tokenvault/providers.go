@@ -58,7 +58,7 @@ func buildProvider(name string, pc ProviderConfig, cfg *Config, env func(string)
 		return providers.NewOAuth2(providers.OAuth2Config{
 			Name: name, DisplayName: pc.DisplayName,
 			ClientID: pc.ClientID, ClientSecret: secret,
-			AuthURL: pc.AuthURL, TokenURL: pc.TokenURL, RevokeURL: pc.RevokeURL,
+			AuthURL: pc.AuthURL, TokenURL: pc.TokenURL, RevokeURL: pc.RevokeURL, IntrospectURL: pc.IntrospectURL,
 			RedirectURL: redirect, Scopes: pc.Scopes, ScopeSeparator: pc.ScopeSeparator,
 			AuthStyle: style, PKCE: pc.PKCE, AuthParams: pc.AuthParams, TokenParams: pc.TokenParams,
 		})
@@ -79,6 +79,7 @@ func buildService(name, redirect, secret string, pc ProviderConfig) (providers.P
 		set   bool
 	}{
 		{"auth_url", pc.AuthURL != ""}, {"token_url", pc.TokenURL != ""}, {"revoke_url", pc.RevokeURL != ""},
+		{"introspect_url", pc.IntrospectURL != ""},
 		{"scope_separator", pc.ScopeSeparator != ""}, {"auth_style", pc.AuthStyle != ""},
 		{"auth_params", len(pc.AuthParams) > 0}, {"token_params", len(pc.TokenParams) > 0},
 	} {

@@ -36,7 +36,7 @@ func refreshPolicies(cfg *Config) map[string]vault.RefreshPolicy {
 			Burst:          pc.RefreshBurst,
 		}
 		kind := cmp.Or(pc.Kind, "oauth2")
-		if kind != "oauth2" {
+		if kind != "oauth2" || pc.IntrospectURL != "" {
 			p.ValidateInterval = defaultValidateInterval
 		}
 		if pc.ValidateInterval != nil {
@@ -59,6 +59,8 @@ func checkRefreshConfig(pc ProviderConfig) error {
 		return errors.New("token_lifetime must be at least 1m")
 	case pc.ValidateInterval != nil && *pc.ValidateInterval > 0 && *pc.ValidateInterval < time.Minute:
 		return errors.New("validate_interval must be at least 1m (or 0s: off)")
+	case pc.ValidateInterval != nil && *pc.ValidateInterval > 0 && cmp.Or(pc.Kind, "oauth2") == "oauth2" && pc.IntrospectURL == "":
+		return errors.New("validate_interval needs introspect_url: a generic provider validates grants by introspection")
 	case pc.RefreshRate < 0, pc.RefreshBurst < 0:
 		return errors.New("refresh_rate and refresh_burst must not be negative")
 	}

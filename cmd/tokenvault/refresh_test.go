@@ -18,6 +18,9 @@ providers:
     token_lifetime: 2h
     refresh_rate: 5
     refresh_burst: 2
+  acme-introspect:
+    kind: oauth2
+    introspect_url: https://acme.example/oauth/introspect
   github:
     kind: github
   slack:
@@ -36,11 +39,12 @@ providers:
 	}
 	got := refreshPolicies(cfg)
 	for name, want := range map[string]vault.RefreshPolicy{
-		"acme":        {TokenLifetime: 2 * time.Hour, RateLimit: 5, Burst: 2},
-		"github":      {ValidateInterval: 24 * time.Hour},
-		"slack":       {},
-		"google":      {ValidateInterval: 24 * time.Hour, RefreshIdleMax: 180 * 24 * time.Hour},
-		"google-idle": {ValidateInterval: 6 * time.Hour, RefreshIdleMax: 720 * time.Hour},
+		"acme":            {TokenLifetime: 2 * time.Hour, RateLimit: 5, Burst: 2},
+		"acme-introspect": {ValidateInterval: 24 * time.Hour},
+		"github":          {ValidateInterval: 24 * time.Hour},
+		"slack":           {},
+		"google":          {ValidateInterval: 24 * time.Hour, RefreshIdleMax: 180 * 24 * time.Hour},
+		"google-idle":     {ValidateInterval: 6 * time.Hour, RefreshIdleMax: 720 * time.Hour},
 	} {
 		if got[name] != want {
 			t.Errorf("policy of %s = %+v; want %+v", name, got[name], want)
@@ -56,7 +60,9 @@ func TestCheckRefreshConfig(t *testing.T) {
 		ok   bool
 	}{
 		{"empty", ProviderConfig{}, true},
-		{"all set", ProviderConfig{TokenLifetime: time.Hour, RefreshIdleMax: time.Hour, ValidateInterval: d("1h"), RefreshRate: 1, RefreshBurst: 1}, true},
+		{"all set", ProviderConfig{IntrospectURL: "https://acme.example/i", TokenLifetime: time.Hour, RefreshIdleMax: time.Hour, ValidateInterval: d("1h"), RefreshRate: 1, RefreshBurst: 1}, true},
+		{"named kind validates", ProviderConfig{Kind: "github", ValidateInterval: d("1h")}, true},
+		{"generic without introspection cannot validate", ProviderConfig{ValidateInterval: d("1h")}, false},
 		{"validation off", ProviderConfig{ValidateInterval: d("0s")}, true},
 		{"negative lifetime", ProviderConfig{TokenLifetime: -time.Hour}, false},
 		{"lifetime of seconds", ProviderConfig{TokenLifetime: time.Second}, false},

@@ -1,6 +1,7 @@
 // Package providertest is a strict OAuth 2.0 authorization server: the
 // authorization code grant with PKCE, refresh-token rotation with reuse
-// detection, RFC 7009 revocation and a userinfo endpoint, with faults that
+// detection, RFC 7009 revocation, RFC 7662 introspection and a userinfo
+// endpoint, with faults that
 // can be injected at run time. Tests run the providers against it, and
 // tokenvault's dev mode mounts it as its built-in "sandbox" provider.
 //
@@ -110,10 +111,11 @@ type Options struct {
 type Endpoint string
 
 const (
-	Authorize Endpoint = "/authorize"
-	Token     Endpoint = "/token"
-	Revoke    Endpoint = "/revoke"
-	UserInfo  Endpoint = "/userinfo"
+	Authorize  Endpoint = "/authorize"
+	Token      Endpoint = "/token"
+	Revoke     Endpoint = "/revoke"
+	UserInfo   Endpoint = "/userinfo"
+	Introspect Endpoint = "/introspect"
 )
 
 // Stats counts what the server saw. Each field counts requests that
@@ -124,9 +126,10 @@ type Stats struct {
 	// body was unreadable).
 	Token map[string]int
 	// Refreshes counts successful refreshes.
-	Refreshes int
-	Revoke    int
-	UserInfo  int
+	Refreshes  int
+	Revoke     int
+	UserInfo   int
+	Introspect int
 	// ReuseDetections counts rotated refresh tokens presented again; each
 	// revoked its grant.
 	ReuseDetections int
@@ -265,18 +268,19 @@ func (s *Server) URL(ep Endpoint) string {
 // client that trusts the server's certificate.
 func (s *Server) Config() providers.OAuth2Config {
 	c := providers.OAuth2Config{
-		Name:         "sandbox",
-		DisplayName:  "Sandbox",
-		ClientID:     s.opts.ClientID,
-		ClientSecret: s.opts.ClientSecret,
-		AuthURL:      s.URL(Authorize),
-		TokenURL:     s.URL(Token),
-		RevokeURL:    s.URL(Revoke),
-		RedirectURL:  s.opts.RedirectURIs[0],
-		Scopes:       slices.Clone(s.opts.Scopes),
-		AuthStyle:    s.opts.AuthStyle,
-		PKCE:         true,
-		Now:          s.opts.Now,
+		Name:          "sandbox",
+		DisplayName:   "Sandbox",
+		ClientID:      s.opts.ClientID,
+		ClientSecret:  s.opts.ClientSecret,
+		AuthURL:       s.URL(Authorize),
+		TokenURL:      s.URL(Token),
+		RevokeURL:     s.URL(Revoke),
+		IntrospectURL: s.URL(Introspect),
+		RedirectURL:   s.opts.RedirectURIs[0],
+		Scopes:        slices.Clone(s.opts.Scopes),
+		AuthStyle:     s.opts.AuthStyle,
+		PKCE:          true,
+		Now:           s.opts.Now,
 	}
 	if s.hs != nil && s.hs.tls {
 		c.HTTPClient = s.hs.Client()
@@ -365,6 +369,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		method, serve = http.MethodPost, s.revoke
 	case UserInfo:
 		method, serve = http.MethodGet, s.userInfo
+	case Introspect:
+		method, serve = http.MethodPost, s.introspect
 	default:
 		http.NotFound(w, r)
 		return
@@ -393,6 +399,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.stats.Revoke++
 	case UserInfo:
 		s.stats.UserInfo++
+	case Introspect:
+		s.stats.Introspect++
 	}
 	f := s.takeFaultLocked(ep)
 	s.mu.Unlock()
@@ -793,6 +801,63 @@ func (s *Server) revoke(r *http.Request, form url.Values, now time.Time) reply {
 	return reply{status: http.StatusOK, header: http.Header{"Cache-Control": {"no-store"}}}
 }
 
+// introspect implements RFC 7662 for the registered client: an access
+// token that is active (see IsActive), or a refresh token that is current
+// (not rotated, not expired, its grant not revoked), is described with
+// active, scope, client_id, username, token_type, exp (when it expires), iat
+// and sub; anything else is {"active": false}. token_type_hint is only a
+// hint (§2.1): both kinds are looked up whatever it says.
+func (s *Server) introspect(r *http.Request, form url.Values, now time.Time) reply {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if rp, ok := s.authClientLocked(r, form); !ok {
+		return rp
+	}
+	tok := form.Get("token")
+	if tok == "" {
+		return s.oauthError(http.StatusBadRequest, "invalid_request", "token is required")
+	}
+	var (
+		g      *grant
+		scopes []string
+		typ    string
+		exp    time.Time
+	)
+	if a, ok := s.activeLocked(tok, now); ok {
+		g, scopes, typ, exp = a.grant, a.scopes, s.opts.TokenType, a.expiry
+	} else if t, ok := s.refresh[tok]; ok && !t.rotated && !t.grant.revoked && (t.expiry.IsZero() || now.Before(t.expiry)) {
+		g, scopes, typ, exp = t.grant, t.grant.scopes, "refresh_token", t.expiry
+	}
+	if g == nil {
+		return s.introspection(map[string]any{"active": false})
+	}
+	fields := map[string]any{
+		"active":     true,
+		"scope":      strings.Join(scopes, " "),
+		"client_id":  s.opts.ClientID,
+		"username":   g.account,
+		"token_type": typ,
+		"iat":        g.created.Unix(),
+		"sub":        subject(g.account),
+	}
+	if !exp.IsZero() {
+		fields["exp"] = exp.Unix()
+	}
+	return s.introspection(fields)
+}
+
+// introspection answers fields as JSON: RFC 7662 §2.2 has no form encoding.
+func (s *Server) introspection(fields map[string]any) reply {
+	b, _ := json.Marshal(fields)
+	return reply{http.StatusOK, http.Header{"Content-Type": {"application/json"}, "Cache-Control": {"no-store"}}, b}
+}
+
+// subject is the stable, opaque subject id of account.
+func subject(account string) string {
+	sum := sha256.Sum256([]byte(account))
+	return "sbx_" + base64.RawURLEncoding.EncodeToString(sum[:12])
+}
+
 // userInfo answers {"sub", "login", "scope"} for an active bearer token.
 func (s *Server) userInfo(r *http.Request, _ url.Values, now time.Time) reply {
 	scheme, tok, _ := strings.Cut(r.Header.Get("Authorization"), " ")
@@ -810,9 +875,8 @@ func (s *Server) userInfo(r *http.Request, _ url.Values, now time.Time) reply {
 			"Content-Type":     {"application/json"},
 		}, []byte(`{"error":"invalid_token"}`)}
 	}
-	sum := sha256.Sum256([]byte(account))
 	b, _ := json.Marshal(map[string]string{
-		"sub":   "sbx_" + base64.RawURLEncoding.EncodeToString(sum[:12]),
+		"sub":   subject(account),
 		"login": account,
 		"scope": strings.Join(scopes, " "),
 	})

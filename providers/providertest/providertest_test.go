@@ -293,6 +293,73 @@ func TestServer_UserInfo(t *testing.T) {
 	}
 }
 
+// TestServer_Introspect checks RFC 7662: the client authenticates; an
+// active access or current refresh token is described; a rotated, expired,
+// revoked or unknown one is {"active": false} and nothing else.
+func TestServer_Introspect(t *testing.T) {
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	var mu sync.Mutex
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	srv := providertest.Start(providertest.Options{Now: clock, Account: "alice", RefreshTokenTTL: 48 * time.Hour})
+	defer srv.Close()
+	m := exchange(t, srv)
+	at, rt := m["access_token"].(string), m["refresh_token"].(string)
+	in := func(tok, hint string) map[string]any {
+		t.Helper()
+		f := url.Values{"token": {tok}}
+		if hint != "" {
+			f.Set("token_type_hint", hint)
+		}
+		st, r := post(t, srv, providertest.Introspect, f, true)
+		if st != 200 {
+			t.Fatalf("introspect = %d %v; want 200", st, r)
+		}
+		return r
+	}
+	inactive := func(what string, r map[string]any) {
+		t.Helper()
+		if len(r) != 1 || r["active"] != false {
+			t.Errorf("introspect(%s) = %v; want only active=false", what, r)
+		}
+	}
+	r := in(at, "access_token")
+	if r["active"] != true || r["exp"] != float64(now.Add(time.Hour).Unix()) || r["username"] != "alice" ||
+		r["token_type"] != "Bearer" || r["client_id"] != providertest.DefaultClientID || r["scope"] != "read write" {
+		t.Errorf("introspect(access) = %v", r)
+	}
+	// The hint is only a hint (§2.1).
+	if r := in(rt, "access_token"); r["active"] != true || r["token_type"] != "refresh_token" || r["exp"] != float64(now.Add(48*time.Hour).Unix()) {
+		t.Errorf("introspect(refresh, wrong hint) = %v", r)
+	}
+	inactive("unknown", in("nope", ""))
+	if st, _ := post(t, srv, providertest.Introspect, url.Values{"token": {at}}, false); st != 401 {
+		t.Errorf("introspect without client auth = %d; want 401", st)
+	}
+	if st, r := post(t, srv, providertest.Introspect, url.Values{}, true); st != 400 || r["error"] != "invalid_request" {
+		t.Errorf("introspect without a token = %d %v; want invalid_request", st, r)
+	}
+
+	// Rotation retires the old refresh token; expiry ends the access token.
+	st, r2 := post(t, srv, providertest.Token, url.Values{"grant_type": {"refresh_token"}, "refresh_token": {rt}}, true)
+	if st != 200 {
+		t.Fatalf("refresh = %d %v", st, r2)
+	}
+	inactive("rotated refresh token", in(rt, "refresh_token"))
+	mu.Lock()
+	now = now.Add(time.Hour)
+	mu.Unlock()
+	inactive("expired access token", in(at, ""))
+	rt2 := r2["refresh_token"].(string)
+	if r := in(rt2, ""); r["active"] != true {
+		t.Errorf("introspect(new refresh token) = %v; want active", r)
+	}
+	srv.RevokeGrant(srv.Grants()[0].ID)
+	inactive("refresh token of a revoked grant", in(rt2, ""))
+	if st := srv.Stats(); st.Introspect != 9 {
+		t.Errorf("Stats().Introspect = %d; want 9", st.Introspect)
+	}
+}
+
 func TestServer_RevokeGrant(t *testing.T) {
 	srv := providertest.Start(providertest.Options{Account: "bob"})
 	defer srv.Close()

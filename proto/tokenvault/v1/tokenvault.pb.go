@@ -1100,6 +1100,9 @@ type Provider struct {
 	SupportsRevocation bool     `protobuf:"varint,7,opt,name=supports_revocation,json=supportsRevocation,proto3" json:"supports_revocation,omitempty"`
 	ClientId           string   `protobuf:"bytes,8,opt,name=client_id,json=clientId,proto3" json:"client_id,omitempty"`
 	RedirectUrl        string   `protobuf:"bytes,9,opt,name=redirect_url,json=redirectUrl,proto3" json:"redirect_url,omitempty"`
+	// True if grants can be checked at the provider without a refresh
+	// (the refresh scheduler's validation sweeps).
+	SupportsValidation bool `protobuf:"varint,10,opt,name=supports_validation,json=supportsValidation,proto3" json:"supports_validation,omitempty"`
 	unknownFields      protoimpl.UnknownFields
 	sizeCache          protoimpl.SizeCache
 }
@@ -1195,6 +1198,13 @@ func (x *Provider) GetRedirectUrl() string {
 		return x.RedirectUrl
 	}
 	return ""
+}
+
+func (x *Provider) GetSupportsValidation() bool {
+	if x != nil {
+		return x.SupportsValidation
+	}
+	return false
 }
 
 type RotateKeysRequest struct {
@@ -1830,7 +1840,7 @@ const file_tokenvault_v1_tokenvault_proto_rawDesc = "" +
 	"\x0eprovider_error\x18\x03 \x01(\tR\rproviderError\"\x16\n" +
 	"\x14ListProvidersRequest\"N\n" +
 	"\x15ListProvidersResponse\x125\n" +
-	"\tproviders\x18\x01 \x03(\v2\x17.tokenvault.v1.ProviderR\tproviders\"\xac\x02\n" +
+	"\tproviders\x18\x01 \x03(\v2\x17.tokenvault.v1.ProviderR\tproviders\"\xdd\x02\n" +
 	"\bProvider\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04kind\x18\x02 \x01(\tR\x04kind\x12!\n" +
@@ -1840,7 +1850,9 @@ const file_tokenvault_v1_tokenvault_proto_rawDesc = "" +
 	"\x10supports_refresh\x18\x06 \x01(\bR\x0fsupportsRefresh\x12/\n" +
 	"\x13supports_revocation\x18\a \x01(\bR\x12supportsRevocation\x12\x1b\n" +
 	"\tclient_id\x18\b \x01(\tR\bclientId\x12!\n" +
-	"\fredirect_url\x18\t \x01(\tR\vredirectUrl\"\x13\n" +
+	"\fredirect_url\x18\t \x01(\tR\vredirectUrl\x12/\n" +
+	"\x13supports_validation\x18\n" +
+	" \x01(\bR\x12supportsValidation\"\x13\n" +
 	"\x11RotateKeysRequest\"F\n" +
 	"\x12RotateKeysResponse\x12\x12\n" +
 	"\x04term\x18\x01 \x01(\rR\x04term\x12\x1c\n" +
