@@ -282,10 +282,14 @@ func jitterOf(id string, c *resident) float64 {
 	return float64(h>>11) / (1 << 53)
 }
 
+// DefaultConcurrency is how many refreshes and validations a scheduler runs
+// at once unless configured otherwise; the sidecar runs with it.
+const DefaultConcurrency = 16
+
 // SchedulerConfig configures a Scheduler. The zero value works.
 type SchedulerConfig struct {
 	// Concurrency bounds the refreshes and validations running at once
-	// (default 16).
+	// (default DefaultConcurrency).
 	Concurrency int
 	// Now and After are the clock: default the vault's clock and
 	// time.After. Real time appears only in the caller's defaults.
@@ -377,7 +381,7 @@ const (
 // NewScheduler returns a scheduler for v; Run starts it.
 func NewScheduler(v *Vault, cfg SchedulerConfig) *Scheduler {
 	if cfg.Concurrency <= 0 {
-		cfg.Concurrency = 16
+		cfg.Concurrency = DefaultConcurrency
 	}
 	if cfg.Now == nil {
 		cfg.Now = v.now

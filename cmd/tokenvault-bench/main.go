@@ -102,7 +102,7 @@ func main() {
 	flag.Float64Var(&o.readRate, "read-rate", 20000, "AccessToken calls per real second, all readers together (0: as fast as they go)")
 	flag.IntVar(&o.gogc, "gogc", 50, "GOGC for the run (50: the sidecar's default)")
 	flag.Int64Var(&o.memLimit, "memlimit", 0, "GOMEMLIMIT for the run, in MiB (0: none)")
-	flag.IntVar(&o.concurrency, "concurrency", 128, "scheduler concurrency")
+	flag.IntVar(&o.concurrency, "concurrency", vault.DefaultConcurrency, "scheduler concurrency (default: the sidecar's)")
 	flag.IntVar(&o.tokenBytes, "token-bytes", 128, "length of access tokens (refresh tokens: half); real ones run 40 (GitHub) to 250 (Google)")
 	flag.Float64Var(&o.rate, "rate", 0, "refresh rate limit per simulated second (0: 2.5x the mean the connections need)")
 	flag.StringVar(&o.dataDir, "data", "", "directory for the seeded bbolt file, reused across runs (default: a temporary one)")
@@ -315,22 +315,35 @@ func run(o options) error {
 
 	// Readers: random connections, default min_valid (5 simulated
 	// minutes), each answer checked against the simulated clock.
-	ids := make([]string, 0, v.Len())
+	// The ids are packed into one string: the load generator's own memory
+	// is measured with the sidecar's, and a sidecar holds no such list.
+	var packed strings.Builder
+	ends := make([]int32, 0, v.Len())
 	for after := ""; ; {
 		page, next, err := v.List(ctx, vault.Filter{}, after, 500)
 		if err != nil {
 			return err
 		}
 		for _, c := range page {
-			ids = append(ids, c.ID)
+			packed.WriteString(c.ID)
+			ends = append(ends, int32(packed.Len()))
 		}
 		if next == "" {
 			break
 		}
 		after = next
 	}
+	all := packed.String()
+	idAt := func(i int) string {
+		start := int32(0)
+		if i > 0 {
+			start = ends[i-1]
+		}
+		return all[start:ends[i]]
+	}
 	var reads, expired, readErrs atomic.Int64
 	deadline := clock.start.Add(o.duration)
+	stopSampler := peakSampler()
 	var wg sync.WaitGroup
 	for r := range o.readers {
 		wg.Go(func() {
@@ -346,7 +359,7 @@ func run(o options) error {
 						time.Sleep(time.Until(next))
 					}
 				}
-				id := ids[rng.IntN(len(ids))]
+				id := idAt(rng.IntN(len(ends)))
 				tok, _, err := v.AccessToken(ctx, id, "", 0, false)
 				if err != nil {
 					readErrs.Add(1)
@@ -361,6 +374,7 @@ func run(o options) error {
 	wg.Wait()
 	cancel()
 	<-schedDone
+	atPeak := stopSampler()
 	wall := time.Since(clock.start)
 	simElapsed := clock.Now().Sub(epoch)
 	cpu := cpuTime() - cpu0
@@ -437,6 +451,7 @@ func run(o options) error {
 	fmt.Printf("memory:      GOGC %d, GOMEMLIMIT %s; heap live after startup %.1f MiB, at end %.1f MiB; RSS after startup %s; peak RSS (VmHWM) %s; at end RssAnon %s, RssFile %s (bbolt's read-only mmap: clean page-cache pages)\n",
 		o.gogc, limit, float64(heapAfterStartup)/(1<<20), float64(heapAtEnd)/(1<<20), rssAfterStartup, status["VmHWM"], status["RssAnon"], status["RssFile"])
 	fmt.Printf("runtime:     %s\n", memClasses())
+	fmt.Printf("at peak:     %s (sampled every 50ms)\n", atPeak)
 	fmt.Printf("scheduler:   %+v\n", ss)
 	return nil
 }
@@ -713,6 +728,15 @@ func heapLive() uint64 {
 // "123456 kB" as "120.6 MiB").
 func procStatus() map[string]string {
 	out := map[string]string{}
+	for k, kb := range procKB() {
+		out[k] = fmt.Sprintf("%.1f MiB", kb/1024)
+	}
+	return out
+}
+
+// procKB returns the memory lines of /proc/self/status in kB.
+func procKB() map[string]float64 {
+	out := map[string]float64{}
 	b, err := os.ReadFile("/proc/self/status")
 	if err != nil {
 		return out
@@ -722,12 +746,41 @@ func procStatus() map[string]string {
 		if !ok || !strings.HasSuffix(v, "kB") {
 			continue
 		}
-		kb, err := strconv.ParseFloat(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 64)
-		if err == nil {
-			out[k] = fmt.Sprintf("%.1f MiB", kb/1024)
+		if kb, err := strconv.ParseFloat(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 64); err == nil {
+			out[k] = kb
 		}
 	}
 	return out
+}
+
+// peakSampler reads the process's RSS every 50 ms until stop is called,
+// and returns what it was made of at the highest sample: the kernel's
+// split (anonymous, file-backed) and the runtime's memory classes.
+func peakSampler() (stop func() string) {
+	done := make(chan struct{})
+	result := make(chan string, 1)
+	go func() {
+		var peak float64
+		var at string
+		t := time.NewTicker(50 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				result <- at
+				return
+			case <-t.C:
+			}
+			st := procKB()
+			if st["VmRSS"] <= peak {
+				continue
+			}
+			peak = st["VmRSS"]
+			at = fmt.Sprintf("VmRSS %.1f MiB (RssAnon %.1f, RssFile %.1f); %s",
+				st["VmRSS"]/1024, st["RssAnon"]/1024, st["RssFile"]/1024, memClasses())
+		}
+	}()
+	return func() string { close(done); return <-result }
 }
 
 func writeHeapProfile(path string) error {
