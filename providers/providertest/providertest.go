@@ -786,12 +786,9 @@ func (s *Server) issueRefreshLocked(g *grant, now time.Time, resp map[string]any
 func (s *Server) revoke(r *http.Request, form url.Values, now time.Time) reply {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if rp, ok := s.authClientLocked(r, form); !ok {
+	tok, rp, ok := s.tokenParamLocked(r, form)
+	if !ok {
 		return rp
-	}
-	tok := form.Get("token")
-	if tok == "" {
-		return s.oauthError(http.StatusBadRequest, "invalid_request", "token is required")
 	}
 	if t, ok := s.refresh[tok]; ok {
 		t.grant.revoked = true
@@ -799,6 +796,19 @@ func (s *Server) revoke(r *http.Request, form url.Values, now time.Time) reply {
 		a.grant.revoked = true
 	}
 	return reply{status: http.StatusOK, header: http.Header{"Cache-Control": {"no-store"}}}
+}
+
+// tokenParamLocked authenticates the client and returns the token that a
+// revocation (RFC 7009) or introspection (RFC 7662) request is about.
+func (s *Server) tokenParamLocked(r *http.Request, form url.Values) (string, reply, bool) {
+	if rp, ok := s.authClientLocked(r, form); !ok {
+		return "", rp, false
+	}
+	tok := form.Get("token")
+	if tok == "" {
+		return "", s.oauthError(http.StatusBadRequest, "invalid_request", "token is required"), false
+	}
+	return tok, reply{}, true
 }
 
 // introspect implements RFC 7662 for the registered client: an access
@@ -810,12 +820,9 @@ func (s *Server) revoke(r *http.Request, form url.Values, now time.Time) reply {
 func (s *Server) introspect(r *http.Request, form url.Values, now time.Time) reply {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if rp, ok := s.authClientLocked(r, form); !ok {
+	tok, rp, ok := s.tokenParamLocked(r, form)
+	if !ok {
 		return rp
-	}
-	tok := form.Get("token")
-	if tok == "" {
-		return s.oauthError(http.StatusBadRequest, "invalid_request", "token is required")
 	}
 	var (
 		g      *grant
