@@ -281,6 +281,19 @@ func (c *Client) RevokeConnection(ctx context.Context, connectionID, reason stri
 	return resp, nil
 }
 
+// ValidateConnection asks the provider now whether the connection's grant
+// is still live, without refreshing it. An operator's call: the response's
+// live is false, and the connection NEEDS_REAUTH, if the provider rejected
+// the grant. A provider that cannot validate (Provider.supports_validation)
+// gives INVALID_ARGUMENT.
+func (c *Client) ValidateConnection(ctx context.Context, connectionID string) (*tokenvaultv1.ValidateConnectionResponse, error) {
+	resp, err := c.api.ValidateConnection(ctx, &tokenvaultv1.ValidateConnectionRequest{ConnectionId: connectionID})
+	if err != nil {
+		return nil, fmt.Errorf("client: validate connection %s: %w", connectionID, err)
+	}
+	return resp, nil
+}
+
 // ListProviders returns the configured providers. It never includes their
 // secrets.
 func (c *Client) ListProviders(ctx context.Context) ([]*tokenvaultv1.Provider, error) {

@@ -170,6 +170,19 @@ func (f *fakeVault) RevokeConnection(ctx context.Context, req *tokenvaultv1.Revo
 	}, nil
 }
 
+func (f *fakeVault) ValidateConnection(ctx context.Context, req *tokenvaultv1.ValidateConnectionRequest) (*tokenvaultv1.ValidateConnectionResponse, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.record(ctx)
+	if req.GetConnectionId() != "conn_1" {
+		return nil, reasonErr(codes.NotFound, client.ReasonNotConnected, client.ErrorDomain)
+	}
+	return &tokenvaultv1.ValidateConnectionResponse{
+		Connection: &tokenvaultv1.Connection{ConnectionId: "conn_1", Status: tokenvaultv1.ConnectionStatus_CONNECTION_STATUS_ACTIVE},
+		Live:       true,
+	}, nil
+}
+
 func (f *fakeVault) ListProviders(ctx context.Context, _ *tokenvaultv1.ListProvidersRequest) (*tokenvaultv1.ListProvidersResponse, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -899,6 +912,14 @@ func TestClient_Wrappers(t *testing.T) {
 	rev, err := c.RevokeConnection(ctx, "conn_1", "user left")
 	if err != nil || !rev.GetProviderRevoked() || rev.GetConnection().GetStatusReason() != "user left" {
 		t.Errorf("RevokeConnection = %v, %v; want provider_revoked with reason %q", rev, err, "user left")
+	}
+
+	val, err := c.ValidateConnection(ctx, "conn_1")
+	if err != nil || !val.GetLive() || val.GetConnection().GetConnectionId() != "conn_1" {
+		t.Errorf("ValidateConnection(%q) = %v, %v; want live", "conn_1", val, err)
+	}
+	if _, err := c.ValidateConnection(ctx, "conn_x"); !client.IsNotConnected(err) {
+		t.Errorf("ValidateConnection(%q) = %v; want NOT_CONNECTED", "conn_x", err)
 	}
 
 	ps, err := c.ListProviders(ctx)

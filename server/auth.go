@@ -310,15 +310,16 @@ type rule struct {
 // setting; unauthenticated and rate-limited calls are counted in metrics
 // and logged, not audited, so a flood of them cannot flood the audit.
 var methodRules = map[string]rule{
-	tvv1.TokenVaultService_GetAccessToken_FullMethodName:   {needApplication, scopeConnection, auditAlways, true},
-	tvv1.TokenVaultService_StartConnect_FullMethodName:     {needApplication, scopeProvider, auditAlways, false},
-	tvv1.TokenVaultService_GetConnection_FullMethodName:    {needApplication, scopeConnection, auditOperator, false},
-	tvv1.TokenVaultService_ListConnections_FullMethodName:  {needApplication, scopeHandler, auditOperator, false},
-	tvv1.TokenVaultService_ListProviders_FullMethodName:    {needApplication, scopeHandler, auditOperator, false},
-	tvv1.TokenVaultService_WatchEvents_FullMethodName:      {needApplication, scopeHandler, auditOperator, false},
-	tvv1.TokenVaultService_RevokeConnection_FullMethodName: {needOperator, scopeConnection, auditAlways, false},
-	tvv1.AdminService_RotateKeys_FullMethodName:            {needOperator, scopeNone, auditAlways, false},
-	tvv1.AdminService_ListAuditEvents_FullMethodName:       {needOperator, scopeNone, auditAlways, false},
+	tvv1.TokenVaultService_GetAccessToken_FullMethodName:     {needApplication, scopeConnection, auditAlways, true},
+	tvv1.TokenVaultService_StartConnect_FullMethodName:       {needApplication, scopeProvider, auditAlways, false},
+	tvv1.TokenVaultService_GetConnection_FullMethodName:      {needApplication, scopeConnection, auditOperator, false},
+	tvv1.TokenVaultService_ListConnections_FullMethodName:    {needApplication, scopeHandler, auditOperator, false},
+	tvv1.TokenVaultService_ListProviders_FullMethodName:      {needApplication, scopeHandler, auditOperator, false},
+	tvv1.TokenVaultService_WatchEvents_FullMethodName:        {needApplication, scopeHandler, auditOperator, false},
+	tvv1.TokenVaultService_RevokeConnection_FullMethodName:   {needOperator, scopeConnection, auditAlways, false},
+	tvv1.TokenVaultService_ValidateConnection_FullMethodName: {needOperator, scopeConnection, auditAlways, false},
+	tvv1.AdminService_RotateKeys_FullMethodName:              {needOperator, scopeNone, auditAlways, false},
+	tvv1.AdminService_ListAuditEvents_FullMethodName:         {needOperator, scopeNone, auditAlways, false},
 
 	healthpb.Health_Check_FullMethodName: {need: needNothing},
 	healthpb.Health_Watch_FullMethodName: {need: needNothing},

@@ -130,6 +130,10 @@ func TestAuth_Calls(t *testing.T) {
 			_, err := api("app").RevokeConnection(ctx, &tvv1.RevokeConnectionRequest{ConnectionId: id})
 			return err
 		}, codes.PermissionDenied, "PERMISSION_DENIED"},
+		{"application may not validate", func() error {
+			_, err := api("app").ValidateConnection(ctx, &tvv1.ValidateConnectionRequest{ConnectionId: id})
+			return err
+		}, codes.PermissionDenied, "PERMISSION_DENIED"},
 		{"application may not read the audit", func() error {
 			_, err := admin("app").ListAuditEvents(ctx, &tvv1.ListAuditEventsRequest{})
 			return err

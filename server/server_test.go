@@ -107,6 +107,12 @@ func (e *env) dial(name string) *grpc.ClientConn {
 
 func newEnv(t *testing.T, fo providertest.Options) *env {
 	t.Helper()
+	return newEnvWith(t, fo, nil)
+}
+
+// newEnvWith is newEnv with the provider's configuration edited.
+func newEnvWith(t *testing.T, fo providertest.Options, edit func(*providers.OAuth2Config)) *env {
+	t.Helper()
 	e := &env{t: t, clock: &clock{t: time.Now()}, metrics: server.NewMetrics()}
 	fo.Now = e.clock.Now
 	// The callback URL must be known before the fake is configured.
@@ -116,6 +122,9 @@ func newEnv(t *testing.T, fo providertest.Options) *env {
 	t.Cleanup(e.fake.Close)
 	pc := e.fake.Config()
 	pc.Name = "acme"
+	if edit != nil {
+		edit(&pc)
+	}
 	p, err := providers.NewOAuth2(pc)
 	if err != nil {
 		t.Fatal(err)
@@ -504,7 +513,8 @@ func TestServer_RecoversFromPanic(t *testing.T) {
 // TestIntrospection_EndToEnd: a generic provider that sends no expires_in
 // but has an RFC 7662 endpoint: the token is served with the expiry the
 // provider reports, the provider is listed as able to validate, and a grant
-// revoked at the provider is found by validation and needs reauthorization.
+// revoked at the provider is found by ValidateConnection and needs
+// reauthorization.
 func TestIntrospection_EndToEnd(t *testing.T) {
 	e := newEnv(t, providertest.Options{OmitExpiresIn: true, AccessTokenTTL: 2 * time.Hour})
 	ctx := context.Background()
@@ -520,15 +530,37 @@ func TestIntrospection_EndToEnd(t *testing.T) {
 	if err != nil || len(lp.Providers) != 1 || !lp.Providers[0].SupportsValidation {
 		t.Errorf("ListProviders = %v, %v; want acme, able to validate", lp, err)
 	}
-	if _, err := e.v.Validate(ctx, id); err != nil {
-		t.Fatalf("Validate(live) = %v", err)
+	e.clock.Add(time.Minute)
+	vr, err := e.api.ValidateConnection(ctx, &tvv1.ValidateConnectionRequest{ConnectionId: id})
+	if err != nil || !vr.Live || !vr.Connection.GetLastValidatedTime().AsTime().Equal(e.clock.Now()) ||
+		vr.Connection.Status != tvv1.ConnectionStatus_CONNECTION_STATUS_ACTIVE {
+		t.Fatalf("ValidateConnection(live) = %v, %v; want live, validated now, active", vr, err)
 	}
 	e.fake.RevokeGrant(e.fake.Grants()[0].ID)
-	if _, err := e.v.Validate(ctx, id); !errors.Is(err, vault.ErrReauthRequired) {
-		t.Fatalf("Validate(revoked at the provider) = %v; want ErrReauthRequired", err)
+	before := e.fake.Stats().Introspect
+	for range 2 { // the second answers from the record, without asking
+		vr, err = e.api.ValidateConnection(ctx, &tvv1.ValidateConnectionRequest{ConnectionId: id})
+		if err != nil || vr.Live || vr.Connection.Status != tvv1.ConnectionStatus_CONNECTION_STATUS_NEEDS_REAUTH || vr.Connection.StatusReason != "inactive" {
+			t.Fatalf("ValidateConnection(revoked at the provider) = %v, %v; want not live, needs_reauth, reason inactive", vr, err)
+		}
 	}
-	c, err := e.api.GetConnection(ctx, &tvv1.GetConnectionRequest{ConnectionId: id})
-	if err != nil || c.Connection.Status != tvv1.ConnectionStatus_CONNECTION_STATUS_NEEDS_REAUTH || c.Connection.StatusReason != "inactive" {
-		t.Errorf("GetConnection = %v, %v; want needs_reauth, reason inactive", c, err)
+	if n := e.fake.Stats().Introspect - before; n != 1 {
+		t.Errorf("%d introspections for two validations of a dead grant; want 1", n)
+	}
+	_, err = e.api.ValidateConnection(ctx, &tvv1.ValidateConnectionRequest{})
+	if status.Code(err) != codes.InvalidArgument {
+		t.Errorf("ValidateConnection without an id = %v; want InvalidArgument", err)
+	}
+
+	// A provider without an introspection endpoint cannot validate.
+	plain := newEnvWith(t, providertest.Options{}, func(c *providers.OAuth2Config) { c.IntrospectURL = "" })
+	pid := plain.connect("bob")
+	_, err = plain.api.ValidateConnection(ctx, &tvv1.ValidateConnectionRequest{ConnectionId: pid})
+	if status.Code(err) != codes.InvalidArgument {
+		t.Errorf("ValidateConnection at a provider that cannot validate = %v; want InvalidArgument", err)
+	}
+	lp, err = plain.api.ListProviders(ctx, &tvv1.ListProvidersRequest{})
+	if err != nil || lp.Providers[0].SupportsValidation {
+		t.Errorf("ListProviders = %v, %v; want acme, unable to validate", lp, err)
 	}
 }

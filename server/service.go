@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"time"
 
@@ -122,6 +123,25 @@ func (s *tokenService) RevokeConnection(ctx context.Context, req *tvv1.RevokeCon
 		resp.ProviderError = providerErrorText(res.ProviderErr)
 	}
 	return resp, nil
+}
+
+// ValidateConnection asks the provider about the grant now. A grant that is
+// dead, whether the provider said so now or earlier, is an answer (live
+// false, the connection in NEEDS_REAUTH), not an error.
+func (s *tokenService) ValidateConnection(ctx context.Context, req *tvv1.ValidateConnectionRequest) (*tvv1.ValidateConnectionResponse, error) {
+	id := req.GetConnectionId()
+	if id == "" {
+		return nil, invalidArgument("connection_id is required")
+	}
+	c, err := s.v.Validate(ctx, id)
+	live := err == nil
+	if errors.Is(err, vault.ErrReauthRequired) {
+		c, err = s.v.Get(ctx, id)
+	}
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &tvv1.ValidateConnectionResponse{Connection: connectionProto(c), Live: live}, nil
 }
 
 // listAllowed lists like vault.List, leaving out the connections of

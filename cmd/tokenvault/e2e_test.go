@@ -277,6 +277,11 @@ func TestE2E_Dev(t *testing.T) {
 		t.Error("the sandbox does not accept the refreshed token")
 	}
 
+	// The sandbox introspects: the operator can check the grant now.
+	if out := runCLI(t, r.GRPCAddr, "connections", "validate", id); !strings.Contains(out, "live: "+id) {
+		t.Errorf("connections validate printed %q; want it live", out)
+	}
+
 	// Revoke through the operator CLI; the record stays, revoked.
 	if out := runCLI(t, r.GRPCAddr, "connections", "revoke", id, "--reason", "e2e"); !strings.Contains(out, "revoked "+id) {
 		t.Errorf("revoke printed %q", out)
@@ -337,6 +342,7 @@ func TestE2E_Dev(t *testing.T) {
 	want := []string{
 		"dev-application GetAccessToken FAILED_PRECONDITION",
 		"dev-operator RevokeConnection OK",
+		"dev-operator ValidateConnection OK",
 		"dev-application GetAccessToken OK",
 		"dev-operator GetAccessToken OK", // the CLI's token command
 		"dev-application GetAccessToken OK",

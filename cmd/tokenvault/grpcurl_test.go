@@ -129,6 +129,12 @@ func TestGrpcurl_OperatorPath(t *testing.T) {
 	}
 	id := listed.Connections[0].ConnectionID
 
+	// The operator asks the sandbox whether the grant is live.
+	out = mustCall(r.OperatorKey, "-d", `{"connection_id":"`+id+`"}`, "--", "tokenvault.v1.TokenVaultService/ValidateConnection")
+	if !strings.Contains(out, `"live": true`) || !strings.Contains(out, "lastValidatedTime") {
+		t.Errorf("ValidateConnection printed %q; want the grant live, just validated", out)
+	}
+
 	// The application may not revoke; the operator may.
 	revoke := `{"connection_id":"` + id + `","reason":"grpcurl"}`
 	if out, errOut, ok := call(r.AppKey, "-d", revoke, "--", "tokenvault.v1.TokenVaultService/RevokeConnection"); ok || !strings.Contains(out+errOut, "PermissionDenied") {

@@ -1,7 +1,7 @@
 // Command tokenvault is the tokenvault sidecar and its operator CLI.
 //
 //	tokenvault serve [--dev] [--config FILE] [flags]
-//	tokenvault connections list|get|revoke [flags]
+//	tokenvault connections list|get|revoke|validate [flags]
 //	tokenvault token CONNECTION_ID [flags]
 //	tokenvault keys rotate
 //	tokenvault audit [flags]
@@ -29,6 +29,7 @@ Usage:
   tokenvault connections list [--owner O] [--provider P] [--status S] [-o json]
   tokenvault connections get CONNECTION_ID [-o json]
   tokenvault connections revoke CONNECTION_ID [--reason R]
+  tokenvault connections validate CONNECTION_ID [-o json]
   tokenvault token CONNECTION_ID [--min-valid 5m] [--force] [--credential NAME]
   tokenvault keys rotate
   tokenvault audit [--connection ID] [--caller C] [--method M] [--limit N] [-o json]

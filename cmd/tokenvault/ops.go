@@ -118,7 +118,7 @@ func printJSON(w io.Writer, m proto.Message) error {
 
 func connectionsCmd(ctx context.Context, args []string, env func(string) string, stdout io.Writer) error {
 	if len(args) == 0 {
-		fmt.Fprintln(stdout, "usage: tokenvault connections list|get|revoke")
+		fmt.Fprintln(stdout, "usage: tokenvault connections list|get|revoke|validate")
 		return errUsage
 	}
 	fs := flag.NewFlagSet("connections "+args[0], flag.ContinueOnError)
@@ -133,9 +133,9 @@ func connectionsCmd(ctx context.Context, args []string, env func(string) string,
 		fs.StringVar(&statusFlag, "status", "", "only connections in this status: active, needs_reauth, revoked")
 	case "revoke":
 		fs.StringVar(&reason, "reason", "", "why, recorded with the revocation")
-	case "get":
+	case "get", "validate":
 	default:
-		return fmt.Errorf("unknown subcommand %q (want list, get or revoke)", args[0])
+		return fmt.Errorf("unknown subcommand %q (want list, get, revoke or validate)", args[0])
 	}
 	pos, err := parseInterspersed(fs, args[1:])
 	if err != nil {
@@ -195,6 +195,23 @@ func connectionsCmd(ctx context.Context, args []string, env func(string) string,
 			return err
 		}
 		return printJSON(stdout, resp.Connection)
+	case "validate":
+		if len(pos) != 1 {
+			return fmt.Errorf("want one CONNECTION_ID, got %d arguments", len(pos))
+		}
+		resp, err := api.ValidateConnection(ctx, &tvv1.ValidateConnectionRequest{ConnectionId: pos[0]})
+		if err != nil {
+			return err
+		}
+		if o.output == "json" {
+			return printJSON(stdout, resp)
+		}
+		if resp.Live {
+			fmt.Fprintf(stdout, "live: %s (the provider accepts the grant)\n", pos[0])
+		} else {
+			fmt.Fprintf(stdout, "dead: %s is %s (%s); the user must connect again\n", pos[0], statusName(resp.Connection.GetStatus()), dash(resp.Connection.GetStatusReason()))
+		}
+		return nil
 	default: // revoke
 		if len(pos) != 1 {
 			return fmt.Errorf("want one CONNECTION_ID, got %d arguments", len(pos))

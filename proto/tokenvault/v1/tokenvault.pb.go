@@ -1006,6 +1006,104 @@ func (x *RevokeConnectionResponse) GetProviderError() string {
 	return ""
 }
 
+type ValidateConnectionRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ConnectionId  string                 `protobuf:"bytes,1,opt,name=connection_id,json=connectionId,proto3" json:"connection_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ValidateConnectionRequest) Reset() {
+	*x = ValidateConnectionRequest{}
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ValidateConnectionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ValidateConnectionRequest) ProtoMessage() {}
+
+func (x *ValidateConnectionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ValidateConnectionRequest.ProtoReflect.Descriptor instead.
+func (*ValidateConnectionRequest) Descriptor() ([]byte, []int) {
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *ValidateConnectionRequest) GetConnectionId() string {
+	if x != nil {
+		return x.ConnectionId
+	}
+	return ""
+}
+
+type ValidateConnectionResponse struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Connection *Connection            `protobuf:"bytes,1,opt,name=connection,proto3" json:"connection,omitempty"`
+	// False if the grant is dead: the connection is NEEDS_REAUTH, with the
+	// provider's reason in status_reason.
+	Live          bool `protobuf:"varint,2,opt,name=live,proto3" json:"live,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ValidateConnectionResponse) Reset() {
+	*x = ValidateConnectionResponse{}
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ValidateConnectionResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ValidateConnectionResponse) ProtoMessage() {}
+
+func (x *ValidateConnectionResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ValidateConnectionResponse.ProtoReflect.Descriptor instead.
+func (*ValidateConnectionResponse) Descriptor() ([]byte, []int) {
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *ValidateConnectionResponse) GetConnection() *Connection {
+	if x != nil {
+		return x.Connection
+	}
+	return nil
+}
+
+func (x *ValidateConnectionResponse) GetLive() bool {
+	if x != nil {
+		return x.Live
+	}
+	return false
+}
+
 type ListProvidersRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -1014,7 +1112,7 @@ type ListProvidersRequest struct {
 
 func (x *ListProvidersRequest) Reset() {
 	*x = ListProvidersRequest{}
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[11]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1026,7 +1124,7 @@ func (x *ListProvidersRequest) String() string {
 func (*ListProvidersRequest) ProtoMessage() {}
 
 func (x *ListProvidersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[11]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1039,7 +1137,7 @@ func (x *ListProvidersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListProvidersRequest.ProtoReflect.Descriptor instead.
 func (*ListProvidersRequest) Descriptor() ([]byte, []int) {
-	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{11}
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{13}
 }
 
 type ListProvidersResponse struct {
@@ -1051,7 +1149,7 @@ type ListProvidersResponse struct {
 
 func (x *ListProvidersResponse) Reset() {
 	*x = ListProvidersResponse{}
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[12]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1063,7 +1161,7 @@ func (x *ListProvidersResponse) String() string {
 func (*ListProvidersResponse) ProtoMessage() {}
 
 func (x *ListProvidersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[12]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1076,7 +1174,7 @@ func (x *ListProvidersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListProvidersResponse.ProtoReflect.Descriptor instead.
 func (*ListProvidersResponse) Descriptor() ([]byte, []int) {
-	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{12}
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ListProvidersResponse) GetProviders() []*Provider {
@@ -1109,7 +1207,7 @@ type Provider struct {
 
 func (x *Provider) Reset() {
 	*x = Provider{}
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[13]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1121,7 +1219,7 @@ func (x *Provider) String() string {
 func (*Provider) ProtoMessage() {}
 
 func (x *Provider) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[13]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1134,7 +1232,7 @@ func (x *Provider) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Provider.ProtoReflect.Descriptor instead.
 func (*Provider) Descriptor() ([]byte, []int) {
-	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{13}
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Provider) GetName() string {
@@ -1215,7 +1313,7 @@ type RotateKeysRequest struct {
 
 func (x *RotateKeysRequest) Reset() {
 	*x = RotateKeysRequest{}
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[14]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1227,7 +1325,7 @@ func (x *RotateKeysRequest) String() string {
 func (*RotateKeysRequest) ProtoMessage() {}
 
 func (x *RotateKeysRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[14]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1240,7 +1338,7 @@ func (x *RotateKeysRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateKeysRequest.ProtoReflect.Descriptor instead.
 func (*RotateKeysRequest) Descriptor() ([]byte, []int) {
-	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{14}
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{16}
 }
 
 type RotateKeysResponse struct {
@@ -1255,7 +1353,7 @@ type RotateKeysResponse struct {
 
 func (x *RotateKeysResponse) Reset() {
 	*x = RotateKeysResponse{}
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[15]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1267,7 +1365,7 @@ func (x *RotateKeysResponse) String() string {
 func (*RotateKeysResponse) ProtoMessage() {}
 
 func (x *RotateKeysResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[15]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1280,7 +1378,7 @@ func (x *RotateKeysResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateKeysResponse.ProtoReflect.Descriptor instead.
 func (*RotateKeysResponse) Descriptor() ([]byte, []int) {
-	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{15}
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *RotateKeysResponse) GetTerm() uint32 {
@@ -1320,7 +1418,7 @@ type Event struct {
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[16]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1332,7 +1430,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[16]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1345,7 +1443,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{16}
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Event) GetEventId() string {
@@ -1408,7 +1506,7 @@ type WatchEventsRequest struct {
 
 func (x *WatchEventsRequest) Reset() {
 	*x = WatchEventsRequest{}
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[17]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1420,7 +1518,7 @@ func (x *WatchEventsRequest) String() string {
 func (*WatchEventsRequest) ProtoMessage() {}
 
 func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[17]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1433,7 +1531,7 @@ func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEventsRequest.ProtoReflect.Descriptor instead.
 func (*WatchEventsRequest) Descriptor() ([]byte, []int) {
-	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{17}
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *WatchEventsRequest) GetAfterSequence() uint64 {
@@ -1459,7 +1557,7 @@ type WatchEventsResponse struct {
 
 func (x *WatchEventsResponse) Reset() {
 	*x = WatchEventsResponse{}
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[18]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1471,7 +1569,7 @@ func (x *WatchEventsResponse) String() string {
 func (*WatchEventsResponse) ProtoMessage() {}
 
 func (x *WatchEventsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[18]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1484,7 +1582,7 @@ func (x *WatchEventsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEventsResponse.ProtoReflect.Descriptor instead.
 func (*WatchEventsResponse) Descriptor() ([]byte, []int) {
-	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{18}
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *WatchEventsResponse) GetEvent() *Event {
@@ -1518,7 +1616,7 @@ type AuditEvent struct {
 
 func (x *AuditEvent) Reset() {
 	*x = AuditEvent{}
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[19]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1530,7 +1628,7 @@ func (x *AuditEvent) String() string {
 func (*AuditEvent) ProtoMessage() {}
 
 func (x *AuditEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[19]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1543,7 +1641,7 @@ func (x *AuditEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditEvent.ProtoReflect.Descriptor instead.
 func (*AuditEvent) Descriptor() ([]byte, []int) {
-	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{19}
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *AuditEvent) GetAuditId() string {
@@ -1624,7 +1722,7 @@ type ListAuditEventsRequest struct {
 
 func (x *ListAuditEventsRequest) Reset() {
 	*x = ListAuditEventsRequest{}
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[20]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1636,7 +1734,7 @@ func (x *ListAuditEventsRequest) String() string {
 func (*ListAuditEventsRequest) ProtoMessage() {}
 
 func (x *ListAuditEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[20]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1649,7 +1747,7 @@ func (x *ListAuditEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAuditEventsRequest.ProtoReflect.Descriptor instead.
 func (*ListAuditEventsRequest) Descriptor() ([]byte, []int) {
-	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{20}
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ListAuditEventsRequest) GetConnectionId() string {
@@ -1697,7 +1795,7 @@ type ListAuditEventsResponse struct {
 
 func (x *ListAuditEventsResponse) Reset() {
 	*x = ListAuditEventsResponse{}
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[21]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1709,7 +1807,7 @@ func (x *ListAuditEventsResponse) String() string {
 func (*ListAuditEventsResponse) ProtoMessage() {}
 
 func (x *ListAuditEventsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[21]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1722,7 +1820,7 @@ func (x *ListAuditEventsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAuditEventsResponse.ProtoReflect.Descriptor instead.
 func (*ListAuditEventsResponse) Descriptor() ([]byte, []int) {
-	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{21}
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ListAuditEventsResponse) GetEvents() []*AuditEvent {
@@ -1837,7 +1935,14 @@ const file_tokenvault_v1_tokenvault_proto_rawDesc = "" +
 	"connection\x18\x01 \x01(\v2\x19.tokenvault.v1.ConnectionR\n" +
 	"connection\x12)\n" +
 	"\x10provider_revoked\x18\x02 \x01(\bR\x0fproviderRevoked\x12%\n" +
-	"\x0eprovider_error\x18\x03 \x01(\tR\rproviderError\"\x16\n" +
+	"\x0eprovider_error\x18\x03 \x01(\tR\rproviderError\"@\n" +
+	"\x19ValidateConnectionRequest\x12#\n" +
+	"\rconnection_id\x18\x01 \x01(\tR\fconnectionId\"k\n" +
+	"\x1aValidateConnectionResponse\x129\n" +
+	"\n" +
+	"connection\x18\x01 \x01(\v2\x19.tokenvault.v1.ConnectionR\n" +
+	"connection\x12\x12\n" +
+	"\x04live\x18\x02 \x01(\bR\x04live\"\x16\n" +
 	"\x14ListProvidersRequest\"N\n" +
 	"\x15ListProvidersResponse\x125\n" +
 	"\tproviders\x18\x01 \x03(\v2\x17.tokenvault.v1.ProviderR\tproviders\"\xdd\x02\n" +
@@ -1897,13 +2002,14 @@ const file_tokenvault_v1_tokenvault_proto_rawDesc = "" +
 	"\x1dCONNECTION_STATUS_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18CONNECTION_STATUS_ACTIVE\x10\x01\x12\"\n" +
 	"\x1eCONNECTION_STATUS_NEEDS_REAUTH\x10\x02\x12\x1d\n" +
-	"\x19CONNECTION_STATUS_REVOKED\x10\x032\xa2\x05\n" +
+	"\x19CONNECTION_STATUS_REVOKED\x10\x032\x8d\x06\n" +
 	"\x11TokenVaultService\x12]\n" +
 	"\x0eGetAccessToken\x12$.tokenvault.v1.GetAccessTokenRequest\x1a%.tokenvault.v1.GetAccessTokenResponse\x12W\n" +
 	"\fStartConnect\x12\".tokenvault.v1.StartConnectRequest\x1a#.tokenvault.v1.StartConnectResponse\x12Z\n" +
 	"\rGetConnection\x12#.tokenvault.v1.GetConnectionRequest\x1a$.tokenvault.v1.GetConnectionResponse\x12`\n" +
 	"\x0fListConnections\x12%.tokenvault.v1.ListConnectionsRequest\x1a&.tokenvault.v1.ListConnectionsResponse\x12c\n" +
-	"\x10RevokeConnection\x12&.tokenvault.v1.RevokeConnectionRequest\x1a'.tokenvault.v1.RevokeConnectionResponse\x12Z\n" +
+	"\x10RevokeConnection\x12&.tokenvault.v1.RevokeConnectionRequest\x1a'.tokenvault.v1.RevokeConnectionResponse\x12i\n" +
+	"\x12ValidateConnection\x12(.tokenvault.v1.ValidateConnectionRequest\x1a).tokenvault.v1.ValidateConnectionResponse\x12Z\n" +
 	"\rListProviders\x12#.tokenvault.v1.ListProvidersRequest\x1a$.tokenvault.v1.ListProvidersResponse\x12V\n" +
 	"\vWatchEvents\x12!.tokenvault.v1.WatchEventsRequest\x1a\".tokenvault.v1.WatchEventsResponse0\x012\xc3\x01\n" +
 	"\fAdminService\x12Q\n" +
@@ -1924,84 +2030,89 @@ func file_tokenvault_v1_tokenvault_proto_rawDescGZIP() []byte {
 }
 
 var file_tokenvault_v1_tokenvault_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_tokenvault_v1_tokenvault_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
+var file_tokenvault_v1_tokenvault_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
 var file_tokenvault_v1_tokenvault_proto_goTypes = []any{
-	(ConnectionStatus)(0),            // 0: tokenvault.v1.ConnectionStatus
-	(*Connection)(nil),               // 1: tokenvault.v1.Connection
-	(*GetAccessTokenRequest)(nil),    // 2: tokenvault.v1.GetAccessTokenRequest
-	(*GetAccessTokenResponse)(nil),   // 3: tokenvault.v1.GetAccessTokenResponse
-	(*StartConnectRequest)(nil),      // 4: tokenvault.v1.StartConnectRequest
-	(*StartConnectResponse)(nil),     // 5: tokenvault.v1.StartConnectResponse
-	(*GetConnectionRequest)(nil),     // 6: tokenvault.v1.GetConnectionRequest
-	(*GetConnectionResponse)(nil),    // 7: tokenvault.v1.GetConnectionResponse
-	(*ListConnectionsRequest)(nil),   // 8: tokenvault.v1.ListConnectionsRequest
-	(*ListConnectionsResponse)(nil),  // 9: tokenvault.v1.ListConnectionsResponse
-	(*RevokeConnectionRequest)(nil),  // 10: tokenvault.v1.RevokeConnectionRequest
-	(*RevokeConnectionResponse)(nil), // 11: tokenvault.v1.RevokeConnectionResponse
-	(*ListProvidersRequest)(nil),     // 12: tokenvault.v1.ListProvidersRequest
-	(*ListProvidersResponse)(nil),    // 13: tokenvault.v1.ListProvidersResponse
-	(*Provider)(nil),                 // 14: tokenvault.v1.Provider
-	(*RotateKeysRequest)(nil),        // 15: tokenvault.v1.RotateKeysRequest
-	(*RotateKeysResponse)(nil),       // 16: tokenvault.v1.RotateKeysResponse
-	(*Event)(nil),                    // 17: tokenvault.v1.Event
-	(*WatchEventsRequest)(nil),       // 18: tokenvault.v1.WatchEventsRequest
-	(*WatchEventsResponse)(nil),      // 19: tokenvault.v1.WatchEventsResponse
-	(*AuditEvent)(nil),               // 20: tokenvault.v1.AuditEvent
-	(*ListAuditEventsRequest)(nil),   // 21: tokenvault.v1.ListAuditEventsRequest
-	(*ListAuditEventsResponse)(nil),  // 22: tokenvault.v1.ListAuditEventsResponse
-	nil,                              // 23: tokenvault.v1.Connection.MetadataEntry
-	nil,                              // 24: tokenvault.v1.GetAccessTokenResponse.MetadataEntry
-	nil,                              // 25: tokenvault.v1.StartConnectRequest.OptionsEntry
-	(*timestamppb.Timestamp)(nil),    // 26: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),      // 27: google.protobuf.Duration
+	(ConnectionStatus)(0),              // 0: tokenvault.v1.ConnectionStatus
+	(*Connection)(nil),                 // 1: tokenvault.v1.Connection
+	(*GetAccessTokenRequest)(nil),      // 2: tokenvault.v1.GetAccessTokenRequest
+	(*GetAccessTokenResponse)(nil),     // 3: tokenvault.v1.GetAccessTokenResponse
+	(*StartConnectRequest)(nil),        // 4: tokenvault.v1.StartConnectRequest
+	(*StartConnectResponse)(nil),       // 5: tokenvault.v1.StartConnectResponse
+	(*GetConnectionRequest)(nil),       // 6: tokenvault.v1.GetConnectionRequest
+	(*GetConnectionResponse)(nil),      // 7: tokenvault.v1.GetConnectionResponse
+	(*ListConnectionsRequest)(nil),     // 8: tokenvault.v1.ListConnectionsRequest
+	(*ListConnectionsResponse)(nil),    // 9: tokenvault.v1.ListConnectionsResponse
+	(*RevokeConnectionRequest)(nil),    // 10: tokenvault.v1.RevokeConnectionRequest
+	(*RevokeConnectionResponse)(nil),   // 11: tokenvault.v1.RevokeConnectionResponse
+	(*ValidateConnectionRequest)(nil),  // 12: tokenvault.v1.ValidateConnectionRequest
+	(*ValidateConnectionResponse)(nil), // 13: tokenvault.v1.ValidateConnectionResponse
+	(*ListProvidersRequest)(nil),       // 14: tokenvault.v1.ListProvidersRequest
+	(*ListProvidersResponse)(nil),      // 15: tokenvault.v1.ListProvidersResponse
+	(*Provider)(nil),                   // 16: tokenvault.v1.Provider
+	(*RotateKeysRequest)(nil),          // 17: tokenvault.v1.RotateKeysRequest
+	(*RotateKeysResponse)(nil),         // 18: tokenvault.v1.RotateKeysResponse
+	(*Event)(nil),                      // 19: tokenvault.v1.Event
+	(*WatchEventsRequest)(nil),         // 20: tokenvault.v1.WatchEventsRequest
+	(*WatchEventsResponse)(nil),        // 21: tokenvault.v1.WatchEventsResponse
+	(*AuditEvent)(nil),                 // 22: tokenvault.v1.AuditEvent
+	(*ListAuditEventsRequest)(nil),     // 23: tokenvault.v1.ListAuditEventsRequest
+	(*ListAuditEventsResponse)(nil),    // 24: tokenvault.v1.ListAuditEventsResponse
+	nil,                                // 25: tokenvault.v1.Connection.MetadataEntry
+	nil,                                // 26: tokenvault.v1.GetAccessTokenResponse.MetadataEntry
+	nil,                                // 27: tokenvault.v1.StartConnectRequest.OptionsEntry
+	(*timestamppb.Timestamp)(nil),      // 28: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),        // 29: google.protobuf.Duration
 }
 var file_tokenvault_v1_tokenvault_proto_depIdxs = []int32{
 	0,  // 0: tokenvault.v1.Connection.status:type_name -> tokenvault.v1.ConnectionStatus
-	23, // 1: tokenvault.v1.Connection.metadata:type_name -> tokenvault.v1.Connection.MetadataEntry
-	26, // 2: tokenvault.v1.Connection.create_time:type_name -> google.protobuf.Timestamp
-	26, // 3: tokenvault.v1.Connection.update_time:type_name -> google.protobuf.Timestamp
-	26, // 4: tokenvault.v1.Connection.last_refresh_time:type_name -> google.protobuf.Timestamp
-	26, // 5: tokenvault.v1.Connection.last_used_time:type_name -> google.protobuf.Timestamp
-	26, // 6: tokenvault.v1.Connection.last_validated_time:type_name -> google.protobuf.Timestamp
-	26, // 7: tokenvault.v1.Connection.token_expire_time:type_name -> google.protobuf.Timestamp
-	27, // 8: tokenvault.v1.GetAccessTokenRequest.min_valid_for:type_name -> google.protobuf.Duration
-	26, // 9: tokenvault.v1.GetAccessTokenResponse.expire_time:type_name -> google.protobuf.Timestamp
-	24, // 10: tokenvault.v1.GetAccessTokenResponse.metadata:type_name -> tokenvault.v1.GetAccessTokenResponse.MetadataEntry
-	25, // 11: tokenvault.v1.StartConnectRequest.options:type_name -> tokenvault.v1.StartConnectRequest.OptionsEntry
-	26, // 12: tokenvault.v1.StartConnectResponse.expire_time:type_name -> google.protobuf.Timestamp
+	25, // 1: tokenvault.v1.Connection.metadata:type_name -> tokenvault.v1.Connection.MetadataEntry
+	28, // 2: tokenvault.v1.Connection.create_time:type_name -> google.protobuf.Timestamp
+	28, // 3: tokenvault.v1.Connection.update_time:type_name -> google.protobuf.Timestamp
+	28, // 4: tokenvault.v1.Connection.last_refresh_time:type_name -> google.protobuf.Timestamp
+	28, // 5: tokenvault.v1.Connection.last_used_time:type_name -> google.protobuf.Timestamp
+	28, // 6: tokenvault.v1.Connection.last_validated_time:type_name -> google.protobuf.Timestamp
+	28, // 7: tokenvault.v1.Connection.token_expire_time:type_name -> google.protobuf.Timestamp
+	29, // 8: tokenvault.v1.GetAccessTokenRequest.min_valid_for:type_name -> google.protobuf.Duration
+	28, // 9: tokenvault.v1.GetAccessTokenResponse.expire_time:type_name -> google.protobuf.Timestamp
+	26, // 10: tokenvault.v1.GetAccessTokenResponse.metadata:type_name -> tokenvault.v1.GetAccessTokenResponse.MetadataEntry
+	27, // 11: tokenvault.v1.StartConnectRequest.options:type_name -> tokenvault.v1.StartConnectRequest.OptionsEntry
+	28, // 12: tokenvault.v1.StartConnectResponse.expire_time:type_name -> google.protobuf.Timestamp
 	1,  // 13: tokenvault.v1.GetConnectionResponse.connection:type_name -> tokenvault.v1.Connection
 	0,  // 14: tokenvault.v1.ListConnectionsRequest.status:type_name -> tokenvault.v1.ConnectionStatus
 	1,  // 15: tokenvault.v1.ListConnectionsResponse.connections:type_name -> tokenvault.v1.Connection
 	1,  // 16: tokenvault.v1.RevokeConnectionResponse.connection:type_name -> tokenvault.v1.Connection
-	14, // 17: tokenvault.v1.ListProvidersResponse.providers:type_name -> tokenvault.v1.Provider
-	26, // 18: tokenvault.v1.Event.time:type_name -> google.protobuf.Timestamp
-	1,  // 19: tokenvault.v1.Event.connection:type_name -> tokenvault.v1.Connection
-	17, // 20: tokenvault.v1.WatchEventsResponse.event:type_name -> tokenvault.v1.Event
-	26, // 21: tokenvault.v1.AuditEvent.time:type_name -> google.protobuf.Timestamp
-	20, // 22: tokenvault.v1.ListAuditEventsResponse.events:type_name -> tokenvault.v1.AuditEvent
-	2,  // 23: tokenvault.v1.TokenVaultService.GetAccessToken:input_type -> tokenvault.v1.GetAccessTokenRequest
-	4,  // 24: tokenvault.v1.TokenVaultService.StartConnect:input_type -> tokenvault.v1.StartConnectRequest
-	6,  // 25: tokenvault.v1.TokenVaultService.GetConnection:input_type -> tokenvault.v1.GetConnectionRequest
-	8,  // 26: tokenvault.v1.TokenVaultService.ListConnections:input_type -> tokenvault.v1.ListConnectionsRequest
-	10, // 27: tokenvault.v1.TokenVaultService.RevokeConnection:input_type -> tokenvault.v1.RevokeConnectionRequest
-	12, // 28: tokenvault.v1.TokenVaultService.ListProviders:input_type -> tokenvault.v1.ListProvidersRequest
-	18, // 29: tokenvault.v1.TokenVaultService.WatchEvents:input_type -> tokenvault.v1.WatchEventsRequest
-	15, // 30: tokenvault.v1.AdminService.RotateKeys:input_type -> tokenvault.v1.RotateKeysRequest
-	21, // 31: tokenvault.v1.AdminService.ListAuditEvents:input_type -> tokenvault.v1.ListAuditEventsRequest
-	3,  // 32: tokenvault.v1.TokenVaultService.GetAccessToken:output_type -> tokenvault.v1.GetAccessTokenResponse
-	5,  // 33: tokenvault.v1.TokenVaultService.StartConnect:output_type -> tokenvault.v1.StartConnectResponse
-	7,  // 34: tokenvault.v1.TokenVaultService.GetConnection:output_type -> tokenvault.v1.GetConnectionResponse
-	9,  // 35: tokenvault.v1.TokenVaultService.ListConnections:output_type -> tokenvault.v1.ListConnectionsResponse
-	11, // 36: tokenvault.v1.TokenVaultService.RevokeConnection:output_type -> tokenvault.v1.RevokeConnectionResponse
-	13, // 37: tokenvault.v1.TokenVaultService.ListProviders:output_type -> tokenvault.v1.ListProvidersResponse
-	19, // 38: tokenvault.v1.TokenVaultService.WatchEvents:output_type -> tokenvault.v1.WatchEventsResponse
-	16, // 39: tokenvault.v1.AdminService.RotateKeys:output_type -> tokenvault.v1.RotateKeysResponse
-	22, // 40: tokenvault.v1.AdminService.ListAuditEvents:output_type -> tokenvault.v1.ListAuditEventsResponse
-	32, // [32:41] is the sub-list for method output_type
-	23, // [23:32] is the sub-list for method input_type
-	23, // [23:23] is the sub-list for extension type_name
-	23, // [23:23] is the sub-list for extension extendee
-	0,  // [0:23] is the sub-list for field type_name
+	1,  // 17: tokenvault.v1.ValidateConnectionResponse.connection:type_name -> tokenvault.v1.Connection
+	16, // 18: tokenvault.v1.ListProvidersResponse.providers:type_name -> tokenvault.v1.Provider
+	28, // 19: tokenvault.v1.Event.time:type_name -> google.protobuf.Timestamp
+	1,  // 20: tokenvault.v1.Event.connection:type_name -> tokenvault.v1.Connection
+	19, // 21: tokenvault.v1.WatchEventsResponse.event:type_name -> tokenvault.v1.Event
+	28, // 22: tokenvault.v1.AuditEvent.time:type_name -> google.protobuf.Timestamp
+	22, // 23: tokenvault.v1.ListAuditEventsResponse.events:type_name -> tokenvault.v1.AuditEvent
+	2,  // 24: tokenvault.v1.TokenVaultService.GetAccessToken:input_type -> tokenvault.v1.GetAccessTokenRequest
+	4,  // 25: tokenvault.v1.TokenVaultService.StartConnect:input_type -> tokenvault.v1.StartConnectRequest
+	6,  // 26: tokenvault.v1.TokenVaultService.GetConnection:input_type -> tokenvault.v1.GetConnectionRequest
+	8,  // 27: tokenvault.v1.TokenVaultService.ListConnections:input_type -> tokenvault.v1.ListConnectionsRequest
+	10, // 28: tokenvault.v1.TokenVaultService.RevokeConnection:input_type -> tokenvault.v1.RevokeConnectionRequest
+	12, // 29: tokenvault.v1.TokenVaultService.ValidateConnection:input_type -> tokenvault.v1.ValidateConnectionRequest
+	14, // 30: tokenvault.v1.TokenVaultService.ListProviders:input_type -> tokenvault.v1.ListProvidersRequest
+	20, // 31: tokenvault.v1.TokenVaultService.WatchEvents:input_type -> tokenvault.v1.WatchEventsRequest
+	17, // 32: tokenvault.v1.AdminService.RotateKeys:input_type -> tokenvault.v1.RotateKeysRequest
+	23, // 33: tokenvault.v1.AdminService.ListAuditEvents:input_type -> tokenvault.v1.ListAuditEventsRequest
+	3,  // 34: tokenvault.v1.TokenVaultService.GetAccessToken:output_type -> tokenvault.v1.GetAccessTokenResponse
+	5,  // 35: tokenvault.v1.TokenVaultService.StartConnect:output_type -> tokenvault.v1.StartConnectResponse
+	7,  // 36: tokenvault.v1.TokenVaultService.GetConnection:output_type -> tokenvault.v1.GetConnectionResponse
+	9,  // 37: tokenvault.v1.TokenVaultService.ListConnections:output_type -> tokenvault.v1.ListConnectionsResponse
+	11, // 38: tokenvault.v1.TokenVaultService.RevokeConnection:output_type -> tokenvault.v1.RevokeConnectionResponse
+	13, // 39: tokenvault.v1.TokenVaultService.ValidateConnection:output_type -> tokenvault.v1.ValidateConnectionResponse
+	15, // 40: tokenvault.v1.TokenVaultService.ListProviders:output_type -> tokenvault.v1.ListProvidersResponse
+	21, // 41: tokenvault.v1.TokenVaultService.WatchEvents:output_type -> tokenvault.v1.WatchEventsResponse
+	18, // 42: tokenvault.v1.AdminService.RotateKeys:output_type -> tokenvault.v1.RotateKeysResponse
+	24, // 43: tokenvault.v1.AdminService.ListAuditEvents:output_type -> tokenvault.v1.ListAuditEventsResponse
+	34, // [34:44] is the sub-list for method output_type
+	24, // [24:34] is the sub-list for method input_type
+	24, // [24:24] is the sub-list for extension type_name
+	24, // [24:24] is the sub-list for extension extendee
+	0,  // [0:24] is the sub-list for field type_name
 }
 
 func init() { file_tokenvault_v1_tokenvault_proto_init() }
@@ -2015,7 +2126,7 @@ func file_tokenvault_v1_tokenvault_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tokenvault_v1_tokenvault_proto_rawDesc), len(file_tokenvault_v1_tokenvault_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   25,
+			NumMessages:   27,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

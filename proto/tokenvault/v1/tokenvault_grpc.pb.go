@@ -52,13 +52,14 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	TokenVaultService_GetAccessToken_FullMethodName   = "/tokenvault.v1.TokenVaultService/GetAccessToken"
-	TokenVaultService_StartConnect_FullMethodName     = "/tokenvault.v1.TokenVaultService/StartConnect"
-	TokenVaultService_GetConnection_FullMethodName    = "/tokenvault.v1.TokenVaultService/GetConnection"
-	TokenVaultService_ListConnections_FullMethodName  = "/tokenvault.v1.TokenVaultService/ListConnections"
-	TokenVaultService_RevokeConnection_FullMethodName = "/tokenvault.v1.TokenVaultService/RevokeConnection"
-	TokenVaultService_ListProviders_FullMethodName    = "/tokenvault.v1.TokenVaultService/ListProviders"
-	TokenVaultService_WatchEvents_FullMethodName      = "/tokenvault.v1.TokenVaultService/WatchEvents"
+	TokenVaultService_GetAccessToken_FullMethodName     = "/tokenvault.v1.TokenVaultService/GetAccessToken"
+	TokenVaultService_StartConnect_FullMethodName       = "/tokenvault.v1.TokenVaultService/StartConnect"
+	TokenVaultService_GetConnection_FullMethodName      = "/tokenvault.v1.TokenVaultService/GetConnection"
+	TokenVaultService_ListConnections_FullMethodName    = "/tokenvault.v1.TokenVaultService/ListConnections"
+	TokenVaultService_RevokeConnection_FullMethodName   = "/tokenvault.v1.TokenVaultService/RevokeConnection"
+	TokenVaultService_ValidateConnection_FullMethodName = "/tokenvault.v1.TokenVaultService/ValidateConnection"
+	TokenVaultService_ListProviders_FullMethodName      = "/tokenvault.v1.TokenVaultService/ListProviders"
+	TokenVaultService_WatchEvents_FullMethodName        = "/tokenvault.v1.TokenVaultService/WatchEvents"
 )
 
 // TokenVaultServiceClient is the client API for TokenVaultService service.
@@ -81,6 +82,14 @@ type TokenVaultServiceClient interface {
 	// RevokeConnection revokes the grant at the provider, destroys the token
 	// material and keeps a revoked record. It is idempotent.
 	RevokeConnection(ctx context.Context, in *RevokeConnectionRequest, opts ...grpc.CallOption) (*RevokeConnectionResponse, error)
+	// ValidateConnection checks the connection's grant at the provider now,
+	// without refreshing it, as the refresh scheduler's validation sweeps do.
+	// A live grant gets a new last_validated_time; a grant the provider
+	// rejects moves the connection to NEEDS_REAUTH and is answered with live
+	// false. Operators only. A provider that cannot validate (see
+	// Provider.supports_validation) is INVALID_ARGUMENT; one that does not
+	// answer is UNAVAILABLE, and the connection is left as it was.
+	ValidateConnection(ctx context.Context, in *ValidateConnectionRequest, opts ...grpc.CallOption) (*ValidateConnectionResponse, error)
 	// ListProviders lists the configured providers, never their secrets.
 	ListProviders(ctx context.Context, in *ListProvidersRequest, opts ...grpc.CallOption) (*ListProvidersResponse, error)
 	// WatchEvents streams connection events in sequence order, starting after
@@ -148,6 +157,16 @@ func (c *tokenVaultServiceClient) RevokeConnection(ctx context.Context, in *Revo
 	return out, nil
 }
 
+func (c *tokenVaultServiceClient) ValidateConnection(ctx context.Context, in *ValidateConnectionRequest, opts ...grpc.CallOption) (*ValidateConnectionResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ValidateConnectionResponse)
+	err := c.cc.Invoke(ctx, TokenVaultService_ValidateConnection_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *tokenVaultServiceClient) ListProviders(ctx context.Context, in *ListProvidersRequest, opts ...grpc.CallOption) (*ListProvidersResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(ListProvidersResponse)
@@ -197,6 +216,14 @@ type TokenVaultServiceServer interface {
 	// RevokeConnection revokes the grant at the provider, destroys the token
 	// material and keeps a revoked record. It is idempotent.
 	RevokeConnection(context.Context, *RevokeConnectionRequest) (*RevokeConnectionResponse, error)
+	// ValidateConnection checks the connection's grant at the provider now,
+	// without refreshing it, as the refresh scheduler's validation sweeps do.
+	// A live grant gets a new last_validated_time; a grant the provider
+	// rejects moves the connection to NEEDS_REAUTH and is answered with live
+	// false. Operators only. A provider that cannot validate (see
+	// Provider.supports_validation) is INVALID_ARGUMENT; one that does not
+	// answer is UNAVAILABLE, and the connection is left as it was.
+	ValidateConnection(context.Context, *ValidateConnectionRequest) (*ValidateConnectionResponse, error)
 	// ListProviders lists the configured providers, never their secrets.
 	ListProviders(context.Context, *ListProvidersRequest) (*ListProvidersResponse, error)
 	// WatchEvents streams connection events in sequence order, starting after
@@ -228,6 +255,9 @@ func (UnimplementedTokenVaultServiceServer) ListConnections(context.Context, *Li
 }
 func (UnimplementedTokenVaultServiceServer) RevokeConnection(context.Context, *RevokeConnectionRequest) (*RevokeConnectionResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RevokeConnection not implemented")
+}
+func (UnimplementedTokenVaultServiceServer) ValidateConnection(context.Context, *ValidateConnectionRequest) (*ValidateConnectionResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ValidateConnection not implemented")
 }
 func (UnimplementedTokenVaultServiceServer) ListProviders(context.Context, *ListProvidersRequest) (*ListProvidersResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListProviders not implemented")
@@ -346,6 +376,24 @@ func _TokenVaultService_RevokeConnection_Handler(srv interface{}, ctx context.Co
 	return interceptor(ctx, in, info, handler)
 }
 
+func _TokenVaultService_ValidateConnection_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ValidateConnectionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(TokenVaultServiceServer).ValidateConnection(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: TokenVaultService_ValidateConnection_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(TokenVaultServiceServer).ValidateConnection(ctx, req.(*ValidateConnectionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _TokenVaultService_ListProviders_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(ListProvidersRequest)
 	if err := dec(in); err != nil {
@@ -401,6 +449,10 @@ var TokenVaultService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RevokeConnection",
 			Handler:    _TokenVaultService_RevokeConnection_Handler,
+		},
+		{
+			MethodName: "ValidateConnection",
+			Handler:    _TokenVaultService_ValidateConnection_Handler,
 		},
 		{
 			MethodName: "ListProviders",
