@@ -98,6 +98,14 @@ type Vault struct {
 	ids     []string // sorted connection ids, for listing
 
 	sched atomic.Pointer[Scheduler] // told of every change; nil: none
+
+	// unsaved holds, by connection id, a refreshed record whose commit
+	// failed (a full disk, an I/O error, a deadline): the provider has
+	// issued its grant, and may have retired the refresh token the store
+	// still holds. It is committed by the next writer of the connection
+	// (see reload) and never served before. An entry is read and written
+	// only under its connection's lock.
+	unsaved sync.Map
 }
 
 // entry is the in-memory state of one connection: its identity, which
@@ -261,8 +269,49 @@ func (v *Vault) failpoint(name string) {
 
 // reload reads e's full record from the store, the one to change and
 // write. If another writer (another process sharing the store, a re-wrap
-// pass) changed it, the change is published first. The caller holds e.mu.
+// pass) changed it, the change is published first; a refreshed record
+// whose commit failed is committed before anything else (saveUnsaved). The
+// caller holds e.mu.
 func (v *Vault) reload(ctx context.Context, e *entry) (*Connection, error) {
+	c, err := v.read(ctx, e)
+	if err != nil {
+		return nil, err
+	}
+	return v.saveUnsaved(ctx, e, c)
+}
+
+// saveUnsaved commits e's unsaved refreshed record, if it has one and c
+// (just read) is still the record it was refreshed from, and returns the
+// record now current. A record that moved on without it (the connection
+// was reconnected, or changed outside this vault) makes it stale: it is
+// dropped. Until the commit succeeds every writer of the connection fails
+// with the commit's error, so nothing is written over the grant that holds
+// the only refresh token the provider still accepts.
+func (v *Vault) saveUnsaved(ctx context.Context, e *entry, c *Connection) (*Connection, error) {
+	x, ok := v.unsaved.Load(e.id)
+	if !ok {
+		return c, nil
+	}
+	u := x.(*Connection)
+	if u.Generation != c.Generation {
+		v.unsaved.Delete(e.id)
+		v.log.LogAttrs(ctx, slog.LevelWarn, "dropped a refreshed grant that could not be stored: the connection changed meanwhile",
+			slog.String("connection", e.id))
+		return c, nil
+	}
+	next := u.clone()
+	if err := v.commit(ctx, e, c, next); err != nil {
+		return nil, err
+	}
+	v.unsaved.Delete(e.id)
+	v.log.LogAttrs(ctx, slog.LevelInfo, "stored a refreshed grant whose first commit had failed",
+		slog.String("connection", e.id))
+	return next, nil
+}
+
+// read reads e's record from the store and publishes it if it changed
+// outside this vault. The caller holds e.mu.
+func (v *Vault) read(ctx context.Context, e *entry) (*Connection, error) {
 	key := connPrefix + e.id
 	val, rev, err := v.store.Get(ctx, key)
 	if err != nil {
@@ -556,7 +605,14 @@ func (v *Vault) refreshLocked(ctx context.Context, e *entry, c *Connection, cred
 	next.Grant.Scopes = normalizeScopes(g.Scopes)
 	next.LastRefreshedAt = now
 	next.Failures, next.LastError, next.NextRetryAt = 0, "", time.Time{}
+	keep := next.clone() // commit changes next
 	if err := v.commit(ctx, e, marked, next); err != nil {
+		// The provider may have retired the stored refresh token: keep
+		// the grant it issued, unseen, for the next writer to commit,
+		// rather than burn the connection on a full disk.
+		v.unsaved.Store(e.id, keep)
+		v.log.LogAttrs(ctx, slog.LevelError, "could not store a refreshed grant; holding it to store at the next attempt",
+			slog.String("connection", c.ID), slog.String("err", err.Error()))
 		return Token{}, nil, err
 	}
 	v.failpoint(FailpointAfterCommit)

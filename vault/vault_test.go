@@ -8,10 +8,12 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -58,6 +60,10 @@ type fakeProvider struct {
 	stripIssued bool
 	block       chan struct{} // if set, Refresh waits for it to close
 	entered     chan struct{} // if set, Refresh signals it on entry
+	answered    func()        // if set, Refresh calls it before it answers
+	// presented and revoked record the refresh tokens sent in Refresh and
+	// Revoke calls.
+	presented, revoked []string
 }
 
 func (p *fakeProvider) PKCE() bool { return true }
@@ -110,7 +116,13 @@ func (p *fakeProvider) Refresh(ctx context.Context, g vault.Grant, cred string) 
 	}
 	p.mu.Lock()
 	err := p.refreshErr
+	if t := g.Token(cred); t != nil {
+		p.presented = append(p.presented, t.RefreshToken)
+	}
 	p.mu.Unlock()
+	if p.answered != nil {
+		defer p.answered()
+	}
 	if err != nil {
 		return vault.Grant{}, err
 	}
@@ -135,17 +147,37 @@ func (p *fakeProvider) setRefreshErr(err error) {
 
 func (p *fakeProvider) Revoke(ctx context.Context, g vault.Grant) error {
 	p.revokes.Add(1)
+	if t := g.Token(""); t != nil {
+		p.mu.Lock()
+		p.revoked = append(p.revoked, t.RefreshToken)
+		p.mu.Unlock()
+	}
 	return p.revokeErr
 }
 
 type harness struct {
-	t     testing.TB
-	v     *vault.Vault
-	p     *fakeProvider
-	clock *clock
-	store *bolt.Store
-	path  string
-	mk    vault.MasterKey
+	t      testing.TB
+	v      *vault.Vault
+	p      *fakeProvider
+	clock  *clock
+	store  *bolt.Store
+	faults *faultyStore // the store the vault writes through
+	path   string
+	mk     vault.MasterKey
+}
+
+// faultyStore fails every Apply while full is set, as a store on a full
+// disk does.
+type faultyStore struct {
+	vault.Store
+	full atomic.Bool
+}
+
+func (s *faultyStore) Apply(ctx context.Context, ops ...vault.Op) ([]uint64, error) {
+	if s.full.Load() {
+		return nil, fmt.Errorf("bolt: commit: %w", syscall.ENOSPC)
+	}
+	return s.Store.Apply(ctx, ops...)
 }
 
 func newHarness(t testing.TB) *harness {
@@ -171,8 +203,9 @@ func (h *harness) open() {
 	if err != nil {
 		h.t.Fatal(err)
 	}
+	h.faults = &faultyStore{Store: st}
 	v, err := vault.Open(context.Background(), vault.Config{
-		Store: st, Keyring: kr, Providers: map[string]vault.Provider{"fake": h.p},
+		Store: h.faults, Keyring: kr, Providers: map[string]vault.Provider{"fake": h.p},
 		ReturnTo: []string{"https://app.example/settings"}, Now: h.clock.Now,
 	})
 	if err != nil {
@@ -371,6 +404,84 @@ func TestVault_Refresh_CommittedBeforeServed(t *testing.T) {
 	}
 	if got.InFlight != nil {
 		t.Errorf("in-flight marker left behind: %+v", got.InFlight)
+	}
+}
+
+// TestVault_Refresh_FullDisk_KeepsTheGrant: the provider answered a
+// refresh (rotating the refresh token) but the store could not commit it.
+// The issued grant is neither served nor lost: the next attempt commits it
+// without asking the provider again, so the retired refresh token is never
+// presented.
+func TestVault_Refresh_FullDisk_KeepsTheGrant(t *testing.T) {
+	h := newHarness(t)
+	ctx := context.Background()
+	c := h.connect("alice")
+	h.clock.Add(2 * time.Hour) // expired
+	h.p.answered = func() { h.faults.full.Store(true) }
+	for i := range 2 {
+		_, _, err := h.v.AccessToken(ctx, c.ID, "", 0, false)
+		if !errors.Is(err, syscall.ENOSPC) {
+			t.Fatalf("AccessToken #%d on a full disk = %v; want the write error", i, err)
+		}
+		if strings.Contains(err.Error(), "rt-") || strings.Contains(err.Error(), "at-") {
+			t.Errorf("the error %q names a token", err)
+		}
+	}
+	if n := h.p.refreshes.Load(); n != 1 {
+		t.Fatalf("the provider was asked %d times; want once, the grant it issued being kept", n)
+	}
+	h.p.answered = nil
+	h.faults.full.Store(false)
+
+	// Revocation goes through the kept grant: the provider is asked to
+	// revoke the refresh token it issued last, not the retired one.
+	tok, _, err := h.v.AccessToken(ctx, c.ID, "", 0, false)
+	if err != nil || tok.AccessToken != "at-2" {
+		t.Fatalf("AccessToken once the disk has room = %q, %v; want the kept grant's at-2", tok.AccessToken, err)
+	}
+	if n := h.p.refreshes.Load(); n != 1 {
+		t.Errorf("the provider was asked %d times; want once", n)
+	}
+	h.reopen()
+	got, err := h.v.Get(ctx, c.ID)
+	if err != nil || got.Grant.Token("").RefreshToken != "rt-2" || got.InFlight != nil {
+		t.Fatalf("after reopen = %+v, %v; want rt-2 stored and no in-flight marker", got, err)
+	}
+	h.clock.Add(2 * time.Hour)
+	if _, _, err := h.v.AccessToken(ctx, c.ID, "", 0, false); err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"rt-1", "rt-2"}; !slices.Equal(h.p.presented, want) {
+		t.Errorf("refresh tokens presented %q; want %q: none twice", h.p.presented, want)
+	}
+}
+
+// TestVault_Revoke_AfterFullDisk: a revocation while a refreshed grant
+// waits to be stored revokes that grant at the provider.
+func TestVault_Revoke_AfterFullDisk(t *testing.T) {
+	h := newHarness(t)
+	ctx := context.Background()
+	c := h.connect("alice")
+	h.clock.Add(time.Minute)                              // past Refresh's debounce
+	if _, err := h.v.Refresh(ctx, c.ID, ""); err != nil { // rt-2
+		t.Fatal(err)
+	}
+	h.clock.Add(time.Minute)
+	h.p.answered = func() { h.faults.full.Store(true) }
+	if _, err := h.v.Refresh(ctx, c.ID, ""); !errors.Is(err, syscall.ENOSPC) { // rt-3, unsaved
+		t.Fatalf("Refresh on a full disk = %v; want the write error", err)
+	}
+	if _, err := h.v.Revoke(ctx, c.ID, "user left"); !errors.Is(err, syscall.ENOSPC) {
+		t.Fatalf("Revoke on a full disk = %v; want the write error, nothing revoked", err)
+	}
+	h.p.answered = nil
+	h.faults.full.Store(false)
+	res, err := h.v.Revoke(ctx, c.ID, "user left")
+	if err != nil || res.Connection.Status != vault.StatusRevoked {
+		t.Fatalf("Revoke = %+v, %v", res, err)
+	}
+	if want := []string{"rt-3"}; !slices.Equal(h.p.revoked, want) {
+		t.Errorf("revoked at the provider: %q; want %q, the grant issued last", h.p.revoked, want)
 	}
 }
 
