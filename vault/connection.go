@@ -22,6 +22,9 @@ const (
 const (
 	ReasonRefreshInterrupted = "refresh_interrupted"
 	ReasonRevoked            = "revoked"
+	// ReasonTokenExpired: every credential expired and none has a
+	// refresh token; only a new consent gives a new token.
+	ReasonTokenExpired = "token_expired"
 )
 
 // A Token is one credential of a grant.

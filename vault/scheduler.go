@@ -104,6 +104,7 @@ const (
 	ActionNone     Action = iota // nothing: not scheduled
 	ActionRefresh                // refresh Plan.Credential
 	ActionValidate               // check the grant at the provider
+	ActionExpire                 // mark a grant that expired with nothing to renew it
 )
 
 func (o Action) String() string {
@@ -112,6 +113,8 @@ func (o Action) String() string {
 		return "refresh"
 	case ActionValidate:
 		return "validate"
+	case ActionExpire:
+		return "expire"
 	}
 	return "none"
 }
@@ -138,6 +141,10 @@ type Plan struct {
 //     is treated the same way with lifetime RefreshIdleMax.
 //   - A connection with a token that is never refreshed is validated every
 //     ValidateInterval (less j*Jitter of it), if canValidate.
+//   - A connection none of whose tokens has a refresh token, and all of
+//     whose tokens expire, is expired (moved to needs_reauth) when the last
+//     of them does, so that the state change is reported when it happens,
+//     not when the application next asks.
 //   - What is overdue (the scheduler was down, or the clock jumped) is
 //     spread by j over the time it can still wait, instead of all at now;
 //     only what cannot wait is due now.
@@ -178,6 +185,8 @@ func nextPlan(c *resident, p RefreshPolicy, canValidate bool, now time.Time, j f
 	}
 	neverRefreshed := false
 	var issued time.Time // the newest token's
+	var dies time.Time   // when the last token dies, if none can be renewed
+	mortal := true       // every token expires and none can be refreshed
 	for i := range c.tokens {
 		t := &c.tokens[i]
 		tIssued := timeOf(t.issuedAt)
@@ -190,8 +199,11 @@ func nextPlan(c *resident, p RefreshPolicy, canValidate bool, now time.Time, j f
 			if t.access != "" && (exp.IsZero() || exp.After(now)) {
 				neverRefreshed = true
 			}
+			mortal = mortal && !exp.IsZero()
+			dies = later(dies, exp)
 			continue
 		}
+		mortal = false
 		if exp.IsZero() {
 			neverRefreshed = true
 		}
@@ -223,6 +235,9 @@ func nextPlan(c *resident, p RefreshPolicy, canValidate bool, now time.Time, j f
 		at := base.Add(time.Duration(iv - j*p.Jitter*iv))
 		latest := base.Add(time.Duration(iv + p.Jitter*iv))
 		consider(at, latest, ActionValidate, "")
+	}
+	if mortal {
+		consider(dies, dies, ActionExpire, "")
 	}
 	return best
 }
@@ -662,6 +677,8 @@ func (s *Scheduler) run(ctx context.Context, it *schedItem, plan Plan, gen uint6
 		did, err = s.v.refreshPlanned(gated, it.e, plan.Credential, gen)
 	case ActionValidate:
 		did, err = s.v.validatePlanned(gated, it.e, gen)
+	case ActionExpire:
+		did, err = s.v.expirePlanned(ctx, it.e, gen)
 	}
 	c := it.e.res.Load()
 	switch {
@@ -805,6 +822,25 @@ func (v *Vault) Validate(ctx context.Context, id string) (*Connection, error) {
 		return nil, err
 	}
 	return v.Get(ctx, id)
+}
+
+// expirePlanned moves e to needs_reauth (reason token_expired) if its
+// record is still at generation gen and its grant has expired with nothing
+// to renew it. It reports whether it changed the record.
+func (v *Vault) expirePlanned(ctx context.Context, e *entry, gen uint64) (bool, error) {
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), v.cfg.RefreshTimeout)
+	defer cancel()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	c, err := v.reload(rctx, e)
+	if err != nil {
+		return false, err
+	}
+	now := v.now()
+	if c.Generation != gen || c.Status != StatusActive || !grantExpired(c.Grant, now) {
+		return false, nil // changed meanwhile, or the clock went back
+	}
+	return true, v.expireLocked(rctx, e, c, now)
 }
 
 // validatePlanned validates e's grant if its record is still at generation

@@ -107,10 +107,11 @@ func (s *memStore) Close() error { return nil }
 // refresh token per grant, and presenting an older one counts as reuse and
 // kills the grant. It records every refresh, and how many ran at once.
 type schedFake struct {
-	now      func() time.Time
-	lifetime time.Duration // 0: tokens without expiry
-	delay    time.Duration // each Refresh and Validate takes this long
-	validate bool          // Validate is supported (see validating)
+	now       func() time.Time
+	lifetime  time.Duration // 0: tokens without expiry
+	delay     time.Duration // each Refresh and Validate takes this long
+	validate  bool          // Validate is supported (see validating)
+	noRefresh bool          // tokens are issued without a refresh token
 
 	mu         sync.Mutex
 	n          int
@@ -152,6 +153,9 @@ func (p *schedFake) tokenLocked(g string) vault.Token {
 	p.n++
 	now := p.now()
 	t := vault.Token{AccessToken: fmt.Sprintf("at-%d", p.n), RefreshToken: fmt.Sprintf("rt-%d", p.n), TokenType: "Bearer"}
+	if p.noRefresh {
+		t.RefreshToken = ""
+	}
 	if p.lifetime > 0 {
 		t.Expiry = now.Add(p.lifetime)
 	}
@@ -737,6 +741,69 @@ func TestScheduler_Validates_LongLivedTokens(t *testing.T) {
 		}
 		if st := s.Stats(); st.Scheduled != 1 || st.Reauth != 1 {
 			t.Errorf("stats %+v; want 1 scheduled, 1 reauth", st)
+		}
+	})
+}
+
+// TestScheduler_ExpiresUnrenewableGrants: a grant issued without a refresh
+// token expires with its token. A read after that moves the connection to
+// needs_reauth (token_expired) at once; so does the scheduler when the
+// token dies, before anyone asks, without calling the provider.
+func TestScheduler_ExpiresUnrenewableGrants(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ctx := context.Background()
+		p := newSchedFake(time.Hour)
+		p.noRefresh = true
+		e := newSchedEnv(t, p, vault.RefreshPolicy{})
+		read, swept := e.connect("reader"), e.connect("swept")
+		status := func(c *vault.Connection) string {
+			got, err := e.v.Get(ctx, c.ID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return string(got.Status) + "/" + got.StatusReason
+		}
+
+		time.Sleep(59 * time.Minute)
+		if _, _, err := e.v.AccessToken(ctx, read.ID, "", 0, false); err != nil {
+			t.Errorf("AccessToken before expiry = %v; want the token", err)
+		}
+		time.Sleep(2 * time.Minute)
+		_, _, err := e.v.AccessToken(ctx, read.ID, "", 0, false)
+		var pe *vault.ProviderError
+		if !errors.As(err, &pe) || !errors.Is(err, vault.ErrReauthRequired) || pe.Code != vault.ReasonTokenExpired {
+			t.Errorf("AccessToken after expiry = %v; want ErrReauthRequired, token_expired", err)
+		}
+		if got := status(read); got != "needs_reauth/token_expired" {
+			t.Errorf("read after expiry: %s; want needs_reauth/token_expired", got)
+		}
+		if got := status(swept); got != "active/" {
+			t.Errorf("unread, no scheduler: %s; want active until something looks", got)
+		}
+
+		s, stop := e.run(vault.SchedulerConfig{})
+		defer stop()
+		time.Sleep(time.Minute)
+		if got := status(swept); got != "needs_reauth/token_expired" {
+			t.Errorf("with the scheduler: %s; want needs_reauth/token_expired", got)
+		}
+		time.Sleep(3 * time.Hour)
+		if st := s.Stats(); st.Reauth != 1 || st.Refreshes != 0 || st.Validated != 0 || st.Scheduled != 0 {
+			t.Errorf("stats %+v; want the one expiry, nothing scheduled after", st)
+		}
+		if p.refreshCount() != 0 {
+			t.Error("the provider was asked to refresh a grant without a refresh token")
+		}
+
+		// A token expiring later is expired by the scheduler when it dies.
+		later := e.connect("later")
+		time.Sleep(59 * time.Minute)
+		if got := status(later); got != "active/" {
+			t.Errorf("before expiry: %s; want active", got)
+		}
+		time.Sleep(2 * time.Minute)
+		if got := status(later); got != "needs_reauth/token_expired" {
+			t.Errorf("after expiry: %s; want needs_reauth/token_expired", got)
 		}
 	})
 }

@@ -504,6 +504,9 @@ func (v *Vault) refresh(ctx context.Context, e *entry, credential string, minVal
 		if t.ValidFor(now, 0) && !force {
 			return *t, c, nil // cannot refresh; still valid, if not for as long as asked
 		}
+		if grantExpired(c.Grant, now) {
+			return Token{}, nil, v.expireLocked(ctx, e, c, now)
+		}
 		return Token{}, nil, &ProviderError{Kind: ErrReauthRequired, Code: "no_refresh_token"}
 	}
 	if now.Before(c.NextRetryAt) {
@@ -514,6 +517,32 @@ func (v *Vault) refresh(ctx context.Context, e *entry, credential string, minVal
 		return Token{}, nil, &ProviderError{Kind: ErrUnavailable, Code: c.LastError, RetryAfter: c.NextRetryAt.Sub(now)}
 	}
 	return v.refreshLocked(ctx, e, c, credential)
+}
+
+// grantExpired reports whether every credential of g has expired by now
+// with no refresh token to renew it: nothing but a new consent can give the
+// connection a token again.
+func grantExpired(g Grant, now time.Time) bool {
+	for _, t := range g.Tokens {
+		if t.RefreshToken != "" || t.Expiry.IsZero() || now.Before(t.Expiry) {
+			return false
+		}
+	}
+	return len(g.Tokens) > 0
+}
+
+// expireLocked moves c, whose grant has expired (grantExpired), to
+// needs_reauth with reason token_expired, and returns the
+// ErrReauthRequired that tells the caller so. The caller holds e.mu and has
+// re-read c.
+func (v *Vault) expireLocked(ctx context.Context, e *entry, c *Connection, now time.Time) error {
+	next := c.clone()
+	next.transition(now, StatusNeedsReauth, ReasonTokenExpired)
+	next.LastError = ReasonTokenExpired
+	if err := v.commit(ctx, e, c, next); err != nil {
+		return err
+	}
+	return &ProviderError{Kind: ErrReauthRequired, Code: ReasonTokenExpired}
 }
 
 // refreshLocked calls the provider for c's credential and commits the

@@ -34,6 +34,7 @@ const (
 	none = vault.ActionNone
 	ref  = vault.ActionRefresh
 	val  = vault.ActionValidate
+	exp  = vault.ActionExpire
 )
 
 func TestNextPlan(t *testing.T) {
@@ -64,7 +65,18 @@ func TestNextPlan(t *testing.T) {
 		// States.
 		{"needs_reauth", with(conn(time.Hour, true), func(c *vault.Connection) { c.Status = vault.StatusNeedsReauth }), vault.RefreshPolicy{}, false, 0, 0, none, 0, ""},
 		{"revoked", with(conn(time.Hour, true), func(c *vault.Connection) { c.Status = vault.StatusRevoked; c.Grant.Tokens = nil }), vault.RefreshPolicy{}, false, 0, 0, none, 0, ""},
-		{"no refresh token, no validation", conn(time.Hour, false), vault.RefreshPolicy{}, false, 0, 0, none, 0, ""},
+		// A grant nothing can renew is expired when its last token dies.
+		{"no refresh token, no validation: expire at expiry", conn(time.Hour, false), vault.RefreshPolicy{}, false, 0, 0.7, exp, time.Hour, ""},
+		{"no refresh token, no expiry, no validation", conn(0, false), vault.RefreshPolicy{}, false, 0, 0, none, 0, ""},
+		{"expire when the last token dies", with(conn(time.Hour, false), func(c *vault.Connection) {
+			c.Grant.Tokens = append(c.Grant.Tokens, vault.Token{Name: "user", AccessToken: "u", IssuedAt: t0, Expiry: t0.Add(3 * time.Hour)})
+		}), vault.RefreshPolicy{}, false, 2 * time.Hour, 0, exp, 3 * time.Hour, ""},
+		{"one token renewable: never expire", with(conn(12*time.Hour, true), func(c *vault.Connection) {
+			c.Grant.Tokens = append(c.Grant.Tokens, vault.Token{Name: "user", AccessToken: "u", IssuedAt: t0, Expiry: t0.Add(time.Hour)})
+		}), vault.RefreshPolicy{}, false, 2 * time.Hour, 0, ref, 9 * time.Hour, ""},
+		{"one token without expiry: never expire", with(conn(time.Hour, false), func(c *vault.Connection) {
+			c.Grant.Tokens = append(c.Grant.Tokens, vault.Token{Name: "user", AccessToken: "u", IssuedAt: t0})
+		}), vault.RefreshPolicy{}, false, 2 * time.Hour, 0, none, 0, ""},
 		// Backoff after a transient failure.
 		{"backing off past the due time", with(conn(time.Hour, true), func(c *vault.Connection) { c.NextRetryAt = t0.Add(50 * time.Minute) }), vault.RefreshPolicy{}, false, 0, 0, ref, 50 * time.Minute, ""},
 		{"backoff already over", with(conn(time.Hour, true), func(c *vault.Connection) { c.NextRetryAt = t0.Add(time.Minute) }), vault.RefreshPolicy{}, false, 0, 0, ref, 45 * time.Minute, ""},
@@ -90,7 +102,9 @@ func TestNextPlan(t *testing.T) {
 		{"validated an hour in", with(conn(0, false), func(c *vault.Connection) { c.LastValidatedAt = t0.Add(time.Hour) }), validate6h, true, time.Hour, 0, val, 7 * time.Hour, ""},
 		{"validation overdue, spread", conn(0, false), validate6h, true, 6*time.Hour + 30*time.Minute, 0.5, val, 6*time.Hour + 33*time.Minute, ""},
 		{"expiring token without refresh token: validate", conn(30*day, false), validate6h, true, 0, 0, val, 6 * time.Hour, ""},
-		{"expired token without refresh token: nothing", conn(time.Hour, false), validate6h, true, 2 * time.Hour, 0, none, 0, ""},
+		{"expiring token without refresh token, validated first", conn(7*time.Hour, false), validate6h, true, 0, 0, val, 6 * time.Hour, ""},
+		{"expiring token without refresh token, expires before validation", conn(5*time.Hour, false), validate6h, true, 0, 0, exp, 5 * time.Hour, ""},
+		{"expired token without refresh token: expire now", conn(time.Hour, false), validate6h, true, 2 * time.Hour, 0.9, exp, 2 * time.Hour, ""},
 		// Refresh tokens that die unused.
 		{"idle max, no expiry", conn(0, true), vault.RefreshPolicy{RefreshIdleMax: 180 * day}, false, 0, 0, ref, 135 * day, ""},
 		{"idle max before expiry", conn(30*day, true), vault.RefreshPolicy{RefreshIdleMax: 7 * day}, false, 0, 0, ref, 5*day + 6*time.Hour, ""},

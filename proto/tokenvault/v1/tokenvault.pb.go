@@ -125,8 +125,9 @@ type Connection struct {
 	Label   string           `protobuf:"bytes,5,opt,name=label,proto3" json:"label,omitempty"`
 	Purpose string           `protobuf:"bytes,6,opt,name=purpose,proto3" json:"purpose,omitempty"`
 	Status  ConnectionStatus `protobuf:"varint,7,opt,name=status,proto3,enum=tokenvault.v1.ConnectionStatus" json:"status,omitempty"`
-	// Why the connection is not active, e.g. "invalid_grant" or
-	// "refresh_interrupted".
+	// Why the connection is not active, e.g. "invalid_grant",
+	// "refresh_interrupted" or "token_expired" (a token without a refresh
+	// token expired).
 	StatusReason    string   `protobuf:"bytes,8,opt,name=status_reason,json=statusReason,proto3" json:"status_reason,omitempty"`
 	RequestedScopes []string `protobuf:"bytes,9,rep,name=requested_scopes,json=requestedScopes,proto3" json:"requested_scopes,omitempty"`
 	GrantedScopes   []string `protobuf:"bytes,10,rep,name=granted_scopes,json=grantedScopes,proto3" json:"granted_scopes,omitempty"`
