@@ -782,6 +782,23 @@ func sendGate(ctx context.Context, provider string) {
 // generation gen, through the refresh critical section. It reports whether
 // it called the provider.
 func (v *Vault) refreshPlanned(ctx context.Context, e *entry, credential string, gen uint64) (bool, error) {
+	return v.withRecord(ctx, e, func(rctx context.Context, c *Connection) (bool, error) {
+		if c.Generation != gen || c.Status != StatusActive {
+			return false, nil // refreshed, reconnected or revoked meanwhile
+		}
+		if t := c.Grant.Token(credential); t == nil || t.RefreshToken == "" || v.now().Before(c.NextRetryAt) {
+			return false, nil
+		}
+		_, _, err := v.refreshLocked(rctx, e, c, credential)
+		return true, err
+	})
+}
+
+// withRecord runs fn in e's critical section with e's record just re-read
+// (reload), under a context that outlives ctx's cancellation by up to
+// RefreshTimeout: a write once begun (a provider call whose answer must be
+// committed) is finished, whoever gives up waiting. It returns fn's results.
+func (v *Vault) withRecord(ctx context.Context, e *entry, fn func(rctx context.Context, c *Connection) (bool, error)) (bool, error) {
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), v.cfg.RefreshTimeout)
 	defer cancel()
 	e.mu.Lock()
@@ -790,14 +807,7 @@ func (v *Vault) refreshPlanned(ctx context.Context, e *entry, credential string,
 	if err != nil {
 		return false, err
 	}
-	if c.Generation != gen || c.Status != StatusActive {
-		return false, nil // refreshed, reconnected or revoked meanwhile
-	}
-	if t := c.Grant.Token(credential); t == nil || t.RefreshToken == "" || v.now().Before(c.NextRetryAt) {
-		return false, nil
-	}
-	_, _, err = v.refreshLocked(rctx, e, c, credential)
-	return true, err
+	return fn(rctx, c)
 }
 
 // A Validator is a Provider that can check whether a grant is still live at
@@ -828,32 +838,26 @@ func (v *Vault) Validate(ctx context.Context, id string) (*Connection, error) {
 // record is still at generation gen and its grant has expired with nothing
 // to renew it. It reports whether it changed the record.
 func (v *Vault) expirePlanned(ctx context.Context, e *entry, gen uint64) (bool, error) {
-	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), v.cfg.RefreshTimeout)
-	defer cancel()
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	c, err := v.reload(rctx, e)
-	if err != nil {
-		return false, err
-	}
-	now := v.now()
-	if c.Generation != gen || c.Status != StatusActive || !grantExpired(c.Grant, now) {
-		return false, nil // changed meanwhile, or the clock went back
-	}
-	return true, v.expireLocked(rctx, e, c, now)
+	return v.withRecord(ctx, e, func(rctx context.Context, c *Connection) (bool, error) {
+		now := v.now()
+		if c.Generation != gen || c.Status != StatusActive || !grantExpired(c.Grant, now) {
+			return false, nil // changed meanwhile, or the clock went back
+		}
+		return true, v.expireLocked(rctx, e, c, now)
+	})
 }
 
 // validatePlanned validates e's grant if its record is still at generation
 // gen (0: any). It reports whether it called the provider.
 func (v *Vault) validatePlanned(ctx context.Context, e *entry, gen uint64) (bool, error) {
-	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), v.cfg.RefreshTimeout)
-	defer cancel()
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	c, err := v.reload(rctx, e)
-	if err != nil {
-		return false, err
-	}
+	return v.withRecord(ctx, e, func(rctx context.Context, c *Connection) (bool, error) {
+		return v.validateLocked(ctx, rctx, e, c, gen)
+	})
+}
+
+// validateLocked is validatePlanned inside the connection's critical
+// section: ctx is the caller's (for logging), rctx the section's.
+func (v *Vault) validateLocked(ctx, rctx context.Context, e *entry, c *Connection, gen uint64) (bool, error) {
 	if gen != 0 && c.Generation != gen {
 		return false, nil
 	}

@@ -729,14 +729,14 @@ const recoverConcurrency = 8
 func (v *Vault) recoverOne(ctx context.Context, e *entry) (bool, error) {
 	// Like refreshShared: once the marker's retry is sent it must be
 	// committed, whoever gives up waiting.
-	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), v.cfg.RefreshTimeout)
-	defer cancel()
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	c, err := v.reload(rctx, e)
-	if err != nil {
-		return false, err
-	}
+	return v.withRecord(ctx, e, func(rctx context.Context, c *Connection) (bool, error) {
+		return v.recoverLocked(ctx, rctx, e, c)
+	})
+}
+
+// recoverLocked is recoverOne inside the connection's critical section:
+// ctx is the caller's (for logging), rctx the section's.
+func (v *Vault) recoverLocked(ctx, rctx context.Context, e *entry, c *Connection) (bool, error) {
 	if c.InFlight == nil || c.Status != StatusActive {
 		return true, nil // resolved meanwhile
 	}
