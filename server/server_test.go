@@ -551,6 +551,13 @@ func TestIntrospection_EndToEnd(t *testing.T) {
 	if status.Code(err) != codes.InvalidArgument {
 		t.Errorf("ValidateConnection without an id = %v; want InvalidArgument", err)
 	}
+	if _, err := e.api.RevokeConnection(ctx, &tvv1.RevokeConnectionRequest{ConnectionId: id}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = e.api.ValidateConnection(ctx, &tvv1.ValidateConnectionRequest{ConnectionId: id})
+	if status.Code(err) != codes.FailedPrecondition {
+		t.Errorf("ValidateConnection of a revoked connection = %v; want FailedPrecondition", err)
+	}
 
 	// A provider without an introspection endpoint cannot validate.
 	plain := newEnvWith(t, providertest.Options{}, func(c *providers.OAuth2Config) { c.IntrospectURL = "" })

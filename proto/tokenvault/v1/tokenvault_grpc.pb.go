@@ -86,7 +86,9 @@ type TokenVaultServiceClient interface {
 	// without refreshing it, as the refresh scheduler's validation sweeps do.
 	// A live grant gets a new last_validated_time; a grant the provider
 	// rejects moves the connection to NEEDS_REAUTH and is answered with live
-	// false. Operators only. A provider that cannot validate (see
+	// false; so is a connection already NEEDS_REAUTH, without asking again.
+	// Operators only. A revoked connection is FAILED_PRECONDITION
+	// (NOT_CONNECTED); a provider that cannot validate (see
 	// Provider.supports_validation) is INVALID_ARGUMENT; one that does not
 	// answer is UNAVAILABLE, and the connection is left as it was.
 	ValidateConnection(ctx context.Context, in *ValidateConnectionRequest, opts ...grpc.CallOption) (*ValidateConnectionResponse, error)
@@ -220,7 +222,9 @@ type TokenVaultServiceServer interface {
 	// without refreshing it, as the refresh scheduler's validation sweeps do.
 	// A live grant gets a new last_validated_time; a grant the provider
 	// rejects moves the connection to NEEDS_REAUTH and is answered with live
-	// false. Operators only. A provider that cannot validate (see
+	// false; so is a connection already NEEDS_REAUTH, without asking again.
+	// Operators only. A revoked connection is FAILED_PRECONDITION
+	// (NOT_CONNECTED); a provider that cannot validate (see
 	// Provider.supports_validation) is INVALID_ARGUMENT; one that does not
 	// answer is UNAVAILABLE, and the connection is left as it was.
 	ValidateConnection(context.Context, *ValidateConnectionRequest) (*ValidateConnectionResponse, error)
