@@ -37,8 +37,9 @@ type loadJob struct {
 func (v *Vault) loadConnections(ctx context.Context) ([]*entry, error) {
 	workers := runtime.GOMAXPROCS(0)
 	jobs := make(chan *loadJob, 2*workers)
-	// Every buffer is in a job in flight or here: the scan blocks on jobs
-	// once 2*workers wait, so free never needs more room than that.
+	// A buffer is made only when free is empty, and every buffer is queued
+	// (at most 2*workers), in a worker's hands (one each), the scan's
+	// current one, or here: free never needs more room than all of them.
 	free := make(chan []byte, 2*workers+workers+1)
 	var wg sync.WaitGroup
 	for range workers {
