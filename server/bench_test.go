@@ -6,12 +6,14 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime/pprof"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -31,9 +33,10 @@ import (
 	"github.com/tokenvault/tokenvault/vault/bolt"
 )
 
-// The hot-path benchmark runs the sidecar in a child process (this test
-// binary, re-executed) so that the server's CPU time can be read from /proc
-// apart from the load generator's.
+// The hot-path benchmark runs the servers it measures in child processes
+// (this test binary, re-executed) so that each one's CPU time can be read
+// from /proc apart from the load generator's: benchChildEnv=sidecar is the
+// real sidecar, benchChildEnv=floor a bare grpc-go server.
 const benchChildEnv = "TOKENVAULT_BENCH_CHILD"
 
 // benchProfileEnv, if set, names a file for the child's CPU profile of the
@@ -41,8 +44,9 @@ const benchChildEnv = "TOKENVAULT_BENCH_CHILD"
 const benchProfileEnv = "TOKENVAULT_BENCH_CPUPROFILE"
 
 func TestMain(m *testing.M) {
-	if os.Getenv(benchChildEnv) == "1" {
-		if err := benchChild(); err != nil {
+	child := map[string]func() error{"sidecar": benchChild, "floor": floorChild}[os.Getenv(benchChildEnv)]
+	if child != nil {
+		if err := child(); err != nil {
 			fmt.Fprintln(os.Stderr, "bench child:", err)
 			os.Exit(1)
 		}
@@ -51,8 +55,10 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-// emptyDesc is a unary service whose handler does nothing: the floor any
-// gRPC method costs on this server, with the same interceptors.
+// emptyDesc is a unary service whose handler does nothing. On the sidecar
+// it is the cost of any gRPC method there, with the same interceptors; on a
+// bare grpc.NewServer() (floorChild) it is the floor: what a gRPC call costs
+// at all.
 var emptyDesc = grpc.ServiceDesc{
 	ServiceName: "tokenvault.bench.Empty",
 	HandlerType: (*any)(nil),
@@ -181,6 +187,23 @@ func benchChild() error {
 	return nil
 }
 
+// floorChild serves emptyDesc on a bare grpc-go server (no options, no
+// interceptors) on 127.0.0.1 until its stdin closes. It prints "READY <addr>
+// -".
+func floorChild() error {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	s := grpc.NewServer()
+	s.RegisterService(&emptyDesc, struct{}{})
+	go s.Serve(l)
+	fmt.Printf("READY %s -\n", l.Addr())
+	io.Copy(io.Discard, os.Stdin) // until the parent closes it
+	s.Stop()
+	return nil
+}
+
 // procCPU returns the user+system CPU time pid has used.
 func procCPU(pid int) (time.Duration, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
@@ -196,7 +219,8 @@ func procCPU(pid int) (time.Duration, error) {
 	return time.Duration(ut+st) * 10 * time.Millisecond, nil
 }
 
-// benchBearer presents benchKey on every call.
+// benchBearer presents benchKey on every call, to every server: the floor
+// receives the same bytes as the sidecar.
 type benchBearer struct{}
 
 func (benchBearer) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
@@ -205,133 +229,283 @@ func (benchBearer) GetRequestMetadata(context.Context, ...string) (map[string]st
 
 func (benchBearer) RequireTransportSecurity() bool { return false }
 
-type phase struct {
-	name string
-	call func(ctx context.Context) error
+// benchChildProc is a server under measurement in a child process.
+type benchChildProc struct {
+	cmd      *exec.Cmd
+	stdin    io.WriteCloser
+	addr, id string
 }
 
-type result struct {
-	reqs   int64
-	wall   time.Duration
-	cpu    time.Duration
-	errors int64
-}
-
-// load runs call from `workers` goroutines for d (and at most maxReqs
-// calls), and measures the server's CPU over the run.
-func load(b *testing.B, pid, workers int, d time.Duration, maxReqs int64, call func(context.Context) error) result {
-	var n, errs atomic.Int64
-	ctx, cancel := context.WithTimeout(context.Background(), d)
-	defer cancel()
-	cpu0, err := procCPU(pid)
-	if err != nil {
-		b.Fatal(err)
-	}
-	start := time.Now()
-	var wg sync.WaitGroup
-	for range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for ctx.Err() == nil && n.Add(1) <= maxReqs {
-				if err := call(context.Background()); err != nil {
-					errs.Add(1)
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	wall := time.Since(start)
-	cpu1, _ := procCPU(pid)
-	return result{reqs: min(n.Load(), maxReqs), wall: wall, cpu: cpu1 - cpu0, errors: errs.Load()}
-}
-
-// BenchmarkHotPath compares GetAccessToken with an empty unary handler on
-// the same server, over the same loopback TCP connections, under the same
-// load, alternating phases so drift affects both. Both phases present the
-// same API key and pass the same interceptors (recovery, logging, the
-// access check with its rate limit); the token phase also pays what a
-// token read costs on top: the provider lookup for the access check, the
-// token-read metric and an audit record per call (written in batches by
-// the flusher, inside the measured server process). Run it with
-//
-//	go test ./server -run '^$' -bench HotPath -benchtime 1x
-//
-// It reports QPS and server CPU per request for each, and their ratios.
-func BenchmarkHotPath(b *testing.B) {
-	if _, err := os.Stat("/proc/self/stat"); err != nil {
-		b.Skip("needs /proc")
-	}
+// startBenchChild re-executes the test binary as a child of the given kind
+// and waits for its READY line.
+func startBenchChild(b *testing.B, kind string, env ...string) *benchChildProc {
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), benchChildEnv+"=1")
-	if os.Getenv("GOGC") == "" {
-		cmd.Env = append(cmd.Env, "GOGC=50") // the sidecar's default (cmd/tokenvault)
-	}
+	cmd.Env = append(append(os.Environ(), benchChildEnv+"="+kind), env...)
 	stdin, _ := cmd.StdinPipe()
 	stdout, _ := cmd.StdoutPipe()
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
 		b.Fatal(err)
 	}
-	defer func() { stdin.Close(); cmd.Wait() }()
+	c := &benchChildProc{cmd: cmd, stdin: stdin}
+	b.Cleanup(func() { stdin.Close(); cmd.Wait() })
 	line, err := bufio.NewReader(stdout).ReadString('\n')
 	if err != nil {
-		b.Fatalf("child: %v", err)
+		b.Fatalf("%s child: %v", kind, err)
 	}
-	var addr, id string
-	if _, err := fmt.Sscanf(line, "READY %s %s", &addr, &id); err != nil {
-		b.Fatalf("child said %q", line)
+	if _, err := fmt.Sscanf(line, "READY %s %s", &c.addr, &c.id); err != nil {
+		b.Fatalf("%s child said %q", kind, line)
 	}
-	const conns, workers = 4, 64
-	var clients []*grpc.ClientConn
-	for range conns {
-		c, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
-			grpc.WithPerRPCCredentials(benchBearer{}))
-		if err != nil {
-			b.Fatal(err)
+	return c
+}
+
+// benchTarget is one method of one server, measured in the same way as the
+// others.
+type benchTarget struct {
+	name string
+	pid  int
+	call func(ctx context.Context) error
+}
+
+// saturated runs call from `workers` goroutines, each calling again as soon
+// as its call returns, for d; it returns the calls made and the server's
+// CPU time over them.
+func saturated(b *testing.B, t benchTarget, workers int, d time.Duration) (calls int64, wall, cpu time.Duration) {
+	var n, errs atomic.Int64
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	cpu0, err := procCPU(t.pid)
+	if err != nil {
+		b.Fatal(err)
+	}
+	start := time.Now()
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Go(func() {
+			for ctx.Err() == nil {
+				if err := t.call(context.Background()); err != nil {
+					errs.Add(1)
+				}
+				n.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	wall = time.Since(start)
+	cpu1, _ := procCPU(t.pid)
+	if errs.Load() > 0 {
+		b.Fatalf("%s: %d of %d calls failed", t.name, errs.Load(), n.Load())
+	}
+	return n.Load(), wall, cpu1 - cpu0
+}
+
+// fixedRate calls at rps calls a second in all, spread evenly over
+// `workers` goroutines, for d, and returns each call's latency (from the
+// moment it is sent to its answer) and the server's CPU time. A worker
+// that falls behind its schedule sends at once.
+func fixedRate(b *testing.B, t benchTarget, workers int, rps float64, d time.Duration) (lat []time.Duration, cpu time.Duration) {
+	interval := time.Duration(float64(time.Second) * float64(workers) / rps)
+	cpu0, err := procCPU(t.pid)
+	if err != nil {
+		b.Fatal(err)
+	}
+	start := time.Now()
+	end := start.Add(d)
+	lats := make([][]time.Duration, workers)
+	var errs atomic.Int64
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Go(func() {
+			next := start.Add(interval * time.Duration(w) / time.Duration(workers))
+			for {
+				if wait := time.Until(next); wait > 0 {
+					time.Sleep(wait)
+				}
+				if !time.Now().Before(end) {
+					return
+				}
+				t0 := time.Now()
+				if err := t.call(context.Background()); err != nil {
+					errs.Add(1)
+				}
+				lats[w] = append(lats[w], time.Since(t0))
+				next = next.Add(interval)
+			}
+		})
+	}
+	wg.Wait()
+	cpu1, _ := procCPU(t.pid)
+	if errs.Load() > 0 {
+		b.Fatalf("%s: %d calls failed at a fixed rate", t.name, errs.Load())
+	}
+	for _, l := range lats {
+		lat = append(lat, l...)
+	}
+	slices.Sort(lat)
+	return lat, cpu1 - cpu0
+}
+
+// quantile returns the q-quantile of sorted (nearest rank).
+func quantile(sorted []time.Duration, q float64) time.Duration {
+	if len(sorted) == 0 {
+		return 0
+	}
+	i := int(math.Ceil(q*float64(len(sorted)))) - 1
+	return sorted[max(0, min(i, len(sorted)-1))]
+}
+
+// series collects one figure over the rounds.
+type series []float64
+
+func (s series) median() float64 {
+	c := slices.Clone(s)
+	slices.Sort(c)
+	if len(c)%2 == 1 {
+		return c[len(c)/2]
+	}
+	return (c[len(c)/2-1] + c[len(c)/2]) / 2
+}
+
+// format is "median (min–max)", each number formatted by f.
+func (s series) format(f string) string {
+	return fmt.Sprintf(f+" ("+f+"–"+f+")", s.median(), slices.Min(s), slices.Max(s))
+}
+
+// Load of the benchmark: benchWorkers concurrent callers over benchConns
+// loopback TCP connections per server; the fixed-rate phase sends
+// benchRate calls a second from the same callers.
+const (
+	benchConns   = 4
+	benchWorkers = 16
+	benchRate    = 2000
+)
+
+// BenchmarkHotPath measures GetAccessToken against two empty handlers, in
+// the same run and under the same load:
+//
+//   - floor: an empty unary handler on a bare grpc-go server (no options, no
+//     interceptors) in a child process of its own: what a gRPC call costs
+//     at all;
+//   - empty: the same handler registered on the sidecar, so it passes every
+//     interceptor (recovery, logging, the access check with its rate limit,
+//     the default deadline) with the same API key;
+//   - token: GetAccessToken on the sidecar, as in production: bbolt with
+//     fsync, authentication, an audit record per call (written in batches
+//     by the flusher, inside the measured process) and metrics.
+//
+// Every round measures each of them saturated (benchWorkers callers calling
+// back to back: QPS and the server's CPU time per call, read from /proc)
+// and then at a fixed rate (benchRate calls a second from the same callers:
+// p50/p99/p999 latency); the order rotates from round to round so drift
+// affects all three alike. It prints the median and range over the rounds
+// of each figure and of GetAccessToken's ratios to the floor and to the
+// empty handler, computed within each round. Run it with
+//
+//	make bench   # go test ./server -run '^$' -bench HotPath -benchtime 1x
+//
+// TOKENVAULT_BENCH_ROUNDS sets the rounds (default 5);
+// TOKENVAULT_BENCH_CPUPROFILE=FILE writes the sidecar's CPU profile.
+func BenchmarkHotPath(b *testing.B) {
+	if _, err := os.Stat("/proc/self/stat"); err != nil {
+		b.Skip("needs /proc")
+	}
+	rounds := 5
+	if v := os.Getenv("TOKENVAULT_BENCH_ROUNDS"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			b.Fatalf("TOKENVAULT_BENCH_ROUNDS=%q: want a positive number", v)
 		}
-		defer c.Close()
-		clients = append(clients, c)
+		rounds = n
 	}
-	var rr atomic.Uint64
-	pick := func() *grpc.ClientConn { return clients[rr.Add(1)%conns] }
-	tokenReq := &tvv1.GetAccessTokenRequest{ConnectionId: id}
-	phases := []phase{
-		{"empty", func(ctx context.Context) error {
-			return pick().Invoke(ctx, "/tokenvault.bench.Empty/Call", &emptypb.Empty{}, new(emptypb.Empty))
+	var sidecarEnv []string
+	if os.Getenv("GOGC") == "" {
+		sidecarEnv = append(sidecarEnv, "GOGC=50") // the sidecar's default (cmd/tokenvault)
+	}
+	sidecar := startBenchChild(b, "sidecar", sidecarEnv...)
+	floor := startBenchChild(b, "floor")
+	dial := func(addr string) func() *grpc.ClientConn {
+		var cs []*grpc.ClientConn
+		for range benchConns {
+			c, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+				grpc.WithPerRPCCredentials(benchBearer{}))
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.Cleanup(func() { c.Close() })
+			cs = append(cs, c)
+		}
+		var rr atomic.Uint64
+		return func() *grpc.ClientConn { return cs[rr.Add(1)%benchConns] }
+	}
+	onSidecar, onFloor := dial(sidecar.addr), dial(floor.addr)
+	tokenReq := &tvv1.GetAccessTokenRequest{ConnectionId: sidecar.id}
+	targets := []benchTarget{
+		{"floor", floor.cmd.Process.Pid, func(ctx context.Context) error {
+			return onFloor().Invoke(ctx, "/tokenvault.bench.Empty/Call", &emptypb.Empty{}, new(emptypb.Empty))
 		}},
-		{"token", func(ctx context.Context) error {
-			_, err := tvv1.NewTokenVaultServiceClient(pick()).GetAccessToken(ctx, tokenReq)
+		{"empty", sidecar.cmd.Process.Pid, func(ctx context.Context) error {
+			return onSidecar().Invoke(ctx, "/tokenvault.bench.Empty/Call", &emptypb.Empty{}, new(emptypb.Empty))
+		}},
+		{"token", sidecar.cmd.Process.Pid, func(ctx context.Context) error {
+			_, err := tvv1.NewTokenVaultServiceClient(onSidecar()).GetAccessToken(ctx, tokenReq)
 			return err
 		}},
 	}
-	// Warm up both paths.
-	for _, p := range phases {
-		load(b, cmd.Process.Pid, workers, 500*time.Millisecond, 1e6, p.call)
+	for _, t := range targets { // warm up
+		saturated(b, t, benchWorkers, 500*time.Millisecond)
 	}
-	const rounds, per, maxReqs = 3, 2 * time.Second, 2_000_000
-	total := map[string]*result{"empty": {}, "token": {}}
+
+	const satFor, rateFor = 2 * time.Second, 3 * time.Second
+	type figures struct{ qps, cpu, rateCPU, p50, p99, p999 series }
+	fig := map[string]*figures{}
+	for _, t := range targets {
+		fig[t.name] = &figures{}
+	}
 	b.ResetTimer()
-	for range rounds {
-		for _, p := range phases {
-			r := load(b, cmd.Process.Pid, workers, per, maxReqs, p.call)
-			if r.errors > 0 {
-				b.Fatalf("%s: %d errors", p.name, r.errors)
-			}
-			t := total[p.name]
-			t.reqs += r.reqs
-			t.wall += r.wall
-			t.cpu += r.cpu
+	for round := range rounds {
+		for i := range targets {
+			t := targets[(round+i)%len(targets)]
+			f := fig[t.name]
+			n, wall, cpu := saturated(b, t, benchWorkers, satFor)
+			f.qps = append(f.qps, float64(n)/wall.Seconds())
+			f.cpu = append(f.cpu, float64(cpu.Nanoseconds())/1e3/float64(n))
+			lat, cpu := fixedRate(b, t, benchWorkers, benchRate, rateFor)
+			f.rateCPU = append(f.rateCPU, float64(cpu.Nanoseconds())/1e3/float64(len(lat)))
+			ms := func(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1e6 }
+			f.p50 = append(f.p50, ms(quantile(lat, 0.5)))
+			f.p99 = append(f.p99, ms(quantile(lat, 0.99)))
+			f.p999 = append(f.p999, ms(quantile(lat, 0.999)))
 		}
 	}
 	b.StopTimer()
-	qps := func(r *result) float64 { return float64(r.reqs) / r.wall.Seconds() }
-	cpuPer := func(r *result) float64 { return float64(r.cpu.Microseconds()) / float64(r.reqs) }
-	e, t := total["empty"], total["token"]
-	b.ReportMetric(qps(e), "empty-qps")
-	b.ReportMetric(qps(t), "token-qps")
-	b.ReportMetric(cpuPer(e), "empty-server-cpu-µs/req")
-	b.ReportMetric(cpuPer(t), "token-server-cpu-µs/req")
-	b.ReportMetric(cpuPer(t)/cpuPer(e), "cpu-ratio")
-	b.ReportMetric(qps(t)/qps(e), "qps-ratio")
+
+	ratio := func(a, b series) series {
+		r := make(series, len(a))
+		for i := range a {
+			r[i] = a[i] / b[i]
+		}
+		return r
+	}
+	fl, em, tk := fig["floor"], fig["empty"], fig["token"]
+	w := os.Stdout
+	fmt.Fprintf(w, "\nhot path: %d rounds; c=%d over %d connections; median (min–max) of the rounds\n", rounds, benchWorkers, benchConns)
+	fmt.Fprintf(w, "%-6s %-28s %-30s %-28s %-24s %-24s %-24s\n", "", "QPS (saturated)", "server CPU µs/call (saturated)",
+		fmt.Sprintf("server CPU µs/call @%d/s", benchRate), "p50 ms", "p99 ms", "p999 ms")
+	for _, t := range targets {
+		f := fig[t.name]
+		fmt.Fprintf(w, "%-6s %-28s %-30s %-28s %-24s %-24s %-24s\n", t.name, f.qps.format("%.0f"), f.cpu.format("%.1f"),
+			f.rateCPU.format("%.1f"), f.p50.format("%.3f"), f.p99.format("%.3f"), f.p999.format("%.3f"))
+	}
+	fmt.Fprintf(w, "token/floor: CPU %s, QPS %s, CPU @%d/s %s\n", ratio(tk.cpu, fl.cpu).format("%.2f"),
+		ratio(tk.qps, fl.qps).format("%.2f"), benchRate, ratio(tk.rateCPU, fl.rateCPU).format("%.2f"))
+	fmt.Fprintf(w, "token/empty: CPU %s, QPS %s, CPU @%d/s %s\n", ratio(tk.cpu, em.cpu).format("%.2f"),
+		ratio(tk.qps, em.qps).format("%.2f"), benchRate, ratio(tk.rateCPU, em.rateCPU).format("%.2f"))
+	fmt.Fprintf(w, "empty/floor: CPU %s, QPS %s\n", ratio(em.cpu, fl.cpu).format("%.2f"), ratio(em.qps, fl.qps).format("%.2f"))
+
+	b.ReportMetric(ratio(tk.cpu, fl.cpu).median(), "cpu/floor")
+	b.ReportMetric(ratio(tk.qps, fl.qps).median(), "qps/floor")
+	b.ReportMetric(ratio(tk.cpu, em.cpu).median(), "cpu/empty")
+	b.ReportMetric(ratio(tk.qps, em.qps).median(), "qps/empty")
+	b.ReportMetric(tk.p99.median(), "token-p99-ms")
+	b.ReportMetric(fl.p99.median(), "floor-p99-ms")
 }
