@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/peer"
 	reflectionv1 "google.golang.org/grpc/reflection/grpc_reflection_v1"
 	reflectionv1alpha "google.golang.org/grpc/reflection/grpc_reflection_v1alpha"
+	"google.golang.org/protobuf/proto"
 
 	tvv1 "github.com/tokenvault/tokenvault/proto/tokenvault/v1"
 	"github.com/tokenvault/tokenvault/vault"
@@ -401,9 +402,10 @@ type gate struct {
 	now     func() time.Time
 }
 
-// admit authenticates and authorizes a call of method. It returns the
-// caller (nil for methods that need nothing), or the error to answer.
-func (g *gate) admit(ctx context.Context, method string) (rule, *Caller, error) {
+// admit authenticates and authorizes a call of method with request req
+// (nil for streams). It returns the caller (nil for methods that need
+// nothing), or the error to answer.
+func (g *gate) admit(ctx context.Context, method string, req any) (rule, *Caller, error) {
 	r, ok := g.rules[method]
 	if !ok {
 		g.metrics.authFailure(failDenied)
@@ -419,7 +421,14 @@ func (g *gate) admit(ctx context.Context, method string) (rule, *Caller, error) 
 	}
 	if !r.allows(c) {
 		g.metrics.authFailure(failDenied)
-		g.record(c, method, "", "", errRoleDenied)
+		// The record names the connection the caller tried to act on
+		// (an application revoking, say), once the request is known to
+		// be within bounds.
+		var connID string
+		if cr, ok := req.(connectionRequest); ok && validateOurs(req) == nil {
+			connID = cr.GetConnectionId()
+		}
+		g.record(c, method, connID, "", errRoleDenied)
 		return r, nil, errRoleDenied
 	}
 	if c.limit != nil {
@@ -432,12 +441,15 @@ func (g *gate) admit(ctx context.Context, method string) (rule, *Caller, error) 
 }
 
 func (g *gate) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-	r, c, err := g.admit(ctx, info.FullMethod)
+	r, c, err := g.admit(ctx, info.FullMethod, req)
 	if err != nil {
 		return nil, err
 	}
 	if c == nil {
 		return handler(ctx, req)
+	}
+	if err := validateOurs(req); err != nil {
+		return nil, err // before the provider limit and the audit: nothing of it is kept
 	}
 	var connID, provider string
 	switch r.scope {
@@ -504,7 +516,7 @@ func (g *gate) record(c *Caller, method, connID, provider string, err error) {
 }
 
 func (g *gate) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-	r, c, err := g.admit(ss.Context(), info.FullMethod)
+	r, c, err := g.admit(ss.Context(), info.FullMethod, nil)
 	if err != nil {
 		return err
 	}
@@ -518,13 +530,32 @@ func (g *gate) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo
 	return err
 }
 
-// callerStream carries the caller in the stream's context.
+// callerStream carries the caller in the stream's context and checks
+// each request it receives against the validation table.
 type callerStream struct {
 	grpc.ServerStream
 	ctx context.Context
 }
 
 func (s *callerStream) Context() context.Context { return s.ctx }
+
+func (s *callerStream) RecvMsg(m any) error {
+	if err := s.ServerStream.RecvMsg(m); err != nil {
+		return err
+	}
+	return validateOurs(m)
+}
+
+// validateOurs applies the validation table (validate.go) to the requests
+// of tokenvault's services; others (reflection, services added by
+// Config.Register) are their own business.
+func validateOurs(req any) error {
+	m, ok := req.(proto.Message)
+	if !ok || m.ProtoReflect().Descriptor().ParentFile().Package() != tvv1.File_tokenvault_v1_tokenvault_proto.Package() {
+		return nil
+	}
+	return validateRequest(m)
+}
 
 // errCode is the gRPC code of a handler's error.
 func errCode(err error) codes.Code {

@@ -325,14 +325,15 @@ func TestAudit_RecordsCallsWithoutSecrets(t *testing.T) {
 	want := []string{ // newest first
 		"app application /tokenvault.v1.TokenVaultService/GetAccessToken acme FAILED_PRECONDITION NOT_CONNECTED",
 		"ops operator /tokenvault.v1.TokenVaultService/RevokeConnection acme OK ",
+		"app application /tokenvault.v1.TokenVaultService/RevokeConnection  PERMISSION_DENIED PERMISSION_DENIED",
 		"app application /tokenvault.v1.TokenVaultService/GetAccessToken acme OK ",
 		"  http:callback acme OK CONNECTED",
 	}
 	if strings.Join(got, "\n") != strings.Join(want, "\n") {
 		t.Errorf("audit of %s:\n%s\nwant:\n%s", id, strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
-	// The denied revoke names no connection (it was refused before the
-	// request was looked at), so it is found by caller.
+	// The denied revoke names its connection (above), and is found by
+	// caller too.
 	denied, err := e.admin.ListAuditEvents(ctx, &tvv1.ListAuditEventsRequest{Caller: "app", Method: "/tokenvault.v1.TokenVaultService/RevokeConnection"})
 	if err != nil || len(denied.Events) != 1 || denied.Events[0].Outcome != "PERMISSION_DENIED" || denied.Events[0].Reason != "PERMISSION_DENIED" {
 		t.Errorf("denied revoke in the audit = %v, %v; want one PERMISSION_DENIED", denied, err)

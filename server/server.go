@@ -74,6 +74,11 @@ type Config struct {
 	Now func() time.Time
 }
 
+// MaxHeaderListSize bounds the metadata (HTTP/2 header list) of one call:
+// a stream whose headers are larger is reset before any of it is kept or
+// any handler runs. An API key and the usual headers take well under 1 KiB.
+const MaxHeaderListSize = 16 << 10
+
 // A Server is the sidecar's gRPC and HTTP front.
 type Server struct {
 	cfg    Config
@@ -151,6 +156,10 @@ func New(cfg Config) *Server {
 		// Plaintext, plus the peer's uid on unix sockets (auth.go).
 		grpc.Creds(PeerCredentials()),
 		grpc.MaxRecvMsgSize(cfg.MaxRecvMsgSize),
+		// Metadata arrives before any credential is checked: without a
+		// bound (grpc's default is 16 MiB) a caller with no key makes the
+		// server hold megabytes per stream.
+		grpc.MaxHeaderListSize(MaxHeaderListSize),
 		grpc.MaxConcurrentStreams(cfg.MaxConcurrentStreams),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 		grpc.ConnectionTimeout(10 * time.Second),

@@ -13,10 +13,6 @@ import (
 	"github.com/tokenvault/tokenvault/vault"
 )
 
-// maxMinValid caps GetAccessToken's min_valid_for: asking for a token valid
-// longer than most providers issue them would force a refresh on every call.
-const maxMinValid = time.Hour
-
 // tokenService implements TokenVaultService on a vault.
 type tokenService struct {
 	tvv1.UnimplementedTokenVaultServiceServer
@@ -31,10 +27,12 @@ func (s *tokenService) GetAccessToken(ctx context.Context, req *tvv1.GetAccessTo
 	}
 	var minValid time.Duration
 	if d := req.GetMinValidFor(); d != nil {
-		if err := d.CheckValid(); err != nil || d.AsDuration() < 0 {
-			return nil, invalidArgument("min_valid_for must be a non-negative duration")
+		// The validation table refused anything out of range before the
+		// call got here; this stays for calls that did not pass it.
+		if err := d.CheckValid(); err != nil || d.AsDuration() < 0 || d.AsDuration() > maxMinValid {
+			return nil, invalidArgument("min_valid_for must be a duration from 0 to 1h")
 		}
-		minValid = min(d.AsDuration(), maxMinValid)
+		minValid = d.AsDuration()
 	}
 	tok, info, err := s.v.AccessToken(ctx, req.GetConnectionId(), req.GetCredential(), minValid, req.GetForceRefresh())
 	if err != nil {

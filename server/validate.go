@@ -1,0 +1,181 @@
+package server
+
+import (
+	"fmt"
+	"time"
+	"unicode"
+	"unicode/utf8"
+
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/types/known/durationpb"
+)
+
+// A bound is what one request field may hold. Every string is valid UTF-8
+// (protobuf checks that) without control characters, except that text
+// fields may hold tabs and line breaks.
+type bound struct {
+	maxLen   int           // bytes of a string, of each element of a list, of each map value
+	maxItems int           // elements of a list, entries of a map
+	maxKey   int           // bytes of each map key
+	text     bool          // tabs and line breaks allowed
+	maxDur   time.Duration // a google.protobuf.Duration: from 0 to maxDur
+}
+
+// maxMinValid caps GetAccessToken's min_valid_for: asking for a token valid
+// longer than most providers issue them would force a refresh on every call.
+// More is refused, not clamped: a caller that asks for more learns it at once.
+const maxMinValid = time.Hour
+
+// Bounds shared by the fields of several requests.
+var (
+	boundID       = bound{maxLen: 128} // connection ids: the vault makes them, far shorter
+	boundName     = bound{maxLen: 64}  // provider and credential names, event types
+	boundOwner    = bound{maxLen: 256} // the application's user and tenant ids
+	boundToken    = bound{maxLen: 512} // page tokens: the vault's are far shorter
+	boundLabel    = bound{maxLen: 128} //
+	boundText     = bound{maxLen: 1024, text: true}
+	boundURL      = bound{maxLen: 2048} // return_to: what browsers accept in practice
+	boundScopes   = bound{maxLen: 256, maxItems: 100}
+	boundOptions  = bound{maxLen: 1024, maxItems: 32, maxKey: 64}
+	boundEvTypes  = bound{maxLen: 64, maxItems: 32}
+	boundMinValid = bound{maxDur: maxMinValid}
+)
+
+// fieldBounds is THE validation table: every string, repeated, map and
+// message field of every request of TokenVaultService and AdminService, and
+// what it may hold. The access check applies it to each request after
+// authentication and before anything else (the provider limit, the audit,
+// the handler): a field out of bounds is refused with INVALID_ARGUMENT
+// whose message names the field, never repeats its value, and nothing of
+// the call is audited or stored. A field missing here is refused whatever
+// it holds; TestValidate_EveryFieldHasABound keeps the table complete.
+// Scalars (integers, booleans, enums) need no row: their handlers check
+// their ranges.
+var fieldBounds = map[protoreflect.FullName]bound{
+	"tokenvault.v1.GetAccessTokenRequest.connection_id": boundID,
+	"tokenvault.v1.GetAccessTokenRequest.min_valid_for": boundMinValid,
+	"tokenvault.v1.GetAccessTokenRequest.credential":    boundName,
+
+	"tokenvault.v1.StartConnectRequest.owner":     boundOwner,
+	"tokenvault.v1.StartConnectRequest.tenant":    boundOwner,
+	"tokenvault.v1.StartConnectRequest.provider":  boundName,
+	"tokenvault.v1.StartConnectRequest.scopes":    boundScopes,
+	"tokenvault.v1.StartConnectRequest.return_to": boundURL,
+	"tokenvault.v1.StartConnectRequest.label":     boundLabel,
+	"tokenvault.v1.StartConnectRequest.purpose":   boundText,
+	"tokenvault.v1.StartConnectRequest.options":   boundOptions,
+
+	"tokenvault.v1.GetConnectionRequest.connection_id": boundID,
+
+	"tokenvault.v1.ListConnectionsRequest.owner":      boundOwner,
+	"tokenvault.v1.ListConnectionsRequest.provider":   boundName,
+	"tokenvault.v1.ListConnectionsRequest.tenant":     boundOwner,
+	"tokenvault.v1.ListConnectionsRequest.page_token": boundToken,
+
+	"tokenvault.v1.RevokeConnectionRequest.connection_id": boundID,
+	"tokenvault.v1.RevokeConnectionRequest.reason":        boundText,
+
+	"tokenvault.v1.ValidateConnectionRequest.connection_id": boundID,
+
+	"tokenvault.v1.WatchEventsRequest.types": boundEvTypes,
+
+	"tokenvault.v1.ListAuditEventsRequest.connection_id": boundID,
+	"tokenvault.v1.ListAuditEventsRequest.caller":        boundOwner,
+	"tokenvault.v1.ListAuditEventsRequest.method":        boundOwner,
+	"tokenvault.v1.ListAuditEventsRequest.page_token":    boundToken,
+}
+
+// validateRequest checks every set field of m against fieldBounds. It
+// returns nil or an INVALID_ARGUMENT status naming the first field out of
+// bounds.
+func validateRequest(m proto.Message) error {
+	var err error
+	m.ProtoReflect().Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+		err = checkField(fd, v)
+		return err == nil
+	})
+	return err
+}
+
+func checkField(fd protoreflect.FieldDescriptor, v protoreflect.Value) error {
+	name := string(fd.Name())
+	b, ok := fieldBounds[fd.FullName()]
+	if !ok {
+		if !fd.IsList() && !fd.IsMap() && fd.Kind() != protoreflect.StringKind &&
+			fd.Kind() != protoreflect.BytesKind && fd.Kind() != protoreflect.MessageKind {
+			return nil // a scalar
+		}
+		return fieldViolation(name, "is not accepted by this sidecar")
+	}
+	switch {
+	case fd.IsMap():
+		m := v.Map()
+		if m.Len() > b.maxItems {
+			return fieldViolation(name, fmt.Sprintf("has more than %d entries", b.maxItems))
+		}
+		var err error
+		m.Range(func(k protoreflect.MapKey, v protoreflect.Value) bool {
+			if err = checkString(name+" key", k.String(), bound{maxLen: b.maxKey}); err == nil {
+				err = checkString(name+" value", v.String(), b)
+			}
+			return err == nil
+		})
+		return err
+	case fd.IsList():
+		l := v.List()
+		if l.Len() > b.maxItems {
+			return fieldViolation(name, fmt.Sprintf("has more than %d elements", b.maxItems))
+		}
+		for i := range l.Len() {
+			if err := checkString(name, l.Get(i).String(), b); err != nil {
+				return err
+			}
+		}
+		return nil
+	case fd.Kind() == protoreflect.StringKind:
+		return checkString(name, v.String(), b)
+	case fd.Kind() == protoreflect.MessageKind && fd.Message().FullName() == "google.protobuf.Duration" && b.maxDur > 0:
+		d, _ := v.Message().Interface().(*durationpb.Duration)
+		if d == nil || d.CheckValid() != nil || d.AsDuration() < 0 || d.AsDuration() > b.maxDur {
+			return fieldViolation(name, fmt.Sprintf("must be a duration from 0 to %v", b.maxDur))
+		}
+		return nil
+	}
+	return fieldViolation(name, "is not accepted by this sidecar")
+}
+
+// checkString checks one string against b.
+func checkString(field, s string, b bound) error {
+	if len(s) > b.maxLen {
+		return fieldViolation(field, fmt.Sprintf("is longer than %d bytes", b.maxLen))
+	}
+	for i, r := range s {
+		if r == utf8.RuneError {
+			if _, size := utf8.DecodeRuneInString(s[i:]); size <= 1 {
+				return fieldViolation(field, "is not valid UTF-8")
+			}
+		}
+		if unicode.IsControl(r) && !(b.text && (r == '\t' || r == '\n' || r == '\r')) {
+			return fieldViolation(field, "holds a control character")
+		}
+	}
+	return nil
+}
+
+// fieldViolation is the INVALID_ARGUMENT status of a field out of bounds,
+// with the field named in a BadRequest detail beside the ErrorInfo.
+func fieldViolation(field, what string) error {
+	msg := "request field " + field + " " + what
+	st := status.New(codes.InvalidArgument, msg)
+	if d, err := st.WithDetails(
+		&errdetails.ErrorInfo{Reason: ReasonInvalidArgument, Domain: ErrorDomain},
+		&errdetails.BadRequest{FieldViolations: []*errdetails.BadRequest_FieldViolation{{Field: field, Description: what}}},
+	); err == nil {
+		st = d
+	}
+	return st.Err()
+}
