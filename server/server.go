@@ -17,7 +17,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -129,28 +128,17 @@ func New(cfg Config) *Server {
 		s.log.LogAttrs(ctx, slog.LevelError, "panic in handler", slog.String("stack", string(debug.Stack())))
 		return statusWithReason(codes.Internal, ReasonInternal, "internal error", nil)
 	})
-	logOpts := []logging.Option{
-		logging.WithLogOnEvents(logging.FinishCall),
-		logging.WithLevels(func(c codes.Code) logging.Level {
-			switch c {
-			case codes.OK, codes.NotFound, codes.InvalidArgument, codes.FailedPrecondition, codes.Canceled:
-				return logging.LevelDebug
-			case codes.Internal, codes.Unknown, codes.DataLoss:
-				return logging.LevelError
-			}
-			return logging.LevelWarn
-		}),
-	}
+	calls := callLogger{log: s.log}
 	opts := []grpc.ServerOption{
 		grpc.ChainUnaryInterceptor(
 			recovery.UnaryServerInterceptor(panicHandler),
-			logging.UnaryServerInterceptor(slogLogger(s.log), logOpts...),
+			calls.unary,
 			g.unary,
 			deadlineUnary(cfg.DefaultDeadline),
 		),
 		grpc.ChainStreamInterceptor(
 			recovery.StreamServerInterceptor(panicHandler),
-			logging.StreamServerInterceptor(slogLogger(s.log), logOpts...),
+			calls.stream,
 			g.stream,
 		),
 		// Plaintext, plus the peer's uid on unix sockets (auth.go).
@@ -273,12 +261,4 @@ func deadlineUnary(d time.Duration) grpc.UnaryServerInterceptor {
 		defer cancel()
 		return handler(ctx, req)
 	}
-}
-
-// slogLogger adapts slog to the logging interceptor. Only the interceptor's
-// own fields are logged (method, code, duration); never payloads.
-func slogLogger(l *slog.Logger) logging.Logger {
-	return logging.LoggerFunc(func(ctx context.Context, lvl logging.Level, msg string, fields ...any) {
-		l.Log(ctx, slog.Level(lvl), msg, fields...)
-	})
 }
