@@ -54,7 +54,8 @@ type Options struct {
 // Store is a vault.Store on a bbolt file. It is safe for concurrent use:
 // reads run in parallel, writes are serialized by bbolt.
 type Store struct {
-	db *bbolt.DB
+	db   *bbolt.DB
+	path string
 
 	// The mapping's pages are released after so many operations
 	// (release.go).
@@ -73,13 +74,18 @@ var _ vault.Store = (*Store)(nil)
 // directory (mode 0700) if needed. Only one Store may have a file open at a
 // time: a second Open of the same file, from another process or this one,
 // fails after opts.LockTimeout with an error wrapping ErrLocked instead of
-// hanging.
+// hanging. An existing file that is empty is refused (ErrEmptyFile), not
+// initialised; a damaged one is refused with an error wrapping ErrDamaged
+// or bbolt's own, naming the file.
 func Open(path string, opts Options) (*Store, error) {
 	if opts.LockTimeout <= 0 {
 		opts.LockTimeout = DefaultLockTimeout
 	}
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("bolt: %w", err)
+	}
+	if err := checkNotEmpty(path); err != nil {
+		return nil, err
 	}
 	bo := *bbolt.DefaultOptions
 	bo.Timeout = opts.LockTimeout
@@ -93,22 +99,28 @@ func Open(path string, opts Options) (*Store, error) {
 	// file's pages.
 	bo.FreelistType = bbolt.FreelistMapType
 	bo.NoFreelistSync = true
-	db, err := bbolt.Open(path, 0o600, &bo)
+	db, err := openGuarded(path, &bo)
 	if errors.Is(err, bolterrors.ErrTimeout) {
 		return nil, fmt.Errorf("%w: %s (waited %v)", ErrLocked, path, opts.LockTimeout)
 	}
-	if err != nil {
-		return nil, fmt.Errorf("bolt: open %s: %w", path, err)
+	if errors.Is(err, ErrDamaged) {
+		return nil, err
 	}
-	created, err := ensureBucket(db)
+	if err != nil {
+		return nil, fmt.Errorf("bolt: open %s: %w (if the file is damaged: check it with 'bbolt check %s'; restore a backup)", path, err, path)
+	}
+	s := &Store{db: db, path: path}
+	created, err := s.ensureBucket()
 	if err != nil {
 		db.Close()
+		if errors.Is(err, ErrDamaged) {
+			return nil, err // names the file already
+		}
 		return nil, fmt.Errorf("bolt: open %s: %w", path, err)
 	}
-	s := &Store{db: db}
 	s.wrote.Store(created)
 	// A freelist rebuilt after a crash touched every page: let them go.
-	_ = db.View(func(tx *bbolt.Tx) error {
+	_ = s.guard("open", db.View, func(tx *bbolt.Tx) error {
 		s.release(tx)
 		return nil
 	})
@@ -117,15 +129,15 @@ func Open(path string, opts Options) (*Store, error) {
 
 // ensureBucket creates the bucket, writing only if it is missing, and
 // reports whether it wrote.
-func ensureBucket(db *bbolt.DB) (bool, error) {
+func (s *Store) ensureBucket() (bool, error) {
 	var exists bool
-	if err := db.View(func(tx *bbolt.Tx) error {
+	if err := s.guard("open", s.db.View, func(tx *bbolt.Tx) error {
 		exists = tx.Bucket(bucketName) != nil
 		return nil
 	}); err != nil || exists {
 		return false, err
 	}
-	return true, db.Update(func(tx *bbolt.Tx) error {
+	return true, s.guard("open", s.db.Update, func(tx *bbolt.Tx) error {
 		_, err := tx.CreateBucketIfNotExists(bucketName)
 		return err
 	})
@@ -150,7 +162,7 @@ func (s *Store) Get(ctx context.Context, key string) ([]byte, uint64, error) {
 		val []byte
 		rev uint64
 	)
-	err := s.db.View(func(tx *bbolt.Tx) error {
+	err := s.guard("get", s.db.View, func(tx *bbolt.Tx) error {
 		k := []byte(key)
 		v := tx.Bucket(bucketName).Get(k)
 		if v == nil {
@@ -191,7 +203,7 @@ func (s *Store) Apply(ctx context.Context, ops ...vault.Op) ([]uint64, error) {
 	if len(ops) == 0 {
 		return revs, nil
 	}
-	err := s.db.Update(func(tx *bbolt.Tx) error {
+	err := s.guard("apply", s.db.Update, func(tx *bbolt.Tx) error {
 		b := tx.Bucket(bucketName)
 		for _, op := range ops {
 			if op.IfRev < 0 {
@@ -283,7 +295,7 @@ func (s *Store) Take(ctx context.Context, key string) ([]byte, error) {
 		return nil, fmt.Errorf("bolt: take: %w", err)
 	}
 	var val []byte
-	err := s.db.Update(func(tx *bbolt.Tx) error {
+	err := s.guard("take", s.db.Update, func(tx *bbolt.Tx) error {
 		b := tx.Bucket(bucketName)
 		k := []byte(key)
 		v := b.Get(k)
@@ -317,8 +329,11 @@ func (s *Store) Scan(ctx context.Context, prefix, after string, fn func(key stri
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("bolt: scan: %w", err)
 	}
-	var fnErr error
-	err := s.db.View(func(tx *bbolt.Tx) error {
+	var (
+		fnErr   error
+		fnPanic any // fn's own panic, not bbolt's: raised again below
+	)
+	err := s.guard("scan", s.db.View, func(tx *bbolt.Tx) error {
 		c := tx.Bucket(bucketName).Cursor()
 		p := []byte(prefix)
 		var k, v []byte
@@ -349,7 +364,11 @@ func (s *Store) Scan(ctx context.Context, prefix, after string, fn func(key stri
 			// k and v point into the mmap: hand fn copies, which it may
 			// even write to.
 			buf = append(buf[:0], data...)
-			more, err := fn(string(k), buf, rev)
+			more, err, p := callScanFn(fn, string(k), buf, rev)
+			if p != nil {
+				fnPanic = p
+				return nil
+			}
 			if err != nil {
 				fnErr = err
 				return err
@@ -361,6 +380,9 @@ func (s *Store) Scan(ctx context.Context, prefix, after string, fn func(key stri
 		return nil
 	})
 	s.touched(1)
+	if fnPanic != nil {
+		panic(fnPanic)
+	}
 	if fnErr != nil {
 		return fnErr
 	}
@@ -368,6 +390,14 @@ func (s *Store) Scan(ctx context.Context, prefix, after string, fn func(key stri
 		return fmt.Errorf("bolt: scan: %w", err)
 	}
 	return nil
+}
+
+// callScanFn calls Scan's callback, returning its panic rather than
+// letting the transaction's guard take it for bbolt's.
+func callScanFn(fn func(string, []byte, uint64) (bool, error), k string, v []byte, rev uint64) (more bool, err error, p any) {
+	defer func() { p = recover() }()
+	more, err = fn(k, v, rev)
+	return more, err, nil
 }
 
 // Close closes the file and releases its lock. It is safe to call more than
@@ -382,7 +412,7 @@ func (s *Store) Close() error {
 		// Store that only read leaves the file as it found it.
 		var syncErr error
 		if s.wrote.Load() {
-			syncErr = s.db.Update(func(*bbolt.Tx) error {
+			syncErr = s.guard("close", s.db.Update, func(*bbolt.Tx) error {
 				s.db.NoFreelistSync = false
 				return nil
 			})

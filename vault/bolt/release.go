@@ -31,7 +31,7 @@ func (s *Store) touched(n int) {
 	}
 	defer s.releasing.Store(false)
 	s.ops.Store(0)
-	_ = s.db.View(func(tx *bbolt.Tx) error {
+	_ = s.guard("release", s.db.View, func(tx *bbolt.Tx) error {
 		s.release(tx)
 		return nil
 	})
