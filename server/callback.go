@@ -6,6 +6,8 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"sync"
+	"time"
 
 	"github.com/tokenvault/tokenvault/vault"
 )
@@ -16,6 +18,10 @@ type callbackHandler struct {
 	v     *vault.Vault
 	log   *slog.Logger
 	audit *vault.AuditLog // nil: not audited
+	// failures bounds what failed callbacks write to the log and the
+	// audit: a flood of forged ones is counted, not written one by one.
+	failures *failureBudget
+	now      func() time.Time
 }
 
 var pageTmpl = template.Must(template.New("page").Parse(`<!doctype html>
@@ -30,6 +36,13 @@ type page struct {
 }
 
 func (h *callbackHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet {
+		// A GET pattern also matches HEAD: a link checker or preview must
+		// not spend the state, or the code.
+		w.Header().Set("Allow", http.MethodGet)
+		render(w, http.StatusMethodNotAllowed, page{Title: "Method not allowed", Message: "Open this address in a browser."})
+		return
+	}
 	q := r.URL.Query()
 	provider := r.PathValue("provider")
 	res, err := h.v.CompleteConnect(r.Context(), provider, q.Get("state"), q.Get("code"), q.Get("error"))
@@ -59,6 +72,9 @@ func (h *callbackHandler) fail(w http.ResponseWriter, r *http.Request, res *vaul
 	case errors.Is(err, vault.ErrInvalidState):
 		reason = "invalid_state"
 		p = page{Title: "This link is no longer valid", Message: "The connection request is unknown, was already used, or expired. Start connecting again from the application."}
+	case errors.Is(err, vault.ErrInvalidArgument):
+		reason = "bad_request"
+		p = page{Title: "Connection failed", Message: "The service sent the browser back without an authorization. Start connecting again from the application."}
 	case errors.Is(err, vault.ErrConsentDenied):
 		reason = "access_denied"
 		p = page{Title: "Connection cancelled", Message: "The authorization was declined, so nothing was connected."}
@@ -83,9 +99,16 @@ func (h *callbackHandler) fail(w http.ResponseWriter, r *http.Request, res *vaul
 	if st >= 500 || errors.Is(err, vault.ErrMisconfigured) {
 		lvl = slog.LevelError
 	}
-	h.log.LogAttrs(r.Context(), lvl, "connect callback failed", attrs...)
-	h.recordFailure(r.PathValue("provider"), reason)
-	if res != nil && res.ReturnTo != "" && !errors.Is(err, vault.ErrInvalidState) {
+	if write, suppressed := h.failures.take(h.now()); write {
+		if suppressed > 0 {
+			h.log.LogAttrs(r.Context(), slog.LevelWarn, "connect callback failures not logged one by one",
+				slog.Int("count", suppressed), slog.Duration("window", failureWindow))
+			h.record("", "", "RESOURCE_EXHAUSTED", ReasonCallbackFailuresSuppressed)
+		}
+		h.log.LogAttrs(r.Context(), lvl, "connect callback failed", attrs...)
+		h.recordFailure(r.PathValue("provider"), reason)
+	}
+	if res != nil && res.ReturnTo != "" && !errors.Is(err, vault.ErrInvalidState) && !errors.Is(err, vault.ErrInvalidArgument) {
 		http.Redirect(w, r, withQuery(res.ReturnTo, "status", "error", "error", reason), http.StatusSeeOther)
 		return
 	}
@@ -132,6 +155,7 @@ func callbackReason(reconnected bool) string {
 // gRPC code name, as for calls) and reason.
 var callbackOutcomes = map[string][2]string{
 	"invalid_state":          {"INVALID_ARGUMENT", "INVALID_STATE"},
+	"bad_request":            {"INVALID_ARGUMENT", "BAD_CALLBACK"},
 	"access_denied":          {"PERMISSION_DENIED", "CONSENT_DENIED"},
 	"provider_misconfigured": {"FAILED_PRECONDITION", ReasonProviderMisconfigured},
 	"provider_unavailable":   {"UNAVAILABLE", ReasonProviderUnavailable},
@@ -157,4 +181,54 @@ func (h *callbackHandler) recordFailure(provider, reason string) {
 		o = [2]string{"INTERNAL", ReasonInternal}
 	}
 	h.record("", provider, o[0], o[1])
+}
+
+// ReasonCallbackFailuresSuppressed is the audit reason of the record that
+// stands for the failed callbacks of a window past the first
+// failuresPerWindow; the log line beside it gives their count.
+const ReasonCallbackFailuresSuppressed = "CALLBACK_FAILURES_SUPPRESSED"
+
+const (
+	failureWindow     = time.Minute
+	failuresPerWindow = 20
+)
+
+// failureBudget lets the first failuresPerWindow failed callbacks of each
+// window be logged and audited one by one and counts the rest. The count
+// of a window is reported (one log line, one audit record) with the next
+// failure written after it. A nil *failureBudget writes everything.
+type failureBudget struct {
+	mu         sync.Mutex
+	start      time.Time
+	written    int
+	suppressed int
+	total      uint64
+}
+
+// take counts one failure and reports whether to write it, and how many
+// failures went unwritten since the last one written.
+func (b *failureBudget) take(now time.Time) (write bool, suppressed int) {
+	if b == nil {
+		return true, 0
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.total++
+	if now.Sub(b.start) >= failureWindow {
+		b.start, b.written = now, 0
+	}
+	if b.written >= failuresPerWindow {
+		b.suppressed++
+		return false, 0
+	}
+	b.written++
+	suppressed, b.suppressed = b.suppressed, 0
+	return true, suppressed
+}
+
+// Total returns how many failed callbacks were counted.
+func (b *failureBudget) Total() uint64 {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.total
 }

@@ -25,6 +25,7 @@ import (
 //	tokenvault_audit_dropped_total                        audit records lost (buffer full or store failing)
 //	tokenvault_audit_written_total                        audit records written
 //	tokenvault_auth_failures_total{reason}                calls refused: UNAUTHENTICATED, PERMISSION_DENIED, RATE_LIMITED
+//	tokenvault_callback_failures_total                    OAuth callbacks that failed, each counted (server.go)
 //
 // plus the Go runtime's and the process's collectors. Other parts of the
 // sidecar add theirs with Register: webhook delivery is expected as

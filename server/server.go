@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/health"
@@ -172,7 +173,15 @@ func New(cfg Config) *Server {
 	}
 
 	mux := http.NewServeMux()
-	cb := &callbackHandler{v: cfg.Vault, log: s.log, audit: cfg.Audit}
+	cb := &callbackHandler{v: cfg.Vault, log: s.log, audit: cfg.Audit, failures: &failureBudget{}, now: cfg.Now}
+	if cfg.Metrics != nil {
+		if err := cfg.Metrics.Register(prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "tokenvault_callback_failures_total",
+			Help: "OAuth callbacks that failed (forged or spent state, denied consent, provider errors), all counted even when not logged one by one.",
+		}, func() float64 { return float64(cb.failures.Total()) })); err != nil {
+			s.log.Warn("callback metrics not registered", slog.String("err", err.Error()))
+		}
+	}
 	mux.Handle("GET /oauth/callback/{provider}", cb)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
