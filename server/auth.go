@@ -452,9 +452,20 @@ func (g *gate) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, h
 		return nil, err // before the provider limit and the audit: nothing of it is kept
 	}
 	var connID, provider string
+	var note *callNote
 	switch r.scope {
 	case scopeConnection:
-		if cr, ok := req.(connectionRequest); ok {
+		if sr, ok := req.(selectable); ok && sr.GetConnectionId() == "" && sr.GetSelector() != nil {
+			// The handler resolves the selector (selector.go); the
+			// provider it names is the only one it can resolve to.
+			if !c.AllowsProvider(sr.GetSelector().GetProvider()) {
+				g.metrics.authFailure(failDenied)
+				g.finish(r, c, info.FullMethod, "", "", errHiddenConnection)
+				return nil, errHiddenConnection
+			}
+			note = &callNote{}
+			ctx = context.WithValue(ctx, callNoteKey{}, note)
+		} else if cr, ok := req.(connectionRequest); ok {
 			connID = cr.GetConnectionId()
 			if p, found := g.providerOf(connID); found {
 				provider = p
@@ -479,8 +490,26 @@ func (g *gate) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, h
 		}
 	}
 	resp, err := handler(context.WithValue(ctx, callerKey{}, c), req)
+	if note != nil && note.connID != "" {
+		connID = note.connID
+		provider, _ = g.providerOf(connID)
+	}
 	g.finish(r, c, info.FullMethod, connID, provider, err)
 	return resp, err
+}
+
+// callNote is what a handler tells the gate about its call: the connection
+// a selector resolved to, for the audit record and the token-read metric.
+// The gate puts one in the context only of calls that need it.
+type callNote struct{ connID string }
+
+type callNoteKey struct{}
+
+// noteConnection tells the gate that the call concerns connection id.
+func noteConnection(ctx context.Context, id string) {
+	if n, ok := ctx.Value(callNoteKey{}).(*callNote); ok {
+		n.connID = id
+	}
 }
 
 func (g *gate) providerOf(id string) (string, bool) {

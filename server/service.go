@@ -22,9 +22,6 @@ type tokenService struct {
 }
 
 func (s *tokenService) GetAccessToken(ctx context.Context, req *tvv1.GetAccessTokenRequest) (*tvv1.GetAccessTokenResponse, error) {
-	if req.GetConnectionId() == "" {
-		return nil, invalidArgument("connection_id is required")
-	}
 	var minValid time.Duration
 	if d := req.GetMinValidFor(); d != nil {
 		// The validation table refused anything out of range before the
@@ -34,7 +31,11 @@ func (s *tokenService) GetAccessToken(ctx context.Context, req *tvv1.GetAccessTo
 		}
 		minValid = d.AsDuration()
 	}
-	tok, info, err := s.v.AccessToken(ctx, req.GetConnectionId(), req.GetCredential(), minValid, req.GetForceRefresh())
+	id, err := s.connectionID(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	tok, info, err := s.v.AccessToken(ctx, id, req.GetCredential(), minValid, req.GetForceRefresh())
 	if err != nil {
 		return nil, toStatus(err)
 	}
@@ -72,10 +73,11 @@ func (s *tokenService) StartConnect(ctx context.Context, req *tvv1.StartConnectR
 }
 
 func (s *tokenService) GetConnection(ctx context.Context, req *tvv1.GetConnectionRequest) (*tvv1.GetConnectionResponse, error) {
-	if req.GetConnectionId() == "" {
-		return nil, invalidArgument("connection_id is required")
+	id, err := s.connectionID(ctx, req)
+	if err != nil {
+		return nil, err
 	}
-	c, err := s.v.Get(ctx, req.GetConnectionId())
+	c, err := s.v.Get(ctx, id)
 	if err != nil {
 		return nil, toStatus(err)
 	}

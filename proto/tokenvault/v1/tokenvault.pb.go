@@ -20,7 +20,9 @@
 //                            the provider (FAILED_PRECONDITION); an operator
 //                            must act, the user's grant is not blamed
 //   UNKNOWN_PROVIDER         the named provider is not configured (NOT_FOUND)
-//   INVALID_ARGUMENT         the request is malformed (INVALID_ARGUMENT)
+//   INVALID_ARGUMENT         the request is malformed (INVALID_ARGUMENT);
+//                            also a ConnectionSelector that matches several
+//                            connections (metadata "connections": how many)
 //   RETURN_TO_NOT_ALLOWED    return_to is not on the allowlist
 //                            (INVALID_ARGUMENT)
 //   CONFLICT                 the record changed concurrently (ABORTED); retry
@@ -329,9 +331,87 @@ func (x *Connection) GetCredentials() []string {
 	return nil
 }
 
+// ConnectionSelector names a connection by its owner and provider instead
+// of its id. Exactly one connection must match: an owner with several
+// connections to the provider (labels, tenants) must say which. Revoked
+// connections match only when nothing else does.
+type ConnectionSelector struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The application's id for the end user. Required.
+	Owner string `protobuf:"bytes,1,opt,name=owner,proto3" json:"owner,omitempty"`
+	// The provider's configured name. Required.
+	Provider string `protobuf:"bytes,2,opt,name=provider,proto3" json:"provider,omitempty"`
+	// Optional; required when the owner has several connections to the
+	// provider.
+	Label string `protobuf:"bytes,3,opt,name=label,proto3" json:"label,omitempty"`
+	// Optional; empty matches every tenant.
+	Tenant        string `protobuf:"bytes,4,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ConnectionSelector) Reset() {
+	*x = ConnectionSelector{}
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConnectionSelector) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConnectionSelector) ProtoMessage() {}
+
+func (x *ConnectionSelector) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConnectionSelector.ProtoReflect.Descriptor instead.
+func (*ConnectionSelector) Descriptor() ([]byte, []int) {
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *ConnectionSelector) GetOwner() string {
+	if x != nil {
+		return x.Owner
+	}
+	return ""
+}
+
+func (x *ConnectionSelector) GetProvider() string {
+	if x != nil {
+		return x.Provider
+	}
+	return ""
+}
+
+func (x *ConnectionSelector) GetLabel() string {
+	if x != nil {
+		return x.Label
+	}
+	return ""
+}
+
+func (x *ConnectionSelector) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
 type GetAccessTokenRequest struct {
-	state        protoimpl.MessageState `protogen:"open.v1"`
-	ConnectionId string                 `protobuf:"bytes,1,opt,name=connection_id,json=connectionId,proto3" json:"connection_id,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The connection, by id; or set selector instead, never both.
+	ConnectionId string `protobuf:"bytes,1,opt,name=connection_id,json=connectionId,proto3" json:"connection_id,omitempty"`
 	// The token returned stays valid at least this long. Default 5 minutes,
 	// at most 1 hour.
 	MinValidFor *durationpb.Duration `protobuf:"bytes,2,opt,name=min_valid_for,json=minValidFor,proto3" json:"min_valid_for,omitempty"`
@@ -340,14 +420,17 @@ type GetAccessTokenRequest struct {
 	ForceRefresh bool `protobuf:"varint,3,opt,name=force_refresh,json=forceRefresh,proto3" json:"force_refresh,omitempty"`
 	// Which credential of the connection; "" is the primary one (Slack: the bot
 	// token, or the user token for a user-only install). Slack: "user".
-	Credential    string `protobuf:"bytes,4,opt,name=credential,proto3" json:"credential,omitempty"`
+	Credential string `protobuf:"bytes,4,opt,name=credential,proto3" json:"credential,omitempty"`
+	// The connection, by owner and provider; or set connection_id instead,
+	// never both.
+	Selector      *ConnectionSelector `protobuf:"bytes,5,opt,name=selector,proto3" json:"selector,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GetAccessTokenRequest) Reset() {
 	*x = GetAccessTokenRequest{}
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[1]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -359,7 +442,7 @@ func (x *GetAccessTokenRequest) String() string {
 func (*GetAccessTokenRequest) ProtoMessage() {}
 
 func (x *GetAccessTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[1]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -372,7 +455,7 @@ func (x *GetAccessTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetAccessTokenRequest.ProtoReflect.Descriptor instead.
 func (*GetAccessTokenRequest) Descriptor() ([]byte, []int) {
-	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{1}
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *GetAccessTokenRequest) GetConnectionId() string {
@@ -403,6 +486,13 @@ func (x *GetAccessTokenRequest) GetCredential() string {
 	return ""
 }
 
+func (x *GetAccessTokenRequest) GetSelector() *ConnectionSelector {
+	if x != nil {
+		return x.Selector
+	}
+	return nil
+}
+
 type GetAccessTokenResponse struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
 	AccessToken string                 `protobuf:"bytes,1,opt,name=access_token,json=accessToken,proto3" json:"access_token,omitempty"`
@@ -423,7 +513,7 @@ type GetAccessTokenResponse struct {
 
 func (x *GetAccessTokenResponse) Reset() {
 	*x = GetAccessTokenResponse{}
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[2]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -435,7 +525,7 @@ func (x *GetAccessTokenResponse) String() string {
 func (*GetAccessTokenResponse) ProtoMessage() {}
 
 func (x *GetAccessTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[2]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -448,7 +538,7 @@ func (x *GetAccessTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetAccessTokenResponse.ProtoReflect.Descriptor instead.
 func (*GetAccessTokenResponse) Descriptor() ([]byte, []int) {
-	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{2}
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *GetAccessTokenResponse) GetAccessToken() string {
@@ -527,7 +617,7 @@ type StartConnectRequest struct {
 
 func (x *StartConnectRequest) Reset() {
 	*x = StartConnectRequest{}
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[3]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -539,7 +629,7 @@ func (x *StartConnectRequest) String() string {
 func (*StartConnectRequest) ProtoMessage() {}
 
 func (x *StartConnectRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[3]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -552,7 +642,7 @@ func (x *StartConnectRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartConnectRequest.ProtoReflect.Descriptor instead.
 func (*StartConnectRequest) Descriptor() ([]byte, []int) {
-	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{3}
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *StartConnectRequest) GetOwner() string {
@@ -622,7 +712,7 @@ type StartConnectResponse struct {
 
 func (x *StartConnectResponse) Reset() {
 	*x = StartConnectResponse{}
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[4]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -634,7 +724,7 @@ func (x *StartConnectResponse) String() string {
 func (*StartConnectResponse) ProtoMessage() {}
 
 func (x *StartConnectResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[4]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -647,7 +737,7 @@ func (x *StartConnectResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartConnectResponse.ProtoReflect.Descriptor instead.
 func (*StartConnectResponse) Descriptor() ([]byte, []int) {
-	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{4}
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *StartConnectResponse) GetAuthorizationUrl() string {
@@ -665,15 +755,19 @@ func (x *StartConnectResponse) GetExpireTime() *timestamppb.Timestamp {
 }
 
 type GetConnectionRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	ConnectionId  string                 `protobuf:"bytes,1,opt,name=connection_id,json=connectionId,proto3" json:"connection_id,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The connection, by id; or set selector instead, never both.
+	ConnectionId string `protobuf:"bytes,1,opt,name=connection_id,json=connectionId,proto3" json:"connection_id,omitempty"`
+	// The connection, by owner and provider; or set connection_id instead,
+	// never both.
+	Selector      *ConnectionSelector `protobuf:"bytes,2,opt,name=selector,proto3" json:"selector,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GetConnectionRequest) Reset() {
 	*x = GetConnectionRequest{}
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[5]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -685,7 +779,7 @@ func (x *GetConnectionRequest) String() string {
 func (*GetConnectionRequest) ProtoMessage() {}
 
 func (x *GetConnectionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[5]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -698,7 +792,7 @@ func (x *GetConnectionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetConnectionRequest.ProtoReflect.Descriptor instead.
 func (*GetConnectionRequest) Descriptor() ([]byte, []int) {
-	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{5}
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *GetConnectionRequest) GetConnectionId() string {
@@ -706,6 +800,13 @@ func (x *GetConnectionRequest) GetConnectionId() string {
 		return x.ConnectionId
 	}
 	return ""
+}
+
+func (x *GetConnectionRequest) GetSelector() *ConnectionSelector {
+	if x != nil {
+		return x.Selector
+	}
+	return nil
 }
 
 type GetConnectionResponse struct {
@@ -717,7 +818,7 @@ type GetConnectionResponse struct {
 
 func (x *GetConnectionResponse) Reset() {
 	*x = GetConnectionResponse{}
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[6]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -729,7 +830,7 @@ func (x *GetConnectionResponse) String() string {
 func (*GetConnectionResponse) ProtoMessage() {}
 
 func (x *GetConnectionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[6]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -742,7 +843,7 @@ func (x *GetConnectionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetConnectionResponse.ProtoReflect.Descriptor instead.
 func (*GetConnectionResponse) Descriptor() ([]byte, []int) {
-	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{6}
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *GetConnectionResponse) GetConnection() *Connection {
@@ -768,7 +869,7 @@ type ListConnectionsRequest struct {
 
 func (x *ListConnectionsRequest) Reset() {
 	*x = ListConnectionsRequest{}
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[7]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -780,7 +881,7 @@ func (x *ListConnectionsRequest) String() string {
 func (*ListConnectionsRequest) ProtoMessage() {}
 
 func (x *ListConnectionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[7]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -793,7 +894,7 @@ func (x *ListConnectionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListConnectionsRequest.ProtoReflect.Descriptor instead.
 func (*ListConnectionsRequest) Descriptor() ([]byte, []int) {
-	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{7}
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ListConnectionsRequest) GetOwner() string {
@@ -849,7 +950,7 @@ type ListConnectionsResponse struct {
 
 func (x *ListConnectionsResponse) Reset() {
 	*x = ListConnectionsResponse{}
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[8]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -861,7 +962,7 @@ func (x *ListConnectionsResponse) String() string {
 func (*ListConnectionsResponse) ProtoMessage() {}
 
 func (x *ListConnectionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[8]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -874,7 +975,7 @@ func (x *ListConnectionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListConnectionsResponse.ProtoReflect.Descriptor instead.
 func (*ListConnectionsResponse) Descriptor() ([]byte, []int) {
-	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{8}
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ListConnectionsResponse) GetConnections() []*Connection {
@@ -902,7 +1003,7 @@ type RevokeConnectionRequest struct {
 
 func (x *RevokeConnectionRequest) Reset() {
 	*x = RevokeConnectionRequest{}
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[9]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -914,7 +1015,7 @@ func (x *RevokeConnectionRequest) String() string {
 func (*RevokeConnectionRequest) ProtoMessage() {}
 
 func (x *RevokeConnectionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[9]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -927,7 +1028,7 @@ func (x *RevokeConnectionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeConnectionRequest.ProtoReflect.Descriptor instead.
 func (*RevokeConnectionRequest) Descriptor() ([]byte, []int) {
-	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{9}
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *RevokeConnectionRequest) GetConnectionId() string {
@@ -958,7 +1059,7 @@ type RevokeConnectionResponse struct {
 
 func (x *RevokeConnectionResponse) Reset() {
 	*x = RevokeConnectionResponse{}
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[10]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -970,7 +1071,7 @@ func (x *RevokeConnectionResponse) String() string {
 func (*RevokeConnectionResponse) ProtoMessage() {}
 
 func (x *RevokeConnectionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[10]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -983,7 +1084,7 @@ func (x *RevokeConnectionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeConnectionResponse.ProtoReflect.Descriptor instead.
 func (*RevokeConnectionResponse) Descriptor() ([]byte, []int) {
-	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{10}
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *RevokeConnectionResponse) GetConnection() *Connection {
@@ -1016,7 +1117,7 @@ type ValidateConnectionRequest struct {
 
 func (x *ValidateConnectionRequest) Reset() {
 	*x = ValidateConnectionRequest{}
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[11]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1028,7 +1129,7 @@ func (x *ValidateConnectionRequest) String() string {
 func (*ValidateConnectionRequest) ProtoMessage() {}
 
 func (x *ValidateConnectionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[11]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1041,7 +1142,7 @@ func (x *ValidateConnectionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ValidateConnectionRequest.ProtoReflect.Descriptor instead.
 func (*ValidateConnectionRequest) Descriptor() ([]byte, []int) {
-	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{11}
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ValidateConnectionRequest) GetConnectionId() string {
@@ -1063,7 +1164,7 @@ type ValidateConnectionResponse struct {
 
 func (x *ValidateConnectionResponse) Reset() {
 	*x = ValidateConnectionResponse{}
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[12]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1075,7 +1176,7 @@ func (x *ValidateConnectionResponse) String() string {
 func (*ValidateConnectionResponse) ProtoMessage() {}
 
 func (x *ValidateConnectionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[12]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1088,7 +1189,7 @@ func (x *ValidateConnectionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ValidateConnectionResponse.ProtoReflect.Descriptor instead.
 func (*ValidateConnectionResponse) Descriptor() ([]byte, []int) {
-	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{12}
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ValidateConnectionResponse) GetConnection() *Connection {
@@ -1113,7 +1214,7 @@ type ListProvidersRequest struct {
 
 func (x *ListProvidersRequest) Reset() {
 	*x = ListProvidersRequest{}
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[13]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1125,7 +1226,7 @@ func (x *ListProvidersRequest) String() string {
 func (*ListProvidersRequest) ProtoMessage() {}
 
 func (x *ListProvidersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[13]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1138,7 +1239,7 @@ func (x *ListProvidersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListProvidersRequest.ProtoReflect.Descriptor instead.
 func (*ListProvidersRequest) Descriptor() ([]byte, []int) {
-	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{13}
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{14}
 }
 
 type ListProvidersResponse struct {
@@ -1150,7 +1251,7 @@ type ListProvidersResponse struct {
 
 func (x *ListProvidersResponse) Reset() {
 	*x = ListProvidersResponse{}
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[14]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1162,7 +1263,7 @@ func (x *ListProvidersResponse) String() string {
 func (*ListProvidersResponse) ProtoMessage() {}
 
 func (x *ListProvidersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[14]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1175,7 +1276,7 @@ func (x *ListProvidersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListProvidersResponse.ProtoReflect.Descriptor instead.
 func (*ListProvidersResponse) Descriptor() ([]byte, []int) {
-	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{14}
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ListProvidersResponse) GetProviders() []*Provider {
@@ -1208,7 +1309,7 @@ type Provider struct {
 
 func (x *Provider) Reset() {
 	*x = Provider{}
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[15]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1220,7 +1321,7 @@ func (x *Provider) String() string {
 func (*Provider) ProtoMessage() {}
 
 func (x *Provider) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[15]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1233,7 +1334,7 @@ func (x *Provider) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Provider.ProtoReflect.Descriptor instead.
 func (*Provider) Descriptor() ([]byte, []int) {
-	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{15}
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Provider) GetName() string {
@@ -1314,7 +1415,7 @@ type RotateKeysRequest struct {
 
 func (x *RotateKeysRequest) Reset() {
 	*x = RotateKeysRequest{}
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[16]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1326,7 +1427,7 @@ func (x *RotateKeysRequest) String() string {
 func (*RotateKeysRequest) ProtoMessage() {}
 
 func (x *RotateKeysRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[16]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1339,7 +1440,7 @@ func (x *RotateKeysRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateKeysRequest.ProtoReflect.Descriptor instead.
 func (*RotateKeysRequest) Descriptor() ([]byte, []int) {
-	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{16}
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{17}
 }
 
 type RotateKeysResponse struct {
@@ -1354,7 +1455,7 @@ type RotateKeysResponse struct {
 
 func (x *RotateKeysResponse) Reset() {
 	*x = RotateKeysResponse{}
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[17]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1366,7 +1467,7 @@ func (x *RotateKeysResponse) String() string {
 func (*RotateKeysResponse) ProtoMessage() {}
 
 func (x *RotateKeysResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[17]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1379,7 +1480,7 @@ func (x *RotateKeysResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateKeysResponse.ProtoReflect.Descriptor instead.
 func (*RotateKeysResponse) Descriptor() ([]byte, []int) {
-	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{17}
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *RotateKeysResponse) GetTerm() uint32 {
@@ -1419,7 +1520,7 @@ type Event struct {
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[18]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1431,7 +1532,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[18]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1444,7 +1545,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{18}
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Event) GetEventId() string {
@@ -1507,7 +1608,7 @@ type WatchEventsRequest struct {
 
 func (x *WatchEventsRequest) Reset() {
 	*x = WatchEventsRequest{}
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[19]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1519,7 +1620,7 @@ func (x *WatchEventsRequest) String() string {
 func (*WatchEventsRequest) ProtoMessage() {}
 
 func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[19]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1532,7 +1633,7 @@ func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEventsRequest.ProtoReflect.Descriptor instead.
 func (*WatchEventsRequest) Descriptor() ([]byte, []int) {
-	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{19}
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *WatchEventsRequest) GetAfterSequence() uint64 {
@@ -1558,7 +1659,7 @@ type WatchEventsResponse struct {
 
 func (x *WatchEventsResponse) Reset() {
 	*x = WatchEventsResponse{}
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[20]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1570,7 +1671,7 @@ func (x *WatchEventsResponse) String() string {
 func (*WatchEventsResponse) ProtoMessage() {}
 
 func (x *WatchEventsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[20]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1583,7 +1684,7 @@ func (x *WatchEventsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEventsResponse.ProtoReflect.Descriptor instead.
 func (*WatchEventsResponse) Descriptor() ([]byte, []int) {
-	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{20}
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *WatchEventsResponse) GetEvent() *Event {
@@ -1617,7 +1718,7 @@ type AuditEvent struct {
 
 func (x *AuditEvent) Reset() {
 	*x = AuditEvent{}
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[21]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1629,7 +1730,7 @@ func (x *AuditEvent) String() string {
 func (*AuditEvent) ProtoMessage() {}
 
 func (x *AuditEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[21]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1642,7 +1743,7 @@ func (x *AuditEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditEvent.ProtoReflect.Descriptor instead.
 func (*AuditEvent) Descriptor() ([]byte, []int) {
-	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{21}
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *AuditEvent) GetAuditId() string {
@@ -1723,7 +1824,7 @@ type ListAuditEventsRequest struct {
 
 func (x *ListAuditEventsRequest) Reset() {
 	*x = ListAuditEventsRequest{}
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[22]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1735,7 +1836,7 @@ func (x *ListAuditEventsRequest) String() string {
 func (*ListAuditEventsRequest) ProtoMessage() {}
 
 func (x *ListAuditEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[22]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1748,7 +1849,7 @@ func (x *ListAuditEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAuditEventsRequest.ProtoReflect.Descriptor instead.
 func (*ListAuditEventsRequest) Descriptor() ([]byte, []int) {
-	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{22}
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ListAuditEventsRequest) GetConnectionId() string {
@@ -1796,7 +1897,7 @@ type ListAuditEventsResponse struct {
 
 func (x *ListAuditEventsResponse) Reset() {
 	*x = ListAuditEventsResponse{}
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[23]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1808,7 +1909,7 @@ func (x *ListAuditEventsResponse) String() string {
 func (*ListAuditEventsResponse) ProtoMessage() {}
 
 func (x *ListAuditEventsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[23]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1821,7 +1922,7 @@ func (x *ListAuditEventsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAuditEventsResponse.ProtoReflect.Descriptor instead.
 func (*ListAuditEventsResponse) Descriptor() ([]byte, []int) {
-	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{23}
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ListAuditEventsResponse) GetEvents() []*AuditEvent {
@@ -1873,14 +1974,20 @@ const file_tokenvault_v1_tokenvault_proto_rawDesc = "" +
 	"\vcredentials\x18\x15 \x03(\tR\vcredentials\x1a;\n" +
 	"\rMetadataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xc0\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"t\n" +
+	"\x12ConnectionSelector\x12\x14\n" +
+	"\x05owner\x18\x01 \x01(\tR\x05owner\x12\x1a\n" +
+	"\bprovider\x18\x02 \x01(\tR\bprovider\x12\x14\n" +
+	"\x05label\x18\x03 \x01(\tR\x05label\x12\x16\n" +
+	"\x06tenant\x18\x04 \x01(\tR\x06tenant\"\xff\x01\n" +
 	"\x15GetAccessTokenRequest\x12#\n" +
 	"\rconnection_id\x18\x01 \x01(\tR\fconnectionId\x12=\n" +
 	"\rmin_valid_for\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\vminValidFor\x12#\n" +
 	"\rforce_refresh\x18\x03 \x01(\bR\fforceRefresh\x12\x1e\n" +
 	"\n" +
 	"credential\x18\x04 \x01(\tR\n" +
-	"credential\"\xb4\x03\n" +
+	"credential\x12=\n" +
+	"\bselector\x18\x05 \x01(\v2!.tokenvault.v1.ConnectionSelectorR\bselector\"\xb4\x03\n" +
 	"\x16GetAccessTokenResponse\x12!\n" +
 	"\faccess_token\x18\x01 \x01(\tR\vaccessToken\x12\x1d\n" +
 	"\n" +
@@ -1910,9 +2017,10 @@ const file_tokenvault_v1_tokenvault_proto_rawDesc = "" +
 	"\x14StartConnectResponse\x12+\n" +
 	"\x11authorization_url\x18\x01 \x01(\tR\x10authorizationUrl\x12;\n" +
 	"\vexpire_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"expireTime\";\n" +
+	"expireTime\"z\n" +
 	"\x14GetConnectionRequest\x12#\n" +
-	"\rconnection_id\x18\x01 \x01(\tR\fconnectionId\"R\n" +
+	"\rconnection_id\x18\x01 \x01(\tR\fconnectionId\x12=\n" +
+	"\bselector\x18\x02 \x01(\v2!.tokenvault.v1.ConnectionSelectorR\bselector\"R\n" +
 	"\x15GetConnectionResponse\x129\n" +
 	"\n" +
 	"connection\x18\x01 \x01(\v2\x19.tokenvault.v1.ConnectionR\n" +
@@ -2031,89 +2139,92 @@ func file_tokenvault_v1_tokenvault_proto_rawDescGZIP() []byte {
 }
 
 var file_tokenvault_v1_tokenvault_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_tokenvault_v1_tokenvault_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
+var file_tokenvault_v1_tokenvault_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
 var file_tokenvault_v1_tokenvault_proto_goTypes = []any{
 	(ConnectionStatus)(0),              // 0: tokenvault.v1.ConnectionStatus
 	(*Connection)(nil),                 // 1: tokenvault.v1.Connection
-	(*GetAccessTokenRequest)(nil),      // 2: tokenvault.v1.GetAccessTokenRequest
-	(*GetAccessTokenResponse)(nil),     // 3: tokenvault.v1.GetAccessTokenResponse
-	(*StartConnectRequest)(nil),        // 4: tokenvault.v1.StartConnectRequest
-	(*StartConnectResponse)(nil),       // 5: tokenvault.v1.StartConnectResponse
-	(*GetConnectionRequest)(nil),       // 6: tokenvault.v1.GetConnectionRequest
-	(*GetConnectionResponse)(nil),      // 7: tokenvault.v1.GetConnectionResponse
-	(*ListConnectionsRequest)(nil),     // 8: tokenvault.v1.ListConnectionsRequest
-	(*ListConnectionsResponse)(nil),    // 9: tokenvault.v1.ListConnectionsResponse
-	(*RevokeConnectionRequest)(nil),    // 10: tokenvault.v1.RevokeConnectionRequest
-	(*RevokeConnectionResponse)(nil),   // 11: tokenvault.v1.RevokeConnectionResponse
-	(*ValidateConnectionRequest)(nil),  // 12: tokenvault.v1.ValidateConnectionRequest
-	(*ValidateConnectionResponse)(nil), // 13: tokenvault.v1.ValidateConnectionResponse
-	(*ListProvidersRequest)(nil),       // 14: tokenvault.v1.ListProvidersRequest
-	(*ListProvidersResponse)(nil),      // 15: tokenvault.v1.ListProvidersResponse
-	(*Provider)(nil),                   // 16: tokenvault.v1.Provider
-	(*RotateKeysRequest)(nil),          // 17: tokenvault.v1.RotateKeysRequest
-	(*RotateKeysResponse)(nil),         // 18: tokenvault.v1.RotateKeysResponse
-	(*Event)(nil),                      // 19: tokenvault.v1.Event
-	(*WatchEventsRequest)(nil),         // 20: tokenvault.v1.WatchEventsRequest
-	(*WatchEventsResponse)(nil),        // 21: tokenvault.v1.WatchEventsResponse
-	(*AuditEvent)(nil),                 // 22: tokenvault.v1.AuditEvent
-	(*ListAuditEventsRequest)(nil),     // 23: tokenvault.v1.ListAuditEventsRequest
-	(*ListAuditEventsResponse)(nil),    // 24: tokenvault.v1.ListAuditEventsResponse
-	nil,                                // 25: tokenvault.v1.Connection.MetadataEntry
-	nil,                                // 26: tokenvault.v1.GetAccessTokenResponse.MetadataEntry
-	nil,                                // 27: tokenvault.v1.StartConnectRequest.OptionsEntry
-	(*timestamppb.Timestamp)(nil),      // 28: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),        // 29: google.protobuf.Duration
+	(*ConnectionSelector)(nil),         // 2: tokenvault.v1.ConnectionSelector
+	(*GetAccessTokenRequest)(nil),      // 3: tokenvault.v1.GetAccessTokenRequest
+	(*GetAccessTokenResponse)(nil),     // 4: tokenvault.v1.GetAccessTokenResponse
+	(*StartConnectRequest)(nil),        // 5: tokenvault.v1.StartConnectRequest
+	(*StartConnectResponse)(nil),       // 6: tokenvault.v1.StartConnectResponse
+	(*GetConnectionRequest)(nil),       // 7: tokenvault.v1.GetConnectionRequest
+	(*GetConnectionResponse)(nil),      // 8: tokenvault.v1.GetConnectionResponse
+	(*ListConnectionsRequest)(nil),     // 9: tokenvault.v1.ListConnectionsRequest
+	(*ListConnectionsResponse)(nil),    // 10: tokenvault.v1.ListConnectionsResponse
+	(*RevokeConnectionRequest)(nil),    // 11: tokenvault.v1.RevokeConnectionRequest
+	(*RevokeConnectionResponse)(nil),   // 12: tokenvault.v1.RevokeConnectionResponse
+	(*ValidateConnectionRequest)(nil),  // 13: tokenvault.v1.ValidateConnectionRequest
+	(*ValidateConnectionResponse)(nil), // 14: tokenvault.v1.ValidateConnectionResponse
+	(*ListProvidersRequest)(nil),       // 15: tokenvault.v1.ListProvidersRequest
+	(*ListProvidersResponse)(nil),      // 16: tokenvault.v1.ListProvidersResponse
+	(*Provider)(nil),                   // 17: tokenvault.v1.Provider
+	(*RotateKeysRequest)(nil),          // 18: tokenvault.v1.RotateKeysRequest
+	(*RotateKeysResponse)(nil),         // 19: tokenvault.v1.RotateKeysResponse
+	(*Event)(nil),                      // 20: tokenvault.v1.Event
+	(*WatchEventsRequest)(nil),         // 21: tokenvault.v1.WatchEventsRequest
+	(*WatchEventsResponse)(nil),        // 22: tokenvault.v1.WatchEventsResponse
+	(*AuditEvent)(nil),                 // 23: tokenvault.v1.AuditEvent
+	(*ListAuditEventsRequest)(nil),     // 24: tokenvault.v1.ListAuditEventsRequest
+	(*ListAuditEventsResponse)(nil),    // 25: tokenvault.v1.ListAuditEventsResponse
+	nil,                                // 26: tokenvault.v1.Connection.MetadataEntry
+	nil,                                // 27: tokenvault.v1.GetAccessTokenResponse.MetadataEntry
+	nil,                                // 28: tokenvault.v1.StartConnectRequest.OptionsEntry
+	(*timestamppb.Timestamp)(nil),      // 29: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),        // 30: google.protobuf.Duration
 }
 var file_tokenvault_v1_tokenvault_proto_depIdxs = []int32{
 	0,  // 0: tokenvault.v1.Connection.status:type_name -> tokenvault.v1.ConnectionStatus
-	25, // 1: tokenvault.v1.Connection.metadata:type_name -> tokenvault.v1.Connection.MetadataEntry
-	28, // 2: tokenvault.v1.Connection.create_time:type_name -> google.protobuf.Timestamp
-	28, // 3: tokenvault.v1.Connection.update_time:type_name -> google.protobuf.Timestamp
-	28, // 4: tokenvault.v1.Connection.last_refresh_time:type_name -> google.protobuf.Timestamp
-	28, // 5: tokenvault.v1.Connection.last_used_time:type_name -> google.protobuf.Timestamp
-	28, // 6: tokenvault.v1.Connection.last_validated_time:type_name -> google.protobuf.Timestamp
-	28, // 7: tokenvault.v1.Connection.token_expire_time:type_name -> google.protobuf.Timestamp
-	29, // 8: tokenvault.v1.GetAccessTokenRequest.min_valid_for:type_name -> google.protobuf.Duration
-	28, // 9: tokenvault.v1.GetAccessTokenResponse.expire_time:type_name -> google.protobuf.Timestamp
-	26, // 10: tokenvault.v1.GetAccessTokenResponse.metadata:type_name -> tokenvault.v1.GetAccessTokenResponse.MetadataEntry
-	27, // 11: tokenvault.v1.StartConnectRequest.options:type_name -> tokenvault.v1.StartConnectRequest.OptionsEntry
-	28, // 12: tokenvault.v1.StartConnectResponse.expire_time:type_name -> google.protobuf.Timestamp
-	1,  // 13: tokenvault.v1.GetConnectionResponse.connection:type_name -> tokenvault.v1.Connection
-	0,  // 14: tokenvault.v1.ListConnectionsRequest.status:type_name -> tokenvault.v1.ConnectionStatus
-	1,  // 15: tokenvault.v1.ListConnectionsResponse.connections:type_name -> tokenvault.v1.Connection
-	1,  // 16: tokenvault.v1.RevokeConnectionResponse.connection:type_name -> tokenvault.v1.Connection
-	1,  // 17: tokenvault.v1.ValidateConnectionResponse.connection:type_name -> tokenvault.v1.Connection
-	16, // 18: tokenvault.v1.ListProvidersResponse.providers:type_name -> tokenvault.v1.Provider
-	28, // 19: tokenvault.v1.Event.time:type_name -> google.protobuf.Timestamp
-	1,  // 20: tokenvault.v1.Event.connection:type_name -> tokenvault.v1.Connection
-	19, // 21: tokenvault.v1.WatchEventsResponse.event:type_name -> tokenvault.v1.Event
-	28, // 22: tokenvault.v1.AuditEvent.time:type_name -> google.protobuf.Timestamp
-	22, // 23: tokenvault.v1.ListAuditEventsResponse.events:type_name -> tokenvault.v1.AuditEvent
-	2,  // 24: tokenvault.v1.TokenVaultService.GetAccessToken:input_type -> tokenvault.v1.GetAccessTokenRequest
-	4,  // 25: tokenvault.v1.TokenVaultService.StartConnect:input_type -> tokenvault.v1.StartConnectRequest
-	6,  // 26: tokenvault.v1.TokenVaultService.GetConnection:input_type -> tokenvault.v1.GetConnectionRequest
-	8,  // 27: tokenvault.v1.TokenVaultService.ListConnections:input_type -> tokenvault.v1.ListConnectionsRequest
-	10, // 28: tokenvault.v1.TokenVaultService.RevokeConnection:input_type -> tokenvault.v1.RevokeConnectionRequest
-	12, // 29: tokenvault.v1.TokenVaultService.ValidateConnection:input_type -> tokenvault.v1.ValidateConnectionRequest
-	14, // 30: tokenvault.v1.TokenVaultService.ListProviders:input_type -> tokenvault.v1.ListProvidersRequest
-	20, // 31: tokenvault.v1.TokenVaultService.WatchEvents:input_type -> tokenvault.v1.WatchEventsRequest
-	17, // 32: tokenvault.v1.AdminService.RotateKeys:input_type -> tokenvault.v1.RotateKeysRequest
-	23, // 33: tokenvault.v1.AdminService.ListAuditEvents:input_type -> tokenvault.v1.ListAuditEventsRequest
-	3,  // 34: tokenvault.v1.TokenVaultService.GetAccessToken:output_type -> tokenvault.v1.GetAccessTokenResponse
-	5,  // 35: tokenvault.v1.TokenVaultService.StartConnect:output_type -> tokenvault.v1.StartConnectResponse
-	7,  // 36: tokenvault.v1.TokenVaultService.GetConnection:output_type -> tokenvault.v1.GetConnectionResponse
-	9,  // 37: tokenvault.v1.TokenVaultService.ListConnections:output_type -> tokenvault.v1.ListConnectionsResponse
-	11, // 38: tokenvault.v1.TokenVaultService.RevokeConnection:output_type -> tokenvault.v1.RevokeConnectionResponse
-	13, // 39: tokenvault.v1.TokenVaultService.ValidateConnection:output_type -> tokenvault.v1.ValidateConnectionResponse
-	15, // 40: tokenvault.v1.TokenVaultService.ListProviders:output_type -> tokenvault.v1.ListProvidersResponse
-	21, // 41: tokenvault.v1.TokenVaultService.WatchEvents:output_type -> tokenvault.v1.WatchEventsResponse
-	18, // 42: tokenvault.v1.AdminService.RotateKeys:output_type -> tokenvault.v1.RotateKeysResponse
-	24, // 43: tokenvault.v1.AdminService.ListAuditEvents:output_type -> tokenvault.v1.ListAuditEventsResponse
-	34, // [34:44] is the sub-list for method output_type
-	24, // [24:34] is the sub-list for method input_type
-	24, // [24:24] is the sub-list for extension type_name
-	24, // [24:24] is the sub-list for extension extendee
-	0,  // [0:24] is the sub-list for field type_name
+	26, // 1: tokenvault.v1.Connection.metadata:type_name -> tokenvault.v1.Connection.MetadataEntry
+	29, // 2: tokenvault.v1.Connection.create_time:type_name -> google.protobuf.Timestamp
+	29, // 3: tokenvault.v1.Connection.update_time:type_name -> google.protobuf.Timestamp
+	29, // 4: tokenvault.v1.Connection.last_refresh_time:type_name -> google.protobuf.Timestamp
+	29, // 5: tokenvault.v1.Connection.last_used_time:type_name -> google.protobuf.Timestamp
+	29, // 6: tokenvault.v1.Connection.last_validated_time:type_name -> google.protobuf.Timestamp
+	29, // 7: tokenvault.v1.Connection.token_expire_time:type_name -> google.protobuf.Timestamp
+	30, // 8: tokenvault.v1.GetAccessTokenRequest.min_valid_for:type_name -> google.protobuf.Duration
+	2,  // 9: tokenvault.v1.GetAccessTokenRequest.selector:type_name -> tokenvault.v1.ConnectionSelector
+	29, // 10: tokenvault.v1.GetAccessTokenResponse.expire_time:type_name -> google.protobuf.Timestamp
+	27, // 11: tokenvault.v1.GetAccessTokenResponse.metadata:type_name -> tokenvault.v1.GetAccessTokenResponse.MetadataEntry
+	28, // 12: tokenvault.v1.StartConnectRequest.options:type_name -> tokenvault.v1.StartConnectRequest.OptionsEntry
+	29, // 13: tokenvault.v1.StartConnectResponse.expire_time:type_name -> google.protobuf.Timestamp
+	2,  // 14: tokenvault.v1.GetConnectionRequest.selector:type_name -> tokenvault.v1.ConnectionSelector
+	1,  // 15: tokenvault.v1.GetConnectionResponse.connection:type_name -> tokenvault.v1.Connection
+	0,  // 16: tokenvault.v1.ListConnectionsRequest.status:type_name -> tokenvault.v1.ConnectionStatus
+	1,  // 17: tokenvault.v1.ListConnectionsResponse.connections:type_name -> tokenvault.v1.Connection
+	1,  // 18: tokenvault.v1.RevokeConnectionResponse.connection:type_name -> tokenvault.v1.Connection
+	1,  // 19: tokenvault.v1.ValidateConnectionResponse.connection:type_name -> tokenvault.v1.Connection
+	17, // 20: tokenvault.v1.ListProvidersResponse.providers:type_name -> tokenvault.v1.Provider
+	29, // 21: tokenvault.v1.Event.time:type_name -> google.protobuf.Timestamp
+	1,  // 22: tokenvault.v1.Event.connection:type_name -> tokenvault.v1.Connection
+	20, // 23: tokenvault.v1.WatchEventsResponse.event:type_name -> tokenvault.v1.Event
+	29, // 24: tokenvault.v1.AuditEvent.time:type_name -> google.protobuf.Timestamp
+	23, // 25: tokenvault.v1.ListAuditEventsResponse.events:type_name -> tokenvault.v1.AuditEvent
+	3,  // 26: tokenvault.v1.TokenVaultService.GetAccessToken:input_type -> tokenvault.v1.GetAccessTokenRequest
+	5,  // 27: tokenvault.v1.TokenVaultService.StartConnect:input_type -> tokenvault.v1.StartConnectRequest
+	7,  // 28: tokenvault.v1.TokenVaultService.GetConnection:input_type -> tokenvault.v1.GetConnectionRequest
+	9,  // 29: tokenvault.v1.TokenVaultService.ListConnections:input_type -> tokenvault.v1.ListConnectionsRequest
+	11, // 30: tokenvault.v1.TokenVaultService.RevokeConnection:input_type -> tokenvault.v1.RevokeConnectionRequest
+	13, // 31: tokenvault.v1.TokenVaultService.ValidateConnection:input_type -> tokenvault.v1.ValidateConnectionRequest
+	15, // 32: tokenvault.v1.TokenVaultService.ListProviders:input_type -> tokenvault.v1.ListProvidersRequest
+	21, // 33: tokenvault.v1.TokenVaultService.WatchEvents:input_type -> tokenvault.v1.WatchEventsRequest
+	18, // 34: tokenvault.v1.AdminService.RotateKeys:input_type -> tokenvault.v1.RotateKeysRequest
+	24, // 35: tokenvault.v1.AdminService.ListAuditEvents:input_type -> tokenvault.v1.ListAuditEventsRequest
+	4,  // 36: tokenvault.v1.TokenVaultService.GetAccessToken:output_type -> tokenvault.v1.GetAccessTokenResponse
+	6,  // 37: tokenvault.v1.TokenVaultService.StartConnect:output_type -> tokenvault.v1.StartConnectResponse
+	8,  // 38: tokenvault.v1.TokenVaultService.GetConnection:output_type -> tokenvault.v1.GetConnectionResponse
+	10, // 39: tokenvault.v1.TokenVaultService.ListConnections:output_type -> tokenvault.v1.ListConnectionsResponse
+	12, // 40: tokenvault.v1.TokenVaultService.RevokeConnection:output_type -> tokenvault.v1.RevokeConnectionResponse
+	14, // 41: tokenvault.v1.TokenVaultService.ValidateConnection:output_type -> tokenvault.v1.ValidateConnectionResponse
+	16, // 42: tokenvault.v1.TokenVaultService.ListProviders:output_type -> tokenvault.v1.ListProvidersResponse
+	22, // 43: tokenvault.v1.TokenVaultService.WatchEvents:output_type -> tokenvault.v1.WatchEventsResponse
+	19, // 44: tokenvault.v1.AdminService.RotateKeys:output_type -> tokenvault.v1.RotateKeysResponse
+	25, // 45: tokenvault.v1.AdminService.ListAuditEvents:output_type -> tokenvault.v1.ListAuditEventsResponse
+	36, // [36:46] is the sub-list for method output_type
+	26, // [26:36] is the sub-list for method input_type
+	26, // [26:26] is the sub-list for extension type_name
+	26, // [26:26] is the sub-list for extension extendee
+	0,  // [0:26] is the sub-list for field type_name
 }
 
 func init() { file_tokenvault_v1_tokenvault_proto_init() }
@@ -2127,7 +2238,7 @@ func file_tokenvault_v1_tokenvault_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tokenvault_v1_tokenvault_proto_rawDesc), len(file_tokenvault_v1_tokenvault_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   27,
+			NumMessages:   28,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -20,7 +20,9 @@
 //                            the provider (FAILED_PRECONDITION); an operator
 //                            must act, the user's grant is not blamed
 //   UNKNOWN_PROVIDER         the named provider is not configured (NOT_FOUND)
-//   INVALID_ARGUMENT         the request is malformed (INVALID_ARGUMENT)
+//   INVALID_ARGUMENT         the request is malformed (INVALID_ARGUMENT);
+//                            also a ConnectionSelector that matches several
+//                            connections (metadata "connections": how many)
 //   RETURN_TO_NOT_ALLOWED    return_to is not on the allowlist
 //                            (INVALID_ARGUMENT)
 //   CONFLICT                 the record changed concurrently (ABORTED); retry

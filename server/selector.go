@@ -1,0 +1,105 @@
+package server
+
+import (
+	"context"
+	"strconv"
+
+	"google.golang.org/grpc/codes"
+
+	tvv1 "github.com/tokenvault/tokenvault/proto/tokenvault/v1"
+	"github.com/tokenvault/tokenvault/vault"
+)
+
+// A selectable request names one connection by id or by a
+// ConnectionSelector (GetAccessToken, GetConnection).
+type selectable interface {
+	GetConnectionId() string
+	GetSelector() *tvv1.ConnectionSelector
+}
+
+// maxSelectorField bounds each field of a ConnectionSelector. Ids of users,
+// tenants and providers are far shorter; a longer one matches nothing
+// anyway, and refusing it keeps it out of every log and audit record.
+const maxSelectorField = 256
+
+// connectionID returns the id of the connection req names: its
+// connection_id, or the one connection its selector matches. Exactly one of
+// the two must be set. Errors are statuses: INVALID_ARGUMENT for both or
+// neither, a selector without owner or provider, or one that matches
+// several connections (metadata "connections": how many); NOT_CONNECTED if
+// the selector matches none. A resolved id is told to the gate (noteConnection)
+// for the audit record.
+func (s *tokenService) connectionID(ctx context.Context, req selectable) (string, error) {
+	id, sel := req.GetConnectionId(), req.GetSelector()
+	switch {
+	case id != "" && sel != nil:
+		return "", invalidArgument("set connection_id or selector, not both")
+	case id != "":
+		return id, nil
+	case sel == nil:
+		return "", invalidArgument("connection_id or selector is required")
+	case sel.GetOwner() == "" || sel.GetProvider() == "":
+		return "", invalidArgument("selector.owner and selector.provider are required")
+	}
+	for _, f := range []string{sel.GetOwner(), sel.GetProvider(), sel.GetLabel(), sel.GetTenant()} {
+		if len(f) > maxSelectorField {
+			return "", invalidArgument("selector fields are at most " + strconv.Itoa(maxSelectorField) + " bytes")
+		}
+	}
+	id, err := s.lookup(ctx, sel)
+	if err != nil {
+		return "", err
+	}
+	noteConnection(ctx, id)
+	return id, nil
+}
+
+// lookup finds the one connection sel matches. Connections that are not
+// revoked are the candidates; only when there are none is a revoked one
+// (the newest) the answer, so that the caller learns it was revoked.
+func (s *tokenService) lookup(ctx context.Context, sel *tvv1.ConnectionSelector) (string, error) {
+	f := vault.Filter{Owner: sel.GetOwner(), Provider: sel.GetProvider(), Tenant: sel.GetTenant()}
+	var live []*vault.Connection
+	var revoked *vault.Connection
+	after := ""
+	for {
+		cs, next, err := s.v.List(ctx, f, after, 100)
+		if err != nil {
+			return "", toStatus(err)
+		}
+		for _, c := range cs {
+			switch {
+			case sel.GetLabel() != "" && c.Label != sel.GetLabel():
+			case c.Status != vault.StatusRevoked:
+				live = append(live, c)
+			case revoked == nil || c.CreatedAt.After(revoked.CreatedAt):
+				revoked = c
+			}
+		}
+		if next == "" {
+			break
+		}
+		after = next
+	}
+	switch {
+	case len(live) == 1:
+		return live[0].ID, nil
+	case len(live) > 1:
+		labels := map[string]bool{}
+		for _, c := range live {
+			labels[c.Label] = true
+		}
+		return "", ambiguousStatus(len(live), len(labels))
+	case revoked != nil:
+		return revoked.ID, nil
+	}
+	return "", toStatus(vault.ErrNotFound)
+}
+
+// ambiguousStatus is the answer to a selector that matches n connections.
+func ambiguousStatus(n int, labels int) error {
+	return statusWithReason(codes.InvalidArgument, ReasonInvalidArgument,
+		"the selector matches "+strconv.Itoa(n)+" connections ("+strconv.Itoa(labels)+
+			" distinct labels); set selector.label (or selector.tenant) to name one, or use connection_id",
+		map[string]string{"connections": strconv.Itoa(n), "labels": strconv.Itoa(labels)})
+}
