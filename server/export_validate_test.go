@@ -11,12 +11,13 @@ type FieldBound struct {
 	MaxLen, MaxItems, MaxKey int
 	Text                     bool
 	MaxDur                   time.Duration
+	Nested                   bool
 }
 
 // BoundOf returns the validation table's row of a request field.
 func BoundOf(field protoreflect.FullName) (FieldBound, bool) {
 	b, ok := fieldBounds[field]
-	return FieldBound{b.maxLen, b.maxItems, b.maxKey, b.text, b.maxDur}, ok
+	return FieldBound{b.maxLen, b.maxItems, b.maxKey, b.text, b.maxDur, b.nested}, ok
 }
 
 // BoundedFields returns the fields the validation table names.

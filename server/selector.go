@@ -17,17 +17,13 @@ type selectable interface {
 	GetSelector() *tvv1.ConnectionSelector
 }
 
-// maxSelectorField bounds each field of a ConnectionSelector. Ids of users,
-// tenants and providers are far shorter; a longer one matches nothing
-// anyway, and refusing it keeps it out of every log and audit record.
-const maxSelectorField = 256
-
 // connectionID returns the id of the connection req names: its
 // connection_id, or the one connection its selector matches. Exactly one of
 // the two must be set. Errors are statuses: INVALID_ARGUMENT for both or
 // neither, a selector without owner or provider, or one that matches
 // several connections (metadata "connections": how many); NOT_CONNECTED if
-// the selector matches none. A resolved id is told to the gate (noteConnection)
+// the selector matches none. The validation table (validate.go) bounded
+// every field before. A resolved id is told to the gate (noteConnection)
 // for the audit record.
 func (s *tokenService) connectionID(ctx context.Context, req selectable) (string, error) {
 	id, sel := req.GetConnectionId(), req.GetSelector()
@@ -40,11 +36,6 @@ func (s *tokenService) connectionID(ctx context.Context, req selectable) (string
 		return "", invalidArgument("connection_id or selector is required")
 	case sel.GetOwner() == "" || sel.GetProvider() == "":
 		return "", invalidArgument("selector.owner and selector.provider are required")
-	}
-	for _, f := range []string{sel.GetOwner(), sel.GetProvider(), sel.GetLabel(), sel.GetTenant()} {
-		if len(f) > maxSelectorField {
-			return "", invalidArgument("selector fields are at most " + strconv.Itoa(maxSelectorField) + " bytes")
-		}
 	}
 	id, err := s.lookup(ctx, sel)
 	if err != nil {

@@ -132,7 +132,7 @@ func TestSelector_GetAccessToken(t *testing.T) {
 		{name: "selector without owner", req: &tvv1.GetAccessTokenRequest{Selector: sel("", "acme", "")},
 			wantCode: codes.InvalidArgument, wantReason: "INVALID_ARGUMENT", wantMsg: "selector.owner and selector.provider are required"},
 		{name: "selector field too long", req: &tvv1.GetAccessTokenRequest{Selector: sel(strings.Repeat("a", 257), "acme", "")},
-			wantCode: codes.InvalidArgument, wantReason: "INVALID_ARGUMENT", wantMsg: "at most 256 bytes"},
+			wantCode: codes.InvalidArgument, wantReason: "INVALID_ARGUMENT", wantMsg: "request field selector.owner is longer than 256 bytes"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			resp, err := e.api.GetAccessToken(ctx, tc.req)

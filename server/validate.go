@@ -23,6 +23,7 @@ type bound struct {
 	maxKey   int           // bytes of each map key
 	text     bool          // tabs and line breaks allowed
 	maxDur   time.Duration // a google.protobuf.Duration: from 0 to maxDur
+	nested   bool          // a message of ours: its fields have rows of their own
 }
 
 // maxMinValid caps GetAccessToken's min_valid_for: asking for a token valid
@@ -43,6 +44,7 @@ var (
 	boundOptions  = bound{maxLen: 1024, maxItems: 32, maxKey: 64}
 	boundEvTypes  = bound{maxLen: 64, maxItems: 32}
 	boundMinValid = bound{maxDur: maxMinValid}
+	boundNested   = bound{nested: true}
 )
 
 // fieldBounds is THE validation table: every string, repeated, map and
@@ -59,6 +61,12 @@ var fieldBounds = map[protoreflect.FullName]bound{
 	"tokenvault.v1.GetAccessTokenRequest.connection_id": boundID,
 	"tokenvault.v1.GetAccessTokenRequest.min_valid_for": boundMinValid,
 	"tokenvault.v1.GetAccessTokenRequest.credential":    boundName,
+	"tokenvault.v1.GetAccessTokenRequest.selector":      boundNested,
+
+	"tokenvault.v1.ConnectionSelector.owner":    boundOwner,
+	"tokenvault.v1.ConnectionSelector.provider": boundName,
+	"tokenvault.v1.ConnectionSelector.label":    boundLabel,
+	"tokenvault.v1.ConnectionSelector.tenant":   boundOwner,
 
 	"tokenvault.v1.StartConnectRequest.owner":     boundOwner,
 	"tokenvault.v1.StartConnectRequest.tenant":    boundOwner,
@@ -70,6 +78,7 @@ var fieldBounds = map[protoreflect.FullName]bound{
 	"tokenvault.v1.StartConnectRequest.options":   boundOptions,
 
 	"tokenvault.v1.GetConnectionRequest.connection_id": boundID,
+	"tokenvault.v1.GetConnectionRequest.selector":      boundNested,
 
 	"tokenvault.v1.ListConnectionsRequest.owner":      boundOwner,
 	"tokenvault.v1.ListConnectionsRequest.provider":   boundName,
@@ -91,18 +100,22 @@ var fieldBounds = map[protoreflect.FullName]bound{
 
 // validateRequest checks every set field of m against fieldBounds. It
 // returns nil or an INVALID_ARGUMENT status naming the first field out of
-// bounds.
+// bounds (a nested one by its path, "selector.owner").
 func validateRequest(m proto.Message) error {
+	return validateMessage("", m.ProtoReflect())
+}
+
+func validateMessage(prefix string, m protoreflect.Message) error {
 	var err error
-	m.ProtoReflect().Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
-		err = checkField(fd, v)
+	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+		err = checkField(prefix, fd, v)
 		return err == nil
 	})
 	return err
 }
 
-func checkField(fd protoreflect.FieldDescriptor, v protoreflect.Value) error {
-	name := string(fd.Name())
+func checkField(prefix string, fd protoreflect.FieldDescriptor, v protoreflect.Value) error {
+	name := prefix + string(fd.Name())
 	b, ok := fieldBounds[fd.FullName()]
 	if !ok {
 		if !fd.IsList() && !fd.IsMap() && fd.Kind() != protoreflect.StringKind &&
@@ -138,6 +151,8 @@ func checkField(fd protoreflect.FieldDescriptor, v protoreflect.Value) error {
 		return nil
 	case fd.Kind() == protoreflect.StringKind:
 		return checkString(name, v.String(), b)
+	case fd.Kind() == protoreflect.MessageKind && b.nested:
+		return validateMessage(name+".", v.Message())
 	case fd.Kind() == protoreflect.MessageKind && fd.Message().FullName() == "google.protobuf.Duration" && b.maxDur > 0:
 		d, _ := v.Message().Interface().(*durationpb.Duration)
 		if d == nil || d.CheckValid() != nil || d.AsDuration() < 0 || d.AsDuration() > b.maxDur {

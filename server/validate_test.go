@@ -59,18 +59,26 @@ func needsBound(fd protoreflect.FieldDescriptor) bool {
 // row names such a field.
 func TestValidate_EveryFieldHasABound(t *testing.T) {
 	seen := map[protoreflect.FullName]bool{}
-	for _, r := range tokenvaultRPCs(t) {
-		fs := r.in.Fields()
+	var walk func(r rpc, md protoreflect.MessageDescriptor)
+	walk = func(r rpc, md protoreflect.MessageDescriptor) {
+		fs := md.Fields()
 		for i := range fs.Len() {
 			fd := fs.Get(i)
 			if !needsBound(fd) {
 				continue
 			}
 			seen[fd.FullName()] = true
-			if _, ok := server.BoundOf(fd.FullName()); !ok {
+			b, ok := server.BoundOf(fd.FullName())
+			if !ok {
 				t.Errorf("%s (%s) has no row in the validation table", fd.FullName(), r.name)
 			}
+			if b.Nested {
+				walk(r, fd.Message())
+			}
 		}
+	}
+	for _, r := range tokenvaultRPCs(t) {
+		walk(r, r.in)
 	}
 	for _, f := range server.BoundedFields() {
 		if !seen[f] {
@@ -144,6 +152,53 @@ func boundCases(fd protoreflect.FieldDescriptor, b server.FieldBound) (over, at 
 	return over, at
 }
 
+// boundedLeaf is a field with a bound of its own, reached from the
+// request through path (the nested message fields above it).
+type boundedLeaf struct {
+	path []protoreflect.FieldDescriptor
+	fd   protoreflect.FieldDescriptor
+	b    server.FieldBound
+}
+
+// name is the leaf's path as the server names it: "selector.owner".
+func (l boundedLeaf) name() string {
+	var n string
+	for _, p := range l.path {
+		n += string(p.Name()) + "."
+	}
+	return n + string(l.fd.Name())
+}
+
+// in wraps a case of the leaf so that it sets the leaf inside its nested
+// messages.
+func (l boundedLeaf) in(c fieldCase) fieldCase {
+	return fieldCase{c.what, func(m protoreflect.Message) {
+		for _, p := range l.path {
+			m = m.Mutable(p).Message()
+		}
+		c.set(m)
+	}}
+}
+
+// boundedLeaves returns every field of md with a bound, descending into
+// nested rows.
+func boundedLeaves(md protoreflect.MessageDescriptor, path []protoreflect.FieldDescriptor) []boundedLeaf {
+	var out []boundedLeaf
+	fs := md.Fields()
+	for i := range fs.Len() {
+		fd := fs.Get(i)
+		b, ok := server.BoundOf(fd.FullName())
+		switch {
+		case !ok: // scalars; TestValidate_EveryFieldHasABound covers the rest
+		case b.Nested:
+			out = append(out, boundedLeaves(fd.Message(), append(path[:len(path):len(path)], fd))...)
+		default:
+			out = append(out, boundedLeaf{path, fd, b})
+		}
+	}
+	return out
+}
+
 // call sends req to method as the operator and returns the status.
 func call(ctx context.Context, conn *grpc.ClientConn, r rpc, req proto.Message) error {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
@@ -190,36 +245,31 @@ func TestValidate_EveryRPC(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		fs := r.in.Fields()
-		for i := range fs.Len() {
-			fd := fs.Get(i)
-			b, ok := server.BoundOf(fd.FullName())
-			if !ok {
-				continue // scalars; TestValidate_EveryFieldHasABound covers the rest
-			}
-			over, at := boundCases(fd, b)
+		for _, l := range boundedLeaves(r.in, nil) {
+			field := l.name()
+			over, at := boundCases(l.fd, l.b)
 			for _, c := range over {
 				rows++
 				m := mt.New()
-				c.set(m)
+				l.in(c).set(m)
 				err := call(ctx, e.conn, r, m.Interface())
-				name := r.name + " " + string(fd.Name()) + " " + c.what
+				name := r.name + " " + field + " " + c.what
 				if status.Code(err) != codes.InvalidArgument || reason(err) != "INVALID_ARGUMENT" {
 					t.Errorf("%s = %v; want InvalidArgument/INVALID_ARGUMENT", name, err)
 					continue
 				}
-				if f := fieldViolation(err); !strings.HasPrefix(f, string(fd.Name())) {
-					t.Errorf("%s: BadRequest names field %q; want %q", name, f, fd.Name())
+				if f := fieldViolation(err); !strings.HasPrefix(f, field) {
+					t.Errorf("%s: BadRequest names field %q; want %q", name, f, field)
 				}
-				if msg := status.Convert(err).Message(); strings.Contains(msg, overFill+overFill) || !strings.Contains(msg, string(fd.Name())) {
+				if msg := status.Convert(err).Message(); strings.Contains(msg, overFill+overFill) || !strings.Contains(msg, field) {
 					t.Errorf("%s: message %q; want the field named and its value not repeated", name, msg)
 				}
 			}
 			for _, c := range at {
 				m := mt.New()
-				c.set(m)
+				l.in(c).set(m)
 				if err := call(ctx, e.conn, r, m.Interface()); fieldViolation(err) != "" {
-					t.Errorf("%s %s %s = %v; want it past the validation table", r.name, fd.Name(), c.what, err)
+					t.Errorf("%s %s %s = %v; want it past the validation table", r.name, field, c.what, err)
 				}
 			}
 		}
