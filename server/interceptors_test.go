@@ -28,7 +28,9 @@ const probeSecret = "tvk-probe-payload-secret"
 // interceptors can be watched on calls whose outcome the test chooses.
 // Call's request names the outcome: "ok", "not_found", "internal",
 // "deadline" (answers the time left before the context's deadline, or
-// "none") or "wait" (waits for the context to end and answers its error).
+// "none"), "caller" (answers the caller's name), "wait" (waits for the
+// context to end and answers its error) or "wait_derived" (the same with a
+// context derived from it).
 // Stream sends one message and ends with the same outcomes.
 var probeDesc = grpc.ServiceDesc{
 	ServiceName: "tokenvault.test.Probe",
@@ -75,11 +77,27 @@ func probeOutcome(ctx context.Context, req string) (*wrapperspb.StringValue, err
 			return wrapperspb.String("none"), nil
 		}
 		return wrapperspb.String(time.Until(d).String()), nil
+	case strings.HasPrefix(req, "wait_derived"):
+		dctx, cancel := context.WithTimeout(ctx, time.Hour)
+		defer cancel()
+		return probeWait(dctx)
+	case strings.HasPrefix(req, "caller"):
+		return wrapperspb.String(server.CallerFromContext(ctx).Name), nil
 	case strings.HasPrefix(req, "wait"):
-		<-ctx.Done()
-		return nil, status.FromContextError(ctx.Err()).Err()
+		return probeWait(ctx)
 	}
 	return wrapperspb.String("fine"), nil
+}
+
+// probeWait waits for ctx to end, or gives up after 10 s with "still
+// waiting".
+func probeWait(ctx context.Context) (*wrapperspb.StringValue, error) {
+	select {
+	case <-ctx.Done():
+		return nil, status.FromContextError(ctx.Err()).Err()
+	case <-time.After(10 * time.Second):
+		return wrapperspb.String("still waiting"), nil
+	}
 }
 
 // syncBuffer is a bytes.Buffer the server's goroutines may write to while
@@ -299,8 +317,14 @@ func TestDefaultDeadline(t *testing.T) {
 		t.Errorf("a call with a 10m deadline had %q left", left)
 	}
 
+	if name, err := probeCall(ctx, conn, "caller"); err != nil || name != "ops" {
+		t.Errorf("the caller seen under the default deadline = %q, %v; want ops", name, err)
+	}
+
 	short := newProbe(t, slog.LevelInfo, 50*time.Millisecond).dial(t, "ops")
-	if _, err := probeCall(ctx, short, "wait"); status.Code(err) != codes.DeadlineExceeded {
-		t.Errorf("a call waiting past the default deadline = %v; want DeadlineExceeded", err)
+	for _, req := range []string{"wait", "wait_derived"} {
+		if _, err := probeCall(ctx, short, req); status.Code(err) != codes.DeadlineExceeded {
+			t.Errorf("probe %s past the default deadline = %v; want DeadlineExceeded", req, err)
+		}
 	}
 }

@@ -259,15 +259,3 @@ func (s *Server) Serve(ctx context.Context, gl, hl net.Listener, grace time.Dura
 	wg.Wait()
 	return err
 }
-
-// deadlineUnary gives calls that arrive without a deadline a default one.
-func deadlineUnary(d time.Duration) grpc.UnaryServerInterceptor {
-	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-		if _, ok := ctx.Deadline(); ok {
-			return handler(ctx, req)
-		}
-		ctx, cancel := context.WithTimeout(ctx, d)
-		defer cancel()
-		return handler(ctx, req)
-	}
-}
