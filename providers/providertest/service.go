@@ -79,6 +79,8 @@ type Service struct {
 	refresh map[string]*svcRefresh
 	grants  []*svcGrant
 	stats   ServiceStats
+	// slackMessages are those chat.postMessage accepted.
+	slackMessages []SlackMessage
 }
 
 type svcCode struct {
