@@ -23,8 +23,8 @@ build:
 	$(GO) build -o $(BIN)/tokenvault ./cmd/tokenvault
 
 ## test: everything CI checks: lint, generated code current, race tests
-test: lint check-generated
-	$(GO) test -race -count=1 -timeout 20m ./...
+test: lint check-generated build
+	TOKENVAULT_BIN=$(BIN)/tokenvault $(GO) test -race -count=1 -timeout 20m ./...
 
 tools: $(BUF) $(BIN)/protoc-gen-go $(BIN)/protoc-gen-go-grpc $(BIN)/grpcurl
 
