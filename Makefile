@@ -1,5 +1,6 @@
 # The targets the README and CI use. Tools are pinned and installed into
-# .bin/ from the Go module proxy, so a fresh machine needs only Go.
+# .bin/ from the Go module proxy, and the Node.js client's packages from
+# its lock file, so a fresh machine needs only Go and Node.js (npm).
 GO       ?= go
 BIN      := $(CURDIR)/.bin
 BUF      := $(BIN)/buf
@@ -11,8 +12,13 @@ PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
 # grpcurl drives the running sidecar in cmd/tokenvault/grpcurl_test.go, as
 # an operator would.
 GRPCURL_VERSION            := v1.9.4
+# The Node.js client's generator (protoc-gen-es), its compiler and its
+# runtime come from client/node's lock file.
+NPM           ?= npm
+NODE_CLIENT   := client/node
+PROTOC_GEN_ES := $(NODE_CLIENT)/node_modules/.bin/protoc-gen-es
 
-.PHONY: run test lint vet generate check-generated tools bench build clean
+.PHONY: run test lint vet generate check-generated tools bench build clean node-test
 
 ## run: the sidecar in dev mode (no config; sandbox provider built in)
 run:
@@ -23,10 +29,19 @@ build:
 	$(GO) build -o $(BIN)/tokenvault ./cmd/tokenvault
 
 ## test: everything CI checks: lint, generated code current, race tests
-test: lint check-generated build
+test: lint check-generated node-test
 	TOKENVAULT_BIN=$(BIN)/tokenvault $(GO) test -race -count=1 -timeout 20m ./...
 
-tools: $(BUF) $(BIN)/protoc-gen-go $(BIN)/protoc-gen-go-grpc $(BIN)/grpcurl
+## node-test: the Node.js client's tests (node --test) against a real sidecar
+node-test: build $(PROTOC_GEN_ES)
+	cd $(NODE_CLIENT) && TOKENVAULT_BIN=$(BIN)/tokenvault $(NPM) test
+
+tools: $(BUF) $(BIN)/protoc-gen-go $(BIN)/protoc-gen-go-grpc $(BIN)/grpcurl $(PROTOC_GEN_ES)
+
+# Scripts are skipped here: the test script compiles the client.
+$(PROTOC_GEN_ES): $(NODE_CLIENT)/package-lock.json
+	cd $(NODE_CLIENT) && $(NPM) ci --ignore-scripts --no-audit --no-fund
+	@touch $@
 
 $(BUF):
 	GOBIN=$(BIN) $(GO) install github.com/bufbuild/buf/cmd/buf@$(BUF_VERSION)
@@ -51,11 +66,13 @@ generate: tools
 check-generated: tools
 	@tmp=$$(mktemp -d); trap 'rm -rf $$tmp' EXIT; \
 	$(BUF) generate -o $$tmp && \
-	diff -r --exclude='*.proto' $$tmp/proto proto >/dev/null || { echo "generated code is stale: run 'make generate'"; diff -r --exclude='*.proto' $$tmp/proto proto | head -40; exit 1; }
+	diff -r --exclude='*.proto' $$tmp/proto proto >/dev/null && \
+	diff -r $$tmp/$(NODE_CLIENT)/src/gen $(NODE_CLIENT)/src/gen >/dev/null || { echo "generated code is stale: run 'make generate'"; \
+		diff -r --exclude='*.proto' $$tmp/proto proto | head -40; diff -r $$tmp/$(NODE_CLIENT)/src/gen $(NODE_CLIENT)/src/gen | head -40; exit 1; }
 
 ## bench: the hot-path benchmark (GetAccessToken vs a bare grpc-go server and an empty handler)
 bench:
 	$(GO) test ./server -run '^$$' -bench HotPath -benchtime 1x -timeout 30m
 
 clean:
-	rm -rf $(BIN)
+	rm -rf $(BIN) $(NODE_CLIENT)/node_modules $(NODE_CLIENT)/dist
