@@ -31,6 +31,9 @@ type Config struct {
 	AllowNonLoopback bool `yaml:"allow_non_loopback"`
 	// DataDir holds the bbolt file (tokenvault.db).
 	DataDir string `yaml:"data_dir"`
+	// Store, if set, chooses the store (store.go): several replicas share
+	// one etcd cluster. Without it, the bbolt file in DataDir.
+	Store *StoreConfig `yaml:"store"`
 	// MasterKeyFile or MasterKeyEnv name the master key (32 bytes: raw,
 	// base64 or hex). Default env: TOKENVAULT_MASTER_KEY.
 	MasterKeyFile string `yaml:"master_key_file"`

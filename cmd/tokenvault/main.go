@@ -5,6 +5,7 @@
 //	tokenvault token CONNECTION_ID [flags]
 //	tokenvault keys rotate
 //	tokenvault audit [flags]
+//	tokenvault store migrate --from FILE --to CONFIG [--force]
 package main
 
 import (
@@ -33,6 +34,7 @@ Usage:
   tokenvault token CONNECTION_ID [--min-valid 5m] [--force] [--credential NAME]
   tokenvault keys rotate
   tokenvault audit [--connection ID] [--caller C] [--method M] [--limit N] [-o json]
+  tokenvault store migrate --from FILE --to CONFIG [--force]   copy a bbolt store to etcd
 
 Operator commands talk to a running sidecar at --addr (default
 $TOKENVAULT_ADDR or 127.0.0.1:7070) and present the API key in
@@ -59,6 +61,8 @@ func Main(ctx context.Context, args []string, env func(string) string, stdout, s
 		err = keysCmd(ctx, args[1:], env, stdout)
 	case "audit":
 		err = auditCmd(ctx, args[1:], env, stdout)
+	case "store":
+		err = storeCmd(ctx, args[1:], env, stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0

@@ -21,7 +21,6 @@ import (
 	"github.com/tokenvault/tokenvault/providers"
 	"github.com/tokenvault/tokenvault/server"
 	"github.com/tokenvault/tokenvault/vault"
-	"github.com/tokenvault/tokenvault/vault/bolt"
 )
 
 var errUsage = errors.New("usage")
@@ -90,7 +89,8 @@ func serve(ctx context.Context, args []string, env func(string) string, stdout, 
 	if f.dev {
 		cfg.DataDir = cmp.Or(cfg.DataDir, ".tokenvault-dev")
 	}
-	if cfg.DataDir == "" {
+	etcdStore := cfg.Store != nil && cfg.Store.Kind == "etcd"
+	if cfg.DataDir == "" && !etcdStore {
 		return errors.New("data_dir is not set")
 	}
 
@@ -106,15 +106,17 @@ func serve(ctx context.Context, args []string, env func(string) string, stdout, 
 	if err := checkLoopback(cfg.HTTPAddr, cfg.AllowNonLoopback); err != nil {
 		return err
 	}
-	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
-		return fmt.Errorf("data dir: %w", err)
+	if cfg.DataDir != "" {
+		if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+			return fmt.Errorf("data dir: %w", err)
+		}
 	}
 	mk, err := masterKey(cfg, f.dev, env, log)
 	if err != nil {
 		return err
 	}
 	tuneGC(env)
-	store, err := bolt.Open(filepath.Join(cfg.DataDir, "tokenvault.db"), bolt.Options{})
+	store, err := openStore(ctx, cfg.Store, cfg.DataDir, env)
 	if err != nil {
 		return err
 	}
