@@ -396,8 +396,8 @@ const (
 // Every round measures each of them saturated (benchWorkers callers calling
 // back to back: QPS and the server's CPU time per call, read from /proc)
 // and then at a fixed rate (benchRate calls a second from the same callers:
-// p50/p99/p999 latency); the order rotates from round to round so drift
-// affects all three alike. It prints the median and range over the rounds
+// p50/p99/p999 latency, and CPU per call), in short slices that alternate
+// between the three so that the host's changing load falls on all alike. It prints the median and range over the rounds
 // of each figure and of GetAccessToken's ratios to the floor and to the
 // empty handler, computed within each round. Run it with
 //
@@ -455,26 +455,59 @@ func BenchmarkHotPath(b *testing.B) {
 		saturated(b, t, benchWorkers, 500*time.Millisecond)
 	}
 
-	const satFor, rateFor = 2 * time.Second, 3 * time.Second
+	// A round is slices short enough that the host's load, which moves
+	// from second to second on a shared machine, falls on the three
+	// targets alike: satSlices of satSlice saturated and then rateSlices
+	// of rateSlice at the fixed rate for each target in turn, the order
+	// rotating from slice to slice.
+	const satSlices, satSlice = 8, 250 * time.Millisecond
+	const rateSlices, rateSlice = 3, time.Second
 	type figures struct{ qps, cpu, rateCPU, p50, p99, p999 series }
 	fig := map[string]*figures{}
 	for _, t := range targets {
 		fig[t.name] = &figures{}
 	}
+	type sums struct {
+		calls     int64
+		wall, cpu time.Duration
+		lat       []time.Duration
+	}
 	b.ResetTimer()
-	for round := range rounds {
-		for i := range targets {
-			t := targets[(round+i)%len(targets)]
-			f := fig[t.name]
-			n, wall, cpu := saturated(b, t, benchWorkers, satFor)
-			f.qps = append(f.qps, float64(n)/wall.Seconds())
-			f.cpu = append(f.cpu, float64(cpu.Nanoseconds())/1e3/float64(n))
-			lat, cpu := fixedRate(b, t, benchWorkers, benchRate, rateFor)
-			f.rateCPU = append(f.rateCPU, float64(cpu.Nanoseconds())/1e3/float64(len(lat)))
+	for range rounds {
+		sum := map[string]*sums{}
+		for _, t := range targets {
+			sum[t.name] = &sums{}
+		}
+		for i := range satSlices {
+			for j := range targets {
+				t := targets[(i+j)%len(targets)]
+				n, wall, cpu := saturated(b, t, benchWorkers, satSlice)
+				s := sum[t.name]
+				s.calls, s.wall, s.cpu = s.calls+n, s.wall+wall, s.cpu+cpu
+			}
+		}
+		for _, t := range targets {
+			s, f := sum[t.name], fig[t.name]
+			f.qps = append(f.qps, float64(s.calls)/s.wall.Seconds())
+			f.cpu = append(f.cpu, float64(s.cpu.Nanoseconds())/1e3/float64(s.calls))
+			s.cpu = 0
+		}
+		for i := range rateSlices {
+			for j := range targets {
+				t := targets[(i+j)%len(targets)]
+				lat, cpu := fixedRate(b, t, benchWorkers, benchRate, rateSlice)
+				s := sum[t.name]
+				s.lat, s.cpu = append(s.lat, lat...), s.cpu+cpu
+			}
+		}
+		for _, t := range targets {
+			s, f := sum[t.name], fig[t.name]
+			slices.Sort(s.lat)
+			f.rateCPU = append(f.rateCPU, float64(s.cpu.Nanoseconds())/1e3/float64(len(s.lat)))
 			ms := func(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1e6 }
-			f.p50 = append(f.p50, ms(quantile(lat, 0.5)))
-			f.p99 = append(f.p99, ms(quantile(lat, 0.99)))
-			f.p999 = append(f.p999, ms(quantile(lat, 0.999)))
+			f.p50 = append(f.p50, ms(quantile(s.lat, 0.5)))
+			f.p99 = append(f.p99, ms(quantile(s.lat, 0.99)))
+			f.p999 = append(f.p999, ms(quantile(s.lat, 0.999)))
 		}
 	}
 	b.StopTimer()
