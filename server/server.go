@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"runtime"
 	"runtime/debug"
 	"sync"
 	"time"
@@ -152,6 +153,11 @@ func New(cfg Config) *Server {
 		grpc.MaxConcurrentStreams(cfg.MaxConcurrentStreams),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 		grpc.ConnectionTimeout(10 * time.Second),
+		// A pool of goroutines serves the calls: each keeps the stack a
+		// call grew to, where a goroutine per call grew (copied) its
+		// stack on every call through the interceptors. A call that
+		// finds every worker busy still gets a goroutine of its own.
+		grpc.NumStreamWorkers(uint32(4 * runtime.GOMAXPROCS(0))),
 	}
 	opts = append(opts, cfg.GRPCOptions...)
 	s.grpc = grpc.NewServer(opts...)
