@@ -115,6 +115,9 @@ func serve(ctx context.Context, args []string, env func(string) string, stdout, 
 	if err != nil {
 		return err
 	}
+	if err := checkFileModes(cfg.DataDir, filepath.Join(cfg.DataDir, "tokenvault.db"), cfg.MasterKeyFile, f.dev, log); err != nil {
+		return err
+	}
 	tuneGC(env)
 	store, err := openStore(ctx, cfg.Store, cfg.DataDir, env)
 	if err != nil {
