@@ -340,6 +340,7 @@ func TestE2E_Dev(t *testing.T) {
 		trail = append(trail, ev.Caller+" "+strings.TrimPrefix(ev.Method, "/tokenvault.v1.TokenVaultService/")+" "+ev.Outcome)
 	}
 	want := []string{
+		"dev-application RevokeConnection PERMISSION_DENIED", // names its connection too
 		"dev-application GetAccessToken FAILED_PRECONDITION",
 		"dev-operator RevokeConnection OK",
 		"dev-operator ValidateConnection OK",
