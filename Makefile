@@ -16,6 +16,7 @@ GRPCURL_VERSION            := v1.9.4
 # runtime come from client/node's lock file.
 NPM           ?= npm
 NODE_CLIENT   := client/node
+NODE_EXAMPLE  := examples/node-slack-notify
 PROTOC_GEN_ES := $(NODE_CLIENT)/node_modules/.bin/protoc-gen-es
 
 .PHONY: run test lint vet generate check-generated tools bench build clean node-test
@@ -32,9 +33,11 @@ build:
 test: lint check-generated node-test
 	TOKENVAULT_BIN=$(BIN)/tokenvault $(GO) test -race -count=1 -timeout 20m ./...
 
-## node-test: the Node.js client's tests (node --test) against a real sidecar
+## node-test: the Node.js client's tests (node --test) against a real sidecar;
+## then the Express example's packages, for its Go test (go test ./examples/...)
 node-test: build $(PROTOC_GEN_ES)
 	cd $(NODE_CLIENT) && TOKENVAULT_BIN=$(BIN)/tokenvault $(NPM) test
+	cd $(NODE_EXAMPLE) && $(NPM) ci --ignore-scripts --no-audit --no-fund
 
 tools: $(BUF) $(BIN)/protoc-gen-go $(BIN)/protoc-gen-go-grpc $(BIN)/grpcurl $(PROTOC_GEN_ES)
 
@@ -75,4 +78,4 @@ bench:
 	$(GO) test ./server -run '^$$' -bench HotPath -benchtime 1x -timeout 30m
 
 clean:
-	rm -rf $(BIN) $(NODE_CLIENT)/node_modules $(NODE_CLIENT)/dist
+	rm -rf $(BIN) $(NODE_CLIENT)/node_modules $(NODE_CLIENT)/dist $(NODE_EXAMPLE)/node_modules

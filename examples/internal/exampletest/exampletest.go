@@ -36,6 +36,8 @@ type Options struct {
 	// Webhooks, if any, are configured with allow_private (they are on
 	// loopback).
 	Webhooks []Webhook
+	// ReturnTo is the allowlist of connect flows' return_to URLs.
+	ReturnTo []string
 }
 
 // Stack is a running Slack fake and a sidecar using it.
@@ -111,6 +113,10 @@ func Start(t *testing.T, opts Options) *Stack {
 			fmt.Fprintf(&cfg, "  - name: hook%d\n    url: %q\n    secret_envs: [WEBHOOK_SECRET_%d]\n    allow_private: true\n    event_types: %s\n", i, w.URL, i, types)
 			env = append(env, fmt.Sprintf("WEBHOOK_SECRET_%d=%s", i, w.Secret))
 		}
+	}
+	if len(opts.ReturnTo) > 0 {
+		rt, _ := json.Marshal(opts.ReturnTo)
+		fmt.Fprintf(&cfg, "return_to: %s\n", rt)
 	}
 	cfgPath := filepath.Join(dir, "config.yaml")
 	if err := os.WriteFile(cfgPath, []byte(cfg.String()), 0o600); err != nil {

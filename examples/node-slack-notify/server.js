@@ -1,0 +1,19 @@
+// Runs the example: see README.md.
+import { TokenVaultClient } from "@tokenvault/client";
+import { createApp } from "./app.js";
+
+const env = process.env;
+const port = Number(env.PORT ?? 3000);
+const secrets = (env.TOKENVAULT_WEBHOOK_SECRET ?? "").split(/[\s,]+/).filter(Boolean);
+if (secrets.length === 0) {
+  console.error("TOKENVAULT_WEBHOOK_SECRET is required (whsec_...; several, comma-separated, while rotating)");
+  process.exit(2);
+}
+const app = createApp({
+  tokenvault: new TokenVaultClient({ address: env.TOKENVAULT_ADDR ?? "127.0.0.1:7070", apiKey: env.TOKENVAULT_API_KEY }),
+  webhookSecrets: secrets,
+  appURL: env.APP_URL ?? `http://127.0.0.1:${port}`,
+  slackAPI: env.SLACK_API,
+});
+const server = app.listen(port, env.HOST ?? "127.0.0.1", () => console.log(`listening on ${env.HOST ?? "127.0.0.1"}:${port}`));
+for (const sig of ["SIGINT", "SIGTERM"]) process.on(sig, () => server.close(() => process.exit(0)));
