@@ -74,6 +74,10 @@ type Options struct {
 	// larger writes with ErrTooLarge before sending them. Zero means
 	// DefaultMaxRequestBytes.
 	MaxRequestBytes int
+	// LockTTL is the lease TTL of locks (Lock): how long a lock outlives a
+	// holder that died or was cut off from the cluster. Whole seconds;
+	// zero means DefaultLockTTL.
+	LockTTL time.Duration
 }
 
 // Store is a vault.Store on etcd. It is safe for concurrent use.
@@ -104,6 +108,9 @@ func Open(ctx context.Context, opts Options) (*Store, error) {
 	}
 	if opts.MaxRequestBytes <= 0 {
 		opts.MaxRequestBytes = DefaultMaxRequestBytes
+	}
+	if opts.LockTTL <= 0 {
+		opts.LockTTL = DefaultLockTTL
 	}
 	eps := strings.Join(opts.Endpoints, ", ")
 	cli, err := clientv3.New(clientv3.Config{
