@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime/debug"
 
 	"go.etcd.io/bbolt"
 )
@@ -47,6 +48,9 @@ func checkNotEmpty(path string) error {
 // leaves the file's lock held by this process until it exits: bbolt gives
 // no handle to release it.
 func openGuarded(path string, bo *bbolt.Options) (db *bbolt.DB, err error) {
+	// A page number past the end of the file makes bbolt read its mapping
+	// past the file's end: SIGBUS, a fatal error unless faults panic.
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 	defer func() {
 		if p := recover(); p != nil {
 			db, err = nil, damaged(path, "open", p)
@@ -61,6 +65,7 @@ func openGuarded(path string, bo *bbolt.Options) (db *bbolt.DB, err error) {
 // damaged. A panic of fn's own callers' code (Scan's callback) is not
 // bbolt's: see Scan.
 func (s *Store) guard(op string, txn func(func(*bbolt.Tx) error) error, fn func(*bbolt.Tx) error) (err error) {
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 	defer func() {
 		if p := recover(); p != nil {
 			err = damaged(s.path, op, p)
