@@ -11,6 +11,13 @@
 // largest number in one simulated second against the mean), CPU, peak
 // resident memory, and that no reader was ever served an expired token.
 //
+// With -probe BINARY it measures the real sidecar instead, as a
+// Kubernetes probe sees it (probe.go): exec -> first SERVING gRPC health
+// check, and idle resident memory, in dev mode, on an empty store and on a
+// copy of the seeded one, -runs times each:
+//
+//	make build && go run ./cmd/tokenvault-bench -connections 10000 -probe .bin/tokenvault
+//
 // The provider is a small strict OAuth 2.0 token endpoint (rotation, reuse
 // detection) run in a child process on 127.0.0.1, so that its bookkeeping
 // is not counted; the vault reaches it through the real generic provider
@@ -89,6 +96,9 @@ type options struct {
 	memLimit     int64
 	startupOnly  bool
 	fakeLifetime time.Duration
+	probe        string
+	runs         int
+	settle       time.Duration
 }
 
 func main() {
@@ -110,6 +120,9 @@ func main() {
 	flag.StringVar(&o.cpuprofile, "cpuprofile", "", "write a CPU profile of the run")
 	flag.StringVar(&o.memprofile, "memprofile", "", "write a heap profile taken after startup, and one of the run to this path + .end")
 	flag.BoolVar(&o.startupOnly, "startup-only", false, "measure the startup and memory, then stop")
+	flag.StringVar(&o.probe, "probe", "", "path of a tokenvault binary: measure exec -> first health check and idle memory of the real sidecar (see probe.go), then stop")
+	flag.IntVar(&o.runs, "runs", 7, "with -probe: starts per setup")
+	flag.DurationVar(&o.settle, "settle", 2*time.Second, "with -probe: idle time after the first health check before memory is read")
 	flag.BoolVar(&o.fake, "fake", false, "internal: serve the loopback token endpoint and print its address")
 	flag.DurationVar(&o.fakeLifetime, "fake-lifetime", time.Hour, "internal: expires_in of the loopback token endpoint")
 	flag.Parse()
@@ -231,6 +244,9 @@ func run(o options) error {
 	mk, err := seed(ctx, o, dir, fakeAddr)
 	if err != nil {
 		return err
+	}
+	if o.probe != "" {
+		return probeStartup(o, dir, fakeAddr)
 	}
 	runPath := filepath.Join(dir, "run.db")
 	if err := copyFile(filepath.Join(dir, "seed.db"), runPath); err != nil {
