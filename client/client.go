@@ -174,6 +174,38 @@ func Credential(name string) TokenOption {
 	return func(r *tokenvaultv1.GetAccessTokenRequest) { r.Credential = name }
 }
 
+// ByOwner names the connection by its owner (the application's user id)
+// and provider instead of its id: pass "" as the connection id to
+// AccessToken, TokenSource or HTTPClient, or call AccessTokenFor. If the
+// owner has several connections to the provider, Label says which; the
+// sidecar answers INVALID_ARGUMENT rather than pick one, and NOT_CONNECTED
+// when none matches.
+func ByOwner(owner, provider string) TokenOption {
+	return func(r *tokenvaultv1.GetAccessTokenRequest) {
+		if r.Selector == nil {
+			r.Selector = &tokenvaultv1.ConnectionSelector{}
+		}
+		r.Selector.Owner, r.Selector.Provider = owner, provider
+	}
+}
+
+// Label picks one of an owner's several connections to a provider (see
+// ByOwner). Given with a connection id, the sidecar refuses the request.
+func Label(label string) TokenOption {
+	return func(r *tokenvaultv1.GetAccessTokenRequest) {
+		if r.Selector == nil {
+			r.Selector = &tokenvaultv1.ConnectionSelector{}
+		}
+		r.Selector.Label = label
+	}
+}
+
+// AccessTokenFor is AccessToken for owner's connection to provider: the
+// token by user and provider, with no connection id to keep.
+func (c *Client) AccessTokenFor(ctx context.Context, owner, provider string, opts ...TokenOption) (*Token, error) {
+	return c.AccessToken(ctx, "", append([]TokenOption{ByOwner(owner, provider)}, opts...)...)
+}
+
 // AccessToken returns an access token for the connection that stays valid for
 // at least MinValid (default: the sidecar's, 5 minutes), refreshing it at the
 // provider first if needed. The sidecar caches tokens, so calling it for every
@@ -186,7 +218,14 @@ func (c *Client) AccessToken(ctx context.Context, connectionID string, opts ...T
 	}
 	resp, err := c.api.GetAccessToken(ctx, req)
 	if err != nil {
-		return nil, fmt.Errorf("client: access token for %s: %w", connectionID, err)
+		name := connectionID
+		if sel := req.GetSelector(); sel != nil && name == "" {
+			name = fmt.Sprintf("%s at %s", sel.GetOwner(), sel.GetProvider())
+			if sel.GetLabel() != "" {
+				name += " (" + sel.GetLabel() + ")"
+			}
+		}
+		return nil, fmt.Errorf("client: access token for %s: %w", name, err)
 	}
 	t := &Token{
 		AccessToken:   resp.GetAccessToken(),

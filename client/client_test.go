@@ -268,6 +268,49 @@ func TestClient_AccessToken_MapsFields(t *testing.T) {
 	}
 }
 
+func TestClient_AccessTokenFor_SendsSelector(t *testing.T) {
+	fv := newFakeVault()
+	c := newTestClient(t, fv)
+	tests := []struct {
+		name string
+		call func() error
+		want string // selector as owner/provider/label
+	}{
+		{"AccessTokenFor", func() error {
+			_, err := c.AccessTokenFor(t.Context(), "user-17", "slack")
+			return err
+		}, "user-17/slack/"},
+		{"with a label", func() error {
+			_, err := c.AccessTokenFor(t.Context(), "user-17", "slack", client.Label("work"), client.ForceRefresh())
+			return err
+		}, "user-17/slack/work"},
+		{"ByOwner with an empty id", func() error {
+			_, err := c.AccessToken(t.Context(), "", client.ByOwner("user-18", "github"))
+			return err
+		}, "user-18/github/"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if err := tt.call(); err != nil {
+				t.Fatal(err)
+			}
+			fv.mu.Lock()
+			req := fv.lastGet
+			fv.mu.Unlock()
+			sel := req.GetSelector()
+			if got := sel.GetOwner() + "/" + sel.GetProvider() + "/" + sel.GetLabel(); got != tt.want || req.GetConnectionId() != "" {
+				t.Errorf("request = {connection_id: %q, selector: %s}; want {\"\", %s}", req.GetConnectionId(), got, tt.want)
+			}
+		})
+	}
+	// Errors name the selector, as they name an id.
+	fv.tokenErr = reasonErr(codes.NotFound, client.ReasonNotConnected, "tokenvault.dev")
+	_, err := c.AccessTokenFor(t.Context(), "user-17", "slack", client.Label("work"))
+	if !client.IsNotConnected(err) || !strings.Contains(err.Error(), "user-17 at slack (work)") {
+		t.Errorf("AccessTokenFor error = %v; want NOT_CONNECTED naming user-17 at slack (work)", err)
+	}
+}
+
 func TestClient_AccessToken_Options(t *testing.T) {
 	tests := []struct {
 		name      string
