@@ -4,7 +4,12 @@
 //
 // Usage:
 //
+//	slack-notify -owner user-17 -channel C0123456 -text "deploy finished"
 //	slack-notify -connection conn_123 -channel C0123456 -text "deploy finished"
+//
+// -owner names the end user (your application's user id); the sidecar finds
+// their connection to -provider (default "slack"), so the application keeps
+// no connection id.
 //
 // The sidecar's API key, if it wants one, is read from TOKENVAULT_API_KEY
 // (secrets do not belong in flags, which show in ps). Exit status: 0 posted,
@@ -40,7 +45,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	fs := flag.NewFlagSet("slack-notify", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	addr := fs.String("addr", "127.0.0.1:7070", "tokenvault sidecar gRPC `address` (host:port or unix:///path)")
-	connection := fs.String("connection", "", "tokenvault connection `id` of the Slack install (required)")
+	connection := fs.String("connection", "", "tokenvault connection `id` of the Slack install")
+	owner := fs.String("owner", "", "the end user's `id` in your application, instead of -connection")
+	provider := fs.String("provider", "slack", "the sidecar's `name` for Slack, with -owner")
 	credential := fs.String("credential", "", `which token of the connection: "" the bot token, "user" the user token`)
 	channel := fs.String("channel", "", "Slack channel `id` to post to (required)")
 	text := fs.String("text", "", "message text (required)")
@@ -52,8 +59,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		}
 		return 2
 	}
-	if *connection == "" || *channel == "" || *text == "" || fs.NArg() > 0 {
-		fmt.Fprintln(stderr, "slack-notify: -connection, -channel and -text are required")
+	if (*connection == "") == (*owner == "") || *channel == "" || *text == "" || fs.NArg() > 0 {
+		fmt.Fprintln(stderr, "slack-notify: -connection or -owner (one of them), -channel and -text are required")
 		fs.Usage()
 		return 2
 	}
@@ -73,6 +80,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	defer cancel()
 
 	tokOpts := []client.TokenOption{client.Credential(*credential)}
+	who := *connection
+	if *owner != "" {
+		tokOpts = append(tokOpts, client.ByOwner(*owner, *provider))
+		who = fmt.Sprintf("of %s at %s", *owner, *provider)
+	}
 	// The client sets the Authorization header from the sidecar on every
 	// request, and after an HTTP 401 refreshes and retries once.
 	hc := c.HTTPClient(*connection, tokOpts...)
@@ -97,10 +109,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return 0
 	case client.IsReauthRequired(err):
 		fmt.Fprintf(stderr, "slack-notify: Slack no longer accepts connection %s: the user revoked the app or the grant expired.\n"+
-			"Send them through your app's \"Connect Slack\" flow (tokenvault StartConnect) and try again.\n", *connection)
+			"Send them through your app's \"Connect Slack\" flow (tokenvault StartConnect) and try again.\n", who)
 		return 3
 	case client.IsNotConnected(err):
-		fmt.Fprintf(stderr, "slack-notify: connection %s does not exist or was revoked; the user must connect Slack first.\n", *connection)
+		fmt.Fprintf(stderr, "slack-notify: connection %s does not exist or was revoked; the user must connect Slack first.\n", who)
 		return 3
 	case errors.As(err, &se) && se.authFailed():
 		fmt.Fprintf(stderr, "slack-notify: Slack rejected the token even after a refresh (%s); the user probably must connect Slack again.\n", se.Code)

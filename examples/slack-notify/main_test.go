@@ -23,17 +23,17 @@ func TestSlackNotify(t *testing.T) {
 		}
 		return ""
 	}
-	notify := func(channel, text string, conn ...string) (int, string, string) {
+	// who is "-owner alice" (by user and provider) unless given.
+	notify := func(channel, text string, who ...string) (int, string, string) {
 		t.Helper()
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		c := id
-		if len(conn) > 0 {
-			c = conn[0]
+		if len(who) == 0 {
+			who = []string{"-owner", "alice"}
 		}
 		var out, errb bytes.Buffer
-		code := run(ctx, []string{"-addr", st.GRPCAddr, "-connection", c, "-channel", channel, "-text", text,
-			"-slack-api", st.Slack.URL() + "/api"}, env, &out, &errb)
+		code := run(ctx, append(who, "-addr", st.GRPCAddr, "-channel", channel, "-text", text,
+			"-slack-api", st.Slack.URL()+"/api"), env, &out, &errb)
 		return code, out.String(), errb.String()
 	}
 
@@ -49,8 +49,16 @@ func TestSlackNotify(t *testing.T) {
 	if code, _, errOut := notify("C0FAKERANDOM", "x"); code != 1 || !strings.Contains(errOut, "not_in_channel") {
 		t.Errorf("slack-notify to a channel the bot is not in = %d, %q; want 1 and not_in_channel", code, errOut)
 	}
-	if code, _, errOut := notify("C0FAKEDEPLOYS", "x", "conn_nope"); code != 3 || !strings.Contains(errOut, "does not exist") {
-		t.Errorf("slack-notify with an unknown connection = %d, %q; want 3", code, errOut)
+	if code, out, errOut := notify("C0FAKEGENERAL", "by id", "-connection", id); code != 0 || !strings.Contains(out, "posted to C0FAKEGENERAL") {
+		t.Errorf("slack-notify -connection %s = %d, %q, %q; want 0", id, code, out, errOut)
+	}
+	for _, who := range [][]string{{"-connection", "conn_nope"}, {"-owner", "bob"}} {
+		if code, _, errOut := notify("C0FAKEDEPLOYS", "x", who...); code != 3 || !strings.Contains(errOut, "does not exist") {
+			t.Errorf("slack-notify %v = %d, %q; want 3", who, code, errOut)
+		}
+	}
+	if code, _, _ := notify("C0FAKEDEPLOYS", "x", "-owner", "alice", "-connection", id); code != 2 {
+		t.Errorf("slack-notify with both -owner and -connection = %d; want 2", code)
 	}
 
 	// The workspace removes the app: Slack rejects the token, the forced
@@ -61,7 +69,7 @@ func TestSlackNotify(t *testing.T) {
 	if code, _, errOut := notify("C0FAKEDEPLOYS", "after revoke"); code != 3 || !strings.Contains(errOut, "StartConnect") {
 		t.Errorf("slack-notify after the grant was revoked = %d, %q; want 3 and a reconnect hint", code, errOut)
 	}
-	if n := len(st.Slack.SlackMessages("")); n != 1 {
-		t.Errorf("%d messages at Slack; want only the first", n)
+	if n := len(st.Slack.SlackMessages("")); n != 2 {
+		t.Errorf("%d messages at Slack; want only the first two", n)
 	}
 }
