@@ -145,11 +145,12 @@ func TestCrash_KilledMidRefresh(t *testing.T) {
 	}
 }
 
-// buildSidecar builds this package's binary into a temporary directory.
+// buildSidecar builds this package's binary into a temporary directory,
+// with the failpoint tag: TOKENVAULT_FAILPOINT works only in such a build.
 func buildSidecar(t *testing.T) string {
 	t.Helper()
 	bin := filepath.Join(t.TempDir(), "tokenvault")
-	cmd := exec.Command("go", "build", "-o", bin, ".")
+	cmd := exec.Command("go", "build", "-tags", "failpoint", "-o", bin, ".")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}

@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"log/slog"
-	"os"
 	"time"
 
 	"github.com/tokenvault/tokenvault/vault"
@@ -73,30 +72,5 @@ func runScheduler(ctx context.Context, v *vault.Vault, log *slog.Logger) {
 	s := vault.NewScheduler(v, vault.SchedulerConfig{Logger: log})
 	if err := s.Run(ctx); err != nil && !errors.Is(err, context.Canceled) {
 		log.Error("refresh scheduler stopped", slog.String("err", err.Error()))
-	}
-}
-
-// failpointEnv names the crash-test hook: set it to a vault.Failpoint*
-// name and the process kills itself (SIGKILL, no cleanup) when a refresh
-// reaches that point. For tests only (cmd/tokenvault/crash_test.go).
-const failpointEnv = "TOKENVAULT_FAILPOINT"
-
-// failpoint returns the vault's Config.Failpoint for env, nil (no cost)
-// unless failpointEnv is set.
-func failpoint(env func(string) string, log *slog.Logger) func(string) {
-	want := env(failpointEnv)
-	if want == "" {
-		return nil
-	}
-	log.Warn("TEST ONLY: failpoint armed; the process will kill itself there", slog.String("failpoint", want))
-	return func(name string) {
-		if name != want {
-			return
-		}
-		p, err := os.FindProcess(os.Getpid())
-		if err == nil {
-			p.Kill() // SIGKILL on Unix: nothing after this point runs
-		}
-		select {} // until the signal lands
 	}
 }
