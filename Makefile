@@ -9,6 +9,9 @@ export PATH := $(BIN):$(PATH)
 BUF_VERSION                := v1.75.0
 PROTOC_GEN_GO_VERSION      := v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
+# protoc-gen-openapiv2 writes docs/openapi.swagger.json, the JSON gateway's
+# routes (server/http_rules.yaml).
+GRPC_GATEWAY_VERSION       := v2.34.0
 # grpcurl drives the running sidecar in cmd/tokenvault/grpcurl_test.go, as
 # an operator would.
 GRPCURL_VERSION            := v1.9.4
@@ -39,7 +42,7 @@ node-test: build $(PROTOC_GEN_ES)
 	cd $(NODE_CLIENT) && TOKENVAULT_BIN=$(BIN)/tokenvault $(NPM) test
 	cd $(NODE_EXAMPLE) && $(NPM) ci --ignore-scripts --no-audit --no-fund
 
-tools: $(BUF) $(BIN)/protoc-gen-go $(BIN)/protoc-gen-go-grpc $(BIN)/grpcurl $(PROTOC_GEN_ES)
+tools: $(BUF) $(BIN)/protoc-gen-go $(BIN)/protoc-gen-go-grpc $(BIN)/protoc-gen-openapiv2 $(BIN)/grpcurl $(PROTOC_GEN_ES)
 
 # Scripts are skipped here: the test script compiles the client.
 $(PROTOC_GEN_ES): $(NODE_CLIENT)/package-lock.json
@@ -52,6 +55,8 @@ $(BIN)/protoc-gen-go:
 	GOBIN=$(BIN) $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
 $(BIN)/protoc-gen-go-grpc:
 	GOBIN=$(BIN) $(GO) install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION)
+$(BIN)/protoc-gen-openapiv2:
+	GOBIN=$(BIN) $(GO) install github.com/grpc-ecosystem/grpc-gateway/v2/protoc-gen-openapiv2@$(GRPC_GATEWAY_VERSION)
 $(BIN)/grpcurl:
 	GOBIN=$(BIN) $(GO) install github.com/fullstorydev/grpcurl/cmd/grpcurl@$(GRPCURL_VERSION)
 
@@ -65,13 +70,16 @@ vet:
 generate: tools
 	$(BUF) generate
 
-## check-generated: the committed generated code matches the .proto files
+## check-generated: the committed generated code and OpenAPI document match
+## the .proto files (and server/http_rules.yaml)
 check-generated: tools
 	@tmp=$$(mktemp -d); trap 'rm -rf $$tmp' EXIT; \
 	$(BUF) generate -o $$tmp && \
 	diff -r --exclude='*.proto' $$tmp/proto proto >/dev/null && \
+	diff $$tmp/docs/openapi.swagger.json docs/openapi.swagger.json >/dev/null && \
 	diff -r $$tmp/$(NODE_CLIENT)/src/gen $(NODE_CLIENT)/src/gen >/dev/null || { echo "generated code is stale: run 'make generate'"; \
-		diff -r --exclude='*.proto' $$tmp/proto proto | head -40; diff -r $$tmp/$(NODE_CLIENT)/src/gen $(NODE_CLIENT)/src/gen | head -40; exit 1; }
+		diff -r --exclude='*.proto' $$tmp/proto proto | head -40; diff $$tmp/docs/openapi.swagger.json docs/openapi.swagger.json | head -40; \
+		diff -r $$tmp/$(NODE_CLIENT)/src/gen $(NODE_CLIENT)/src/gen | head -40; exit 1; }
 
 ## bench: the hot-path benchmark (GetAccessToken vs a bare grpc-go server and an empty handler)
 bench:

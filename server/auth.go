@@ -216,6 +216,10 @@ func (a *Auth) authenticate(ctx context.Context) *Caller {
 				return a.peers[pi.UID]
 			}
 		}
+		// A JSON gateway call on the unix socket (gateway.go).
+		if pi, ok := ctx.Value(gatewayPeerKey{}).(PeerAuthInfo); ok && pi.HasCred {
+			return a.peers[pi.UID]
+		}
 		return nil
 	case 1:
 		key, ok := bearer(vals[0])

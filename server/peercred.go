@@ -31,7 +31,7 @@ type peerCreds struct{}
 
 func (peerCreds) ServerHandshake(conn net.Conn) (net.Conn, credentials.AuthInfo, error) {
 	info := PeerAuthInfo{CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.NoSecurity}}
-	if uc, ok := conn.(*net.UnixConn); ok {
+	if uc, ok := netConn(conn).(*net.UnixConn); ok {
 		if uid, gid, pid, ok := peerUcred(uc); ok {
 			info.HasCred, info.UID, info.GID, info.PID = true, uid, gid, pid
 			// The kernel vouches for the peer and nothing leaves the host.

@@ -87,6 +87,7 @@ type Server struct {
 	grpc   *grpc.Server
 	health *health.Server
 	http   *http.Server
+	api    *http.Server // the JSON gateway on the API listeners (gateway.go)
 	extra  []net.Listener
 
 	stopping chan struct{} // closed when Serve starts to stop: ends WatchEvents streams
@@ -208,6 +209,20 @@ func New(cfg Config) *Server {
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 	}
+	gw, err := newGateway(s.grpc, cfg.MaxRecvMsgSize)
+	if err != nil {
+		panic(err) // http_rules.yaml is compiled in; its tests keep it valid
+	}
+	s.api = &http.Server{
+		Handler:           gw,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      60 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    MaxHeaderListSize,
+		ConnContext:       gatewayConnContext,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+	}
 	return s
 }
 
@@ -221,20 +236,29 @@ func (s *Server) HTTPHandler() http.Handler { return s.http.Handler }
 // peers are identified by uid). Call it before Serve.
 func (s *Server) AddGRPCListener(l net.Listener) { s.extra = append(s.extra, l) }
 
-// Serve serves gRPC on gl (and the listeners added by AddGRPCListener) and
-// HTTP on hl until ctx is done, then stops gracefully: in-flight calls get
-// up to grace to finish before they are cut.
+// Serve serves the API on gl (and the listeners added by AddGRPCListener)
+// and HTTP on hl until ctx is done, then stops gracefully: in-flight calls
+// get up to grace to finish before they are cut. An API listener serves
+// gRPC and, to clients that speak HTTP/1.1, the JSON gateway (gateway.go).
 func (s *Server) Serve(ctx context.Context, gl, hl net.Listener, grace time.Duration) error {
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	s.health.SetServingStatus(tvv1.TokenVaultService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
-	errc := make(chan error, 2+len(s.extra))
+	apis := append([]net.Listener{gl}, s.extra...)
+	errc := make(chan error, 1+2*len(apis))
 	var wg sync.WaitGroup
-	for _, l := range append([]net.Listener{gl}, s.extra...) {
-		wg.Add(1)
+	for _, l := range apis {
+		h2, h1 := splitListener(l, 10*time.Second)
+		wg.Add(2)
 		go func() {
 			defer wg.Done()
-			if err := s.grpc.Serve(l); err != nil {
+			if err := s.grpc.Serve(h2); err != nil {
 				errc <- fmt.Errorf("grpc: %w", err)
+			}
+		}()
+		go func() {
+			defer wg.Done()
+			if err := s.api.Serve(h1); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				errc <- fmt.Errorf("json gateway: %w", err)
 			}
 		}()
 	}
@@ -255,6 +279,7 @@ func (s *Server) Serve(ctx context.Context, gl, hl net.Listener, grace time.Dura
 	sctx, cancel := context.WithTimeout(context.Background(), grace)
 	defer cancel()
 	_ = s.http.Shutdown(sctx)
+	_ = s.api.Shutdown(sctx)
 	done := make(chan struct{})
 	go func() { s.grpc.GracefulStop(); close(done) }()
 	select {
@@ -263,5 +288,8 @@ func (s *Server) Serve(ctx context.Context, gl, hl net.Listener, grace time.Dura
 		s.grpc.Stop()
 	}
 	wg.Wait()
+	for _, l := range apis {
+		l.Close() // the split's accept loop; its halves are closed
+	}
 	return err
 }

@@ -48,6 +48,7 @@ type env struct {
 	audit   *vault.AuditLog
 	metrics *server.Metrics
 	lis     *bufconn.Listener
+	srv     *server.Server
 }
 
 // testKeys are the env's API keys, by name.
@@ -153,6 +154,7 @@ func newEnvWith(t *testing.T, fo providertest.Options, edit func(*providers.OAut
 	t.Cleanup(e.audit.Close)
 	srv := server.New(server.Config{Vault: e.v, Providers: []providers.Info{p.Info()},
 		Auth: testAuth(t), Audit: e.audit, Metrics: e.metrics, Now: e.clock.Now})
+	e.srv = srv
 	e.http.Config.Handler = srv.HTTPHandler()
 	e.http.Start()
 	t.Cleanup(e.http.Close)
