@@ -22,7 +22,7 @@ NODE_CLIENT   := client/node
 NODE_EXAMPLE  := examples/node-slack-notify
 PROTOC_GEN_ES := $(NODE_CLIENT)/node_modules/.bin/protoc-gen-es
 
-.PHONY: run test lint vet generate check-generated tools bench build clean node-test
+.PHONY: run test lint vet generate check-generated tools bench build clean node-test browser
 
 ## run: the sidecar in dev mode (no config; sandbox provider built in)
 run:
@@ -33,7 +33,8 @@ build:
 	$(GO) build -o $(BIN)/tokenvault ./cmd/tokenvault
 
 ## test: everything CI checks: lint, generated code current, race tests
-test: lint check-generated node-test
+## (the connect page's tests drive Debian's chromium, which this installs)
+test: lint check-generated browser node-test
 	TOKENVAULT_BIN=$(BIN)/tokenvault $(GO) test -race -count=1 -timeout 20m ./...
 
 ## node-test: the Node.js client's tests (node --test) against a real sidecar;
@@ -41,6 +42,15 @@ test: lint check-generated node-test
 node-test: build $(PROTOC_GEN_ES)
 	cd $(NODE_CLIENT) && TOKENVAULT_BIN=$(BIN)/tokenvault $(NPM) test
 	cd $(NODE_EXAMPLE) && $(NPM) ci --ignore-scripts --no-audit --no-fund
+
+## browser: Debian's chromium for the page tests, if missing. CI runs as
+## root on a fresh Debian machine; elsewhere it says what to install (the
+## page tests skip without it, and fail when CI is set).
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-dejavu-core >/dev/null; \
+	  else echo "chromium is not installed: apt-get install chromium (the connect page's browser tests skip without it)"; fi; }
 
 tools: $(BUF) $(BIN)/protoc-gen-go $(BIN)/protoc-gen-go-grpc $(BIN)/protoc-gen-openapiv2 $(BIN)/grpcurl $(PROTOC_GEN_ES)
 

@@ -246,6 +246,7 @@ func (h *Handler) Register(mux *http.ServeMux) {
 	mux.HandleFunc("GET /connect/page.js", h.asset("page.js", "text/javascript; charset=utf-8"))
 	mux.HandleFunc("GET /connect/connect.css", h.asset("connect.css", "text/css; charset=utf-8"))
 	mux.HandleFunc("GET /connect/logo", h.logo)
+	mux.HandleFunc("GET /connect/favicon.svg", h.favicon)
 	mux.HandleFunc("GET /connect/icons/{name}", h.icon)
 	mux.HandleFunc("/connect/", func(w http.ResponseWriter, r *http.Request) {
 		h.render(w, r, http.StatusNotFound, view{Title: "Page not found", Message: "There is nothing at this address."})
@@ -562,7 +563,7 @@ func (h *Handler) post(w http.ResponseWriter, r *http.Request) (Session, bool) {
 		h.render(w, r, http.StatusBadRequest, view{Title: "Bad request", Message: "The form could not be read.", Retry: PathPrefix, RetryText: "Back to the page"})
 		return Session{}, false
 	}
-	if o := r.Header.Get("Origin"); o != "" && o != h.origin {
+	if !sameOrigin(r, h.origin) {
 		h.forbidden(w, r)
 		return Session{}, false
 	}
@@ -580,6 +581,19 @@ func (h *Handler) post(w http.ResponseWriter, r *http.Request) (Session, bool) {
 		return Session{}, false
 	}
 	return s, true
+}
+
+// sameOrigin reports whether the browser says a request comes from one of
+// the sidecar's pages. Under Referrer-Policy: no-referrer browsers send
+// "Origin: null" with a form's POST, so Sec-Fetch-Site (which that policy
+// does not touch) is the signal; a real foreign Origin is refused too. The
+// CSRF token is the protection that holds for browsers sending neither.
+func sameOrigin(r *http.Request, origin string) bool {
+	if s := r.Header.Get("Sec-Fetch-Site"); s != "" && s != "same-origin" {
+		return false
+	}
+	o := r.Header.Get("Origin")
+	return o == "" || o == "null" || o == origin
 }
 
 func (h *Handler) forbidden(w http.ResponseWriter, r *http.Request) {
@@ -702,6 +716,10 @@ func (h *Handler) asset(name, ctype string) http.HandlerFunc {
 		panic(err) // embedded at build time
 	}
 	return func(w http.ResponseWriter, r *http.Request) {
+		if name == "embed.js" {
+			// The application's pages, on their own origin, load it.
+			w.Header().Set("Cross-Origin-Resource-Policy", "cross-origin")
+		}
 		serveStatic(w, b, ctype)
 	}
 }
@@ -712,6 +730,11 @@ func (h *Handler) logo(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	serveStatic(w, h.cfg.Logo, h.cfg.LogoType)
+}
+
+// favicon is the application's initial on the theme colour.
+func (h *Handler) favicon(w http.ResponseWriter, r *http.Request) {
+	serveStatic(w, []byte(monogram(&Provider{DisplayName: h.cfg.AppName, Color: h.theme.Accent})), "image/svg+xml")
 }
 
 func (h *Handler) icon(w http.ResponseWriter, r *http.Request) {
@@ -731,7 +754,9 @@ func serveStatic(w http.ResponseWriter, b []byte, ctype string) {
 	hd.Set("X-Content-Type-Options", "nosniff")
 	hd.Set("Referrer-Policy", "no-referrer")
 	hd.Set("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; sandbox")
-	hd.Set("Cross-Origin-Resource-Policy", "same-origin")
+	if hd.Get("Cross-Origin-Resource-Policy") == "" {
+		hd.Set("Cross-Origin-Resource-Policy", "same-origin")
+	}
 	hd.Set("Cache-Control", "public, max-age=300")
 	_, _ = w.Write(b)
 }
@@ -753,6 +778,6 @@ func monogram(p *Provider) template.HTML {
 	}
 	rgb, _ := parseHex(p.Color)
 	fg := onColor(rgb)
-	return template.HTML(fmt.Sprintf(`<svg viewBox="0 0 40 40" width="40" height="40" focusable="false" aria-hidden="true"><rect width="40" height="40" rx="9" fill="%s"/><text x="20" y="27" text-anchor="middle" font-size="20" font-weight="700" font-family="system-ui,sans-serif" fill="%s">%s</text></svg>`,
+	return template.HTML(fmt.Sprintf(`<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 40 40" width="40" height="40" focusable="false" aria-hidden="true"><rect width="40" height="40" rx="9" fill="%s"/><text x="20" y="27" text-anchor="middle" font-size="20" font-weight="700" font-family="system-ui,sans-serif" fill="%s">%s</text></svg>`,
 		template.HTMLEscapeString(p.Color), fg, template.HTMLEscapeString(initial)))
 }

@@ -27,6 +27,7 @@ type fakeBackend struct {
 	connects []ConnectRequest
 	begins   int
 	revoked  []string
+	authURL  string // where Connect sends the browser; default a provider's
 }
 
 func newFake() *fakeBackend {
@@ -59,6 +60,9 @@ func (f *fakeBackend) Connect(_ context.Context, s Session, r ConnectRequest) (s
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.connects = append(f.connects, r)
+	if f.authURL != "" {
+		return f.authURL, nil
+	}
 	return "https://auth.example.com/authorize?state=xyz&owner=" + url.QueryEscape(s.Owner), nil
 }
 
@@ -380,7 +384,8 @@ func TestPage_StateChangesNeedCSRFAndSameOrigin(t *testing.T) {
 		{"another session's token", "/connect/connect", url.Values{"provider": {"linear"}, "csrf": {other}}, nil},
 		{"cross-origin", "/connect/connect", url.Values{"provider": {"linear"}, "csrf": {good}}, []string{"Origin", "https://evil.example"}},
 		{"disconnect, no token", "/connect/disconnect", url.Values{"connection_id": {"conn_a1"}}, nil},
-		{"disconnect, cross-origin", "/connect/disconnect", url.Values{"connection_id": {"conn_a1"}, "csrf": {good}}, []string{"Origin", "null"}},
+		{"disconnect, cross-site", "/connect/disconnect", url.Values{"connection_id": {"conn_a1"}, "csrf": {good}}, []string{"Sec-Fetch-Site", "cross-site"}},
+		{"same-site but another origin", "/connect/connect", url.Values{"provider": {"linear"}, "csrf": {good}}, []string{"Sec-Fetch-Site", "same-site", "Origin", "null"}},
 	} {
 		resp, _ := r.do("POST", tc.path, tc.form, tc.hdr...)
 		if resp.StatusCode != http.StatusForbidden {
