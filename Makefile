@@ -22,7 +22,7 @@ NODE_CLIENT   := client/node
 NODE_EXAMPLE  := examples/node-slack-notify
 PROTOC_GEN_ES := $(NODE_CLIENT)/node_modules/.bin/protoc-gen-es
 
-.PHONY: run test lint vet generate check-generated tools bench build clean node-test browser
+.PHONY: run test lint vet generate check-generated tools bench build clean node-test browser test-deps
 
 ## run: the sidecar in dev mode (no config; sandbox provider built in)
 run:
@@ -33,9 +33,18 @@ build:
 	$(GO) build -o $(BIN)/tokenvault ./cmd/tokenvault
 
 ## test: everything CI checks: lint, generated code current, race tests
-## (the connect page's tests drive Debian's chromium, which this installs)
-test: lint check-generated browser node-test
+## (the connect page's tests drive Debian's chromium, and the JSON gateway's
+## curl and openssl, which test-deps installs)
+test: lint check-generated browser node-test test-deps
 	TOKENVAULT_BIN=$(BIN)/tokenvault $(GO) test -race -count=1 -timeout 20m ./...
+
+## test-deps: the Debian tools tests drive as the README does, where missing:
+## curl (the JSON gateway walkthrough) and openssl (the shell webhook verifier)
+test-deps:
+	@command -v curl >/dev/null 2>&1 && command -v openssl >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && apt-get install -y -qq curl openssl; \
+	  else echo "curl or openssl is missing: apt-get install curl openssl (their tests skip without them)"; fi; }
 
 ## node-test: the Node.js client's tests (node --test) against a real sidecar;
 ## then the Express example's packages, for its Go test (go test ./examples/...)
