@@ -291,3 +291,18 @@ func runMain(t *testing.T, args ...string) (int, string, string) {
 	code := Main(context.Background(), args, func(string) string { return "" }, &out, &errb)
 	return code, out.String(), errb.String()
 }
+
+// TestOpenStore_BoltDurable: the sidecar's bbolt store fsyncs every commit
+// (an acknowledged refresh survives a power loss); nothing in the wiring
+// turns NoSync on.
+func TestOpenStore_BoltDurable(t *testing.T) {
+	st, err := openStore(context.Background(), nil, t.TempDir(), func(string) string { return "" })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	d, ok := st.(interface{ Durable() bool })
+	if !ok || !d.Durable() {
+		t.Errorf("openStore(bolt) = %T, durable %v; want a bbolt store that fsyncs", st, ok && d.Durable())
+	}
+}

@@ -143,6 +143,10 @@ func (s *Store) ensureBucket() (bool, error) {
 	})
 }
 
+// Durable reports whether a commit is fsynced before Apply and Take
+// return: true unless the Store was opened with NoSync.
+func (s *Store) Durable() bool { return !s.db.NoSync }
+
 // splitRecord splits a stored value into its revision and data. The data
 // aliases v.
 func splitRecord(key, v []byte) (uint64, []byte, error) {

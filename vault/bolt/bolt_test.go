@@ -37,11 +37,23 @@ func TestOpen_Locked(t *testing.T) {
 
 	const timeout = 100 * time.Millisecond
 	start := time.Now()
-	st, err := bolt.Open(path, bolt.Options{LockTimeout: timeout})
-	took := time.Since(start)
-	if err == nil {
-		st.Close()
+	// In a goroutine: without the lock timeout bbolt waits forever, and
+	// the test must fail, not hang until the suite's timeout.
+	done := make(chan error, 1)
+	go func() {
+		st, err := bolt.Open(path, bolt.Options{LockTimeout: timeout})
+		if err == nil {
+			st.Close()
+		}
+		done <- err
+	}()
+	var err error
+	select {
+	case err = <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatalf("second Open(%q) still waiting after 30s; want ErrLocked after %v", path, timeout)
 	}
+	took := time.Since(start)
 	if !errors.Is(err, bolt.ErrLocked) {
 		t.Fatalf("second Open(%q) = %v; want ErrLocked", path, err)
 	}
@@ -56,6 +68,18 @@ func TestOpen_Locked(t *testing.T) {
 		t.Fatal(err)
 	}
 	openStore(t, path, bolt.Options{LockTimeout: timeout}) // the lock is free again
+}
+
+// TestOpen_Durable: a Store opened with the zero Options, as the sidecar
+// opens it, fsyncs every commit; only NoSync turns that off.
+func TestOpen_Durable(t *testing.T) {
+	dir := t.TempDir()
+	if st := openStore(t, filepath.Join(dir, "a.db"), bolt.Options{}); !st.Durable() {
+		t.Error("Open with zero Options: commits not fsynced; want durable")
+	}
+	if st := openStore(t, filepath.Join(dir, "b.db"), bolt.Options{NoSync: true}); st.Durable() {
+		t.Error("Open with NoSync: Durable() = true; want false")
+	}
 }
 
 func TestOpen_FileModes(t *testing.T) {
