@@ -263,6 +263,9 @@ func TestE2E_Dev(t *testing.T) {
 	if got := strings.TrimSpace(runCLI(t, r.GRPCAddr, "token", id, "--min-valid", "1s")); got != tok1.AccessToken {
 		t.Errorf("tokenvault token = %q; want %q", got, tok1.AccessToken)
 	}
+	if got := strings.TrimSpace(runCLI(t, r.GRPCAddr, "token", "--owner", "alice", "--provider", "sandbox", "--min-valid", "1s")); got != tok1.AccessToken {
+		t.Errorf("tokenvault token --owner alice --provider sandbox = %q; want %q", got, tok1.AccessToken)
+	}
 
 	// Let it expire; the next fetch refreshes.
 	time.Sleep(time.Until(tok1.ExpireTime.AsTime()) + 100*time.Millisecond)
@@ -345,7 +348,8 @@ func TestE2E_Dev(t *testing.T) {
 		"dev-operator RevokeConnection OK",
 		"dev-operator ValidateConnection OK",
 		"dev-application GetAccessToken OK",
-		"dev-operator GetAccessToken OK", // the CLI's token command
+		"dev-operator GetAccessToken OK", // the CLI's token command, by owner and provider
+		"dev-operator GetAccessToken OK", // the CLI's token command, by id
 		"dev-application GetAccessToken OK",
 		" http:callback OK",
 	}
@@ -363,7 +367,7 @@ func TestE2E_Dev(t *testing.T) {
 	}
 	metrics, _ := io.ReadAll(mresp.Body)
 	mresp.Body.Close()
-	for _, want := range []string{`tokenvault_token_reads_total{code="OK",provider="sandbox"} 3`, `tokenvault_refreshes_total{outcome="ok",provider="sandbox"} 1`, `tokenvault_connections{provider="sandbox",status="revoked"} 1`} {
+	for _, want := range []string{`tokenvault_token_reads_total{code="OK",provider="sandbox"} 4`, `tokenvault_refreshes_total{outcome="ok",provider="sandbox"} 1`, `tokenvault_connections{provider="sandbox",status="revoked"} 1`} {
 		if !strings.Contains(string(metrics), want) {
 			t.Errorf("/metrics lacks %s", want)
 		}

@@ -3,6 +3,7 @@
 //	tokenvault serve [--dev] [--config FILE] [flags]
 //	tokenvault connections list|get|revoke|validate [flags]
 //	tokenvault token CONNECTION_ID [flags]
+//	tokenvault token --owner OWNER --provider PROVIDER [--label LABEL] [flags]
 //	tokenvault keys rotate
 //	tokenvault audit [flags]
 //	tokenvault store migrate --from FILE --to CONFIG [--force]
@@ -32,6 +33,7 @@ Usage:
   tokenvault connections revoke CONNECTION_ID [--reason R]
   tokenvault connections validate CONNECTION_ID [-o json]
   tokenvault token CONNECTION_ID [--min-valid 5m] [--force] [--credential NAME]
+  tokenvault token --owner OWNER --provider PROVIDER [--label LABEL] [--tenant TENANT] [...]
   tokenvault keys rotate
   tokenvault audit [--connection ID] [--caller C] [--method M] [--limit N] [-o json]
   tokenvault store migrate --from FILE --to CONFIG [--force]   copy a bbolt store to etcd

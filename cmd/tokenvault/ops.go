@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -253,12 +254,21 @@ func tokenCmd(ctx context.Context, args []string, env func(string) string, stdou
 	minValid := fs.Duration("min-valid", 0, "the token stays valid at least this long (default: the sidecar's)")
 	force := fs.Bool("force", false, "refresh at the provider even if the stored token is valid")
 	credential := fs.String("credential", "", "which credential (Slack: \"user\")")
+	var sel tvv1.ConnectionSelector
+	fs.StringVar(&sel.Owner, "owner", "", "the connection by its owner (with --provider) instead of CONNECTION_ID")
+	fs.StringVar(&sel.Provider, "provider", "", "the connection's provider (with --owner)")
+	fs.StringVar(&sel.Label, "label", "", "the connection's label, when the owner has several at the provider")
+	fs.StringVar(&sel.Tenant, "tenant", "", "the connection's tenant")
 	pos, err := parseInterspersed(fs, args)
 	if err != nil {
 		return err
 	}
-	if len(pos) != 1 {
-		return fmt.Errorf("want one CONNECTION_ID, got %d arguments", len(pos))
+	bySelector := sel.Owner != "" || sel.Provider != "" || sel.Label != "" || sel.Tenant != ""
+	switch {
+	case bySelector && len(pos) != 0:
+		return errors.New("give CONNECTION_ID or --owner and --provider, not both")
+	case !bySelector && len(pos) != 1:
+		return fmt.Errorf("want one CONNECTION_ID (or --owner and --provider), got %d arguments", len(pos))
 	}
 	conn, err := o.dial()
 	if err != nil {
@@ -267,7 +277,12 @@ func tokenCmd(ctx context.Context, args []string, env func(string) string, stdou
 	defer conn.Close()
 	ctx, cancel := context.WithTimeout(ctx, o.timeout)
 	defer cancel()
-	req := &tvv1.GetAccessTokenRequest{ConnectionId: pos[0], ForceRefresh: *force, Credential: *credential}
+	req := &tvv1.GetAccessTokenRequest{ForceRefresh: *force, Credential: *credential}
+	if bySelector {
+		req.Selector = &sel
+	} else {
+		req.ConnectionId = pos[0]
+	}
 	if *minValid > 0 {
 		req.MinValidFor = durationpb.New(*minValid)
 	}
