@@ -31,6 +31,7 @@ import (
 	"github.com/tokenvault/tokenvault/server"
 	"github.com/tokenvault/tokenvault/vault"
 	"github.com/tokenvault/tokenvault/vault/bolt"
+	"github.com/tokenvault/tokenvault/vault/seal"
 )
 
 // The hot-path benchmark runs the servers it measures in child processes
@@ -118,7 +119,7 @@ func benchChild() error {
 		return err
 	}
 	defer st.Close()
-	mk, _ := vault.GenerateMasterKey()
+	mk, _ := seal.GenerateMasterKey()
 	kr, err := vault.OpenKeyring(context.Background(), st, mk)
 	if err != nil {
 		return err

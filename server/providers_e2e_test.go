@@ -26,6 +26,7 @@ import (
 	"github.com/tokenvault/tokenvault/server"
 	"github.com/tokenvault/tokenvault/vault"
 	"github.com/tokenvault/tokenvault/vault/bolt"
+	"github.com/tokenvault/tokenvault/vault/seal"
 )
 
 // e2eKey is the operator API key the tests call with.
@@ -107,7 +108,7 @@ func startE2ESidecar(t *testing.T, hs *httptest.Server, p providers.Provider) *e
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	mk, err := vault.GenerateMasterKey()
+	mk, err := seal.GenerateMasterKey()
 	if err != nil {
 		t.Fatal(err)
 	}

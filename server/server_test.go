@@ -28,6 +28,7 @@ import (
 	"github.com/tokenvault/tokenvault/server"
 	"github.com/tokenvault/tokenvault/vault"
 	"github.com/tokenvault/tokenvault/vault/bolt"
+	"github.com/tokenvault/tokenvault/vault/seal"
 )
 
 // env is a real sidecar in-process: the strict fake authorization server on
@@ -135,7 +136,7 @@ func newEnvWith(t *testing.T, fo providertest.Options, edit func(*providers.OAut
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	mk, _ := vault.GenerateMasterKey()
+	mk, _ := seal.GenerateMasterKey()
 	kr, err := vault.OpenKeyring(context.Background(), st, mk)
 	if err != nil {
 		t.Fatal(err)

@@ -16,6 +16,7 @@ import (
 
 	"github.com/tokenvault/tokenvault/vault"
 	"github.com/tokenvault/tokenvault/vault/bolt"
+	"github.com/tokenvault/tokenvault/vault/seal"
 )
 
 // failingStore is a real bbolt Store whose next Apply, when armed, carries
@@ -75,7 +76,7 @@ type eventsHarness struct {
 	clock *clock
 	p     *scopedProvider
 	path  string
-	mk    vault.MasterKey
+	mk    seal.MasterKey
 	store *failingStore
 	v     *vault.Vault
 	// armAfterStart arms the store's failure for the callback of the next
@@ -88,7 +89,7 @@ func newEventsHarness(t testing.TB) *eventsHarness {
 	h := &eventsHarness{t: t, clock: newClock(), path: filepath.Join(t.TempDir(), "ev.db")}
 	h.p = &scopedProvider{fakeProvider: &fakeProvider{clock: h.clock, lifetime: time.Hour}}
 	var err error
-	if h.mk, err = vault.GenerateMasterKey(); err != nil {
+	if h.mk, err = seal.GenerateMasterKey(); err != nil {
 		t.Fatal(err)
 	}
 	h.open()

@@ -1,53 +1,15 @@
 package vault
 
 import (
-	"bytes"
 	"context"
-	"crypto/aes"
-	"crypto/cipher"
-	"crypto/rand"
-	"encoding/base64"
-	"encoding/binary"
-	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"log/slog"
-	"math"
 	"slices"
-	"strconv"
-	"sync"
-	"sync/atomic"
-	"time"
+
+	"github.com/tokenvault/tokenvault/vault/seal"
 )
 
-// A sealed value is
-//
-//	[1 byte format version][4 bytes big-endian key term][12 bytes nonce][ciphertext][16 bytes GCM tag]
-//
-// and the GCM additional data is the 17-byte header followed by the storage
-// key of the record the value is written under. So a flipped header byte
-// fails to open, and so does a value copied or moved to another record.
 const (
-	sealVersion   = 1
-	sealNonceLen  = 12
-	sealHeaderLen = 1 + 4 + sealNonceLen
-	sealTagLen    = 16
-	sealOverhead  = sealHeaderLen + sealTagLen
-)
-
-// The keyring's own records in the Store.
-const (
-	metaKeyringKey = "meta/keyring"
-	metaSchemaKey  = "meta/schema"
-	// storeSchema is the newest store layout this code reads and writes.
-	storeSchema = 1
-	// masterTerm is the term in the header of the keyring record, which is
-	// sealed by the master key. Data key terms start at 1.
-	masterTerm = 0
-	// rotateAttempts bounds Rotate's compare-and-swap retries.
-	rotateAttempts = 5
 	// rewrapAttempts bounds how often Rewrap retries one record that keeps
 	// being rewritten under it.
 	rewrapAttempts = 10
@@ -56,562 +18,56 @@ const (
 	rewrapBatch = 256
 )
 
-var (
-	errSealShort   = fmt.Errorf("%w: too short", ErrSealBroken)
-	errSealVersion = fmt.Errorf("%w: unknown format version", ErrSealBroken)
-	errSealAuth    = fmt.Errorf("%w: authentication failed", ErrSealBroken)
-	errNoKeyring   = errors.New("vault: Keyring not opened (use OpenKeyring)")
-	errMasterKey   = errors.New("vault: master key must be 32 raw bytes, or 32 bytes as base64 or hex text")
-)
-
-// MasterKey is the 32-byte key-encryption key that seals the keyring.
-//
-// A MasterKey never prints: String, Format (every fmt verb), LogValue (slog)
-// and MarshalText all give "MasterKey(redacted)". Use Encode to write one out
-// on purpose.
-type MasterKey [32]byte
-
-const masterKeyRedacted = "MasterKey(redacted)"
-
-// ParseMasterKey reads a master key from the contents of a key file or an
-// environment variable. It accepts exactly 32 raw bytes, or text (surrounding
-// whitespace ignored) holding 32 bytes as hex or as base64 in the standard or
-// URL alphabet, padded or not. The error never includes the input.
-//
-// It refuses an all-zero key, and 32 "raw" bytes that are all printable
-// ASCII: that is a 32-character password or a 16-byte key in hex, not 256
-// random bits (a random key is all printable with odds of about 1e-14).
-func ParseMasterKey(b []byte) (MasterKey, error) {
-	var mk MasterKey
-	switch {
-	case len(b) == len(mk) && isPrintableASCII(b):
-		return MasterKey{}, errors.New("vault: master key is 32 characters of text, not 32 random bytes; give 32 bytes as base64 or hex")
-	case len(b) == len(mk):
-		copy(mk[:], b)
-	case !parseMasterKeyText(&mk, bytes.TrimSpace(b)):
-		return MasterKey{}, errMasterKey
-	}
-	if mk == (MasterKey{}) {
-		return MasterKey{}, errors.New("vault: master key is all zeros")
-	}
-	return mk, nil
-}
-
-// parseMasterKeyText decodes s as hex or base64 into mk and reports whether
-// it held exactly 32 bytes.
-func parseMasterKeyText(mk *MasterKey, s []byte) bool {
-	// Hex (64 characters) is the longest accepted form; the bound also keeps
-	// every decode below inside buf.
-	if len(s) > 2*len(mk) {
-		return false
-	}
-	var buf [64]byte
-	defer clear(buf[:])
-	if len(s) == 2*len(mk) {
-		if n, err := hex.Decode(buf[:], s); err == nil && n == len(mk) {
-			copy(mk[:], buf[:n])
-			return true
-		}
-	}
-	for _, enc := range []*base64.Encoding{
-		base64.StdEncoding, base64.RawStdEncoding,
-		base64.URLEncoding, base64.RawURLEncoding,
-	} {
-		if n, err := enc.Decode(buf[:], s); err == nil && n == len(mk) {
-			copy(mk[:], buf[:n])
-			return true
-		}
-	}
-	return false
-}
-
-func isPrintableASCII(b []byte) bool {
-	for _, c := range b {
-		if c < 0x20 || c > 0x7e {
-			return false
-		}
-	}
-	return true
-}
-
-// GenerateMasterKey returns a new random master key from crypto/rand.
-func GenerateMasterKey() (MasterKey, error) {
-	var mk MasterKey
-	if _, err := rand.Read(mk[:]); err != nil {
-		return MasterKey{}, fmt.Errorf("vault: generate master key: %w", err)
-	}
-	return mk, nil
-}
-
-// String returns "MasterKey(redacted)".
-func (m MasterKey) String() string { return masterKeyRedacted }
-
-// Format writes "MasterKey(redacted)" for every verb, so that neither %x nor
-// %d nor %#v prints the key.
-func (m MasterKey) Format(f fmt.State, verb rune) { io.WriteString(f, masterKeyRedacted) }
-
-// LogValue returns "MasterKey(redacted)", so slog never logs the key.
-func (m MasterKey) LogValue() slog.Value { return slog.StringValue(masterKeyRedacted) }
-
-// MarshalText returns "MasterKey(redacted)", so encoding/json and friends
-// never write the key. Use Encode to write it out.
-func (m MasterKey) MarshalText() ([]byte, error) { return []byte(masterKeyRedacted), nil }
-
-// Encode returns the key as standard padded base64, the form to write into a
-// generated key file. ParseMasterKey reads it back.
-func (m MasterKey) Encode() string { return base64.StdEncoding.EncodeToString(m[:]) }
-
-// A Keyring seals and opens record values with AES-256-GCM under data keys
-// identified by a term. Seal uses the newest term; Open accepts every term
-// the keyring holds, so values sealed before a Rotate keep opening. The data
-// keys are stored in the Store under "meta/keyring", sealed by the master
-// key.
-//
-// A Keyring is safe for concurrent use. The zero Keyring is not usable; get
-// one from OpenKeyring.
-type Keyring struct {
-	store  Store
-	master cipher.AEAD // seals the keyring record; term 0
-
-	mu   sync.Mutex // serializes Rotate and Reload
-	ring atomic.Pointer[ringState]
-}
-
-// ringState is one version of the keyring. It is never modified once
-// published: Seal and Open read it without locks and Rotate or Reload
-// replace it whole.
-type ringState struct {
-	rev     uint64 // store revision of meta/keyring
-	current uint32 // newest term; Seal uses it
-	sealer  cipher.AEAD
-	aeads   map[uint32]cipher.AEAD
-	terms   []ringTerm // sorted by Term, as persisted
-}
-
-// ringFile is the JSON form of the keyring, sealed under meta/keyring.
-type ringFile struct {
-	Terms []ringTerm `json:"terms"`
-}
-
-type ringTerm struct {
-	Term    uint32    `json:"term"`
-	Key     []byte    `json:"key"` // encoding/json writes []byte as std base64
-	Created time.Time `json:"created"`
-}
-
-// OpenKeyring loads the keyring stored under "meta/keyring" in st, sealed by
-// mk.
-//
-// If the store holds no keyring, OpenKeyring creates one with term 1 (a fresh
-// random AES-256 data key) and writes it together with "meta/schema" = "1",
-// both with create-only compares, so of several processes initializing one
-// store concurrently one wins and the others load its keyring. A store that
-// has a "meta/schema" but no keyring is refused rather than given a new
-// keyring that could not open its records.
-//
-// If a keyring exists but mk does not open it, OpenKeyring returns an error
-// wrapping ErrWrongMasterKey and writes nothing. If "meta/schema" names a
-// version newer than this code knows (or is not a version), it returns an
-// error wrapping ErrSchemaVersion and writes nothing.
-//
-// The Keyring keeps st for Rotate and Reload.
-func OpenKeyring(ctx context.Context, st Store, mk MasterKey) (*Keyring, error) {
+// OpenKeyring opens (or, on an empty store, creates) the keyring kept in st,
+// sealed by mk: seal.OpenKeyring over st. The Keyring keeps st for Rotate
+// and Reload.
+func OpenKeyring(ctx context.Context, st Store, mk seal.MasterKey) (*seal.Keyring, error) {
 	if st == nil {
 		return nil, errors.New("vault: OpenKeyring needs a Store")
 	}
-	master, err := newAEAD(mk[:])
-	if err != nil {
-		return nil, err
-	}
-	k := &Keyring{store: st, master: master}
-	for attempt := 0; ; attempt++ {
-		schemaRev, err := checkSchema(ctx, st)
-		if err != nil {
-			return nil, err
-		}
-		rs, err := k.load(ctx)
-		if err == nil {
-			k.ring.Store(rs)
-			return k, nil
-		}
-		if !errors.Is(err, ErrNotFound) {
-			return nil, err
-		}
-		if schemaRev != 0 {
-			return nil, errors.New("vault: store has a schema version but no keyring; refusing to create a new keyring for existing data")
-		}
-		err = k.create(ctx)
-		if err == nil {
-			return k, nil
-		}
-		// ErrConflict: another process created the keyring first; load it.
-		if !errors.Is(err, ErrConflict) || attempt == 2 {
-			return nil, fmt.Errorf("vault: create keyring: %w", err)
-		}
-	}
+	return seal.OpenKeyring(ctx, keyringStore{st}, mk)
 }
 
-// checkSchema returns the revision of meta/schema (0 if absent) after
-// checking that this code understands the version it names.
-func checkSchema(ctx context.Context, st Store) (uint64, error) {
-	v, rev, err := st.Get(ctx, metaSchemaKey)
+// keyringStore is a Store as the seal.Store a Keyring keeps its records in.
+type keyringStore struct{ st Store }
+
+func (s keyringStore) Get(ctx context.Context, key string) ([]byte, uint64, error) {
+	v, rev, err := s.st.Get(ctx, key)
 	if errors.Is(err, ErrNotFound) {
-		return 0, nil
+		return nil, 0, nil
 	}
-	if err != nil {
-		return 0, fmt.Errorf("vault: read %s: %w", metaSchemaKey, err)
-	}
-	n, err := strconv.ParseUint(string(bytes.TrimSpace(v)), 10, 32)
-	if err != nil || n == 0 {
-		return 0, fmt.Errorf("%w: %s does not hold a version number", ErrSchemaVersion, metaSchemaKey)
-	}
-	if n > storeSchema {
-		return 0, fmt.Errorf("%w: the store has schema %d, this build knows up to %d", ErrSchemaVersion, n, storeSchema)
-	}
-	return rev, nil
+	return v, rev, err
 }
 
-// load reads and opens the keyring record. It returns an error wrapping
-// ErrNotFound if there is none.
-func (k *Keyring) load(ctx context.Context) (*ringState, error) {
-	sealed, rev, err := k.store.Get(ctx, metaKeyringKey)
-	if err != nil {
-		return nil, fmt.Errorf("vault: read %s: %w", metaKeyringKey, err)
+func (s keyringStore) Put(ctx context.Context, recs ...seal.Record) ([]uint64, error) {
+	ops := make([]Op, len(recs))
+	for i, r := range recs {
+		ops[i] = Op{Key: r.Key, Value: r.Value, IfRev: int64(r.IfRev)}
 	}
-	if term, err := SealedTerm(sealed); err != nil || term != masterTerm {
-		return nil, fmt.Errorf("%w (the keyring record's header is damaged)", ErrWrongMasterKey)
+	revs, err := s.st.Apply(ctx, ops...)
+	if errors.Is(err, ErrConflict) {
+		// Both sentinels match: the keyring retries on seal.ErrConflict,
+		// callers of Rotate test for vault.ErrConflict.
+		err = fmt.Errorf("%w: %w", seal.ErrConflict, err)
 	}
-	plain, err := openEnvelope(k.master, metaKeyringKey, sealed)
-	if err != nil {
-		return nil, ErrWrongMasterKey
-	}
-	defer clear(plain)
-	var f ringFile
-	// The json error is dropped: it can quote bytes of the input.
-	if err := json.Unmarshal(plain, &f); err != nil {
-		return nil, errors.New("vault: the keyring record is malformed")
-	}
-	return newRingState(f.Terms, rev)
+	return revs, err
 }
 
-// create writes a new keyring with term 1, and the schema version, to an
-// empty store. It returns an error wrapping ErrConflict if either exists.
-func (k *Keyring) create(ctx context.Context) error {
-	t, err := newRingTerm(1)
-	if err != nil {
-		return err
-	}
-	rs, err := newRingState([]ringTerm{t}, 0)
-	if err != nil {
-		return err
-	}
-	sealed, err := k.sealRing(rs.terms)
-	if err != nil {
-		return err
-	}
-	revs, err := k.store.Apply(ctx,
-		Op{Key: metaKeyringKey, Value: sealed, IfRev: 0},
-		Op{Key: metaSchemaKey, Value: []byte(strconv.Itoa(storeSchema)), IfRev: 0},
-	)
-	if err != nil {
-		return err
-	}
-	rs.rev = revs[0]
-	k.ring.Store(rs)
-	return nil
-}
-
-// sealRing encodes terms and seals them under the master key.
-func (k *Keyring) sealRing(terms []ringTerm) ([]byte, error) {
-	plain, err := json.Marshal(ringFile{Terms: terms})
-	if err != nil {
-		return nil, fmt.Errorf("vault: encode keyring: %w", err)
-	}
-	defer clear(plain)
-	return sealEnvelope(k.master, masterTerm, metaKeyringKey, plain), nil
-}
-
-func newRingTerm(term uint32) (ringTerm, error) {
-	key := make([]byte, 32)
-	if _, err := rand.Read(key); err != nil {
-		return ringTerm{}, fmt.Errorf("vault: generate data key: %w", err)
-	}
-	return ringTerm{Term: term, Key: key, Created: time.Now().UTC().Truncate(time.Second)}, nil
-}
-
-// newRingState checks the decoded terms and builds an AEAD for each.
-func newRingState(terms []ringTerm, rev uint64) (*ringState, error) {
-	if len(terms) == 0 {
-		return nil, errors.New("vault: the keyring holds no keys")
-	}
-	terms = slices.Clone(terms)
-	slices.SortFunc(terms, func(a, b ringTerm) int { return cmpUint32(a.Term, b.Term) })
-	rs := &ringState{rev: rev, terms: terms, aeads: make(map[uint32]cipher.AEAD, len(terms))}
-	for _, t := range terms {
-		if t.Term == masterTerm {
-			return nil, errors.New("vault: the keyring holds a key with the reserved term 0")
-		}
-		if _, dup := rs.aeads[t.Term]; dup {
-			return nil, fmt.Errorf("vault: the keyring holds term %d twice", t.Term)
-		}
-		aead, err := newAEAD(t.Key)
-		if err != nil {
-			return nil, fmt.Errorf("vault: the keyring's term %d: %w", t.Term, err)
-		}
-		rs.aeads[t.Term] = aead
-	}
-	rs.current = terms[len(terms)-1].Term
-	rs.sealer = rs.aeads[rs.current]
-	return rs, nil
-}
-
-// with returns a copy of rs with t added as the newest term, reusing the
-// AEADs rs already built.
-func (rs *ringState) with(t ringTerm) (*ringState, error) {
-	aead, err := newAEAD(t.Key)
-	if err != nil {
-		return nil, err
-	}
-	next := &ringState{
-		current: t.Term,
-		sealer:  aead,
-		aeads:   make(map[uint32]cipher.AEAD, len(rs.aeads)+1),
-		terms:   append(slices.Clip(rs.terms), t),
-	}
-	for term, a := range rs.aeads {
-		next.aeads[term] = a
-	}
-	next.aeads[t.Term] = aead
-	return next, nil
-}
-
-func newAEAD(key []byte) (cipher.AEAD, error) {
-	if len(key) != 32 {
-		return nil, errors.New("vault: a key must be 32 bytes")
-	}
-	block, err := aes.NewCipher(key)
-	if err != nil {
-		return nil, fmt.Errorf("vault: %w", err)
-	}
-	aead, err := cipher.NewGCM(block)
-	if err != nil {
-		return nil, fmt.Errorf("vault: %w", err)
-	}
-	return aead, nil
-}
-
-func cmpUint32(a, b uint32) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
-}
-
-// Term returns the current (newest) key term, the one Seal uses.
-func (k *Keyring) Term() uint32 {
-	rs := k.ring.Load()
-	if rs == nil {
-		return 0
-	}
-	return rs.current
-}
-
-// Seal encrypts plaintext for storage under key, with the current term's data
-// key and a fresh random nonce. The result opens only with Open(key, ...):
-// the storage key is bound into the seal. Seal does not retain plaintext; the
-// returned slice is newly allocated and owned by the caller. The value grows
-// by 33 bytes.
-func (k *Keyring) Seal(key string, plaintext []byte) ([]byte, error) {
-	rs := k.ring.Load()
-	if rs == nil {
-		return nil, errNoKeyring
-	}
-	return sealEnvelope(rs.sealer, rs.current, key, plaintext), nil
-}
-
-// Open authenticates and decrypts a value Seal returned for the same key. It
-// returns an error wrapping ErrSealBroken if the value was tampered with,
-// truncated, sealed for another key (moved between records), sealed by
-// another keyring, or names a term this keyring does not hold (a Rotate in
-// another process: call Reload). The returned plaintext is newly allocated;
-// sealed is not retained.
-func (k *Keyring) Open(key string, sealed []byte) ([]byte, error) {
-	aead, err := k.aeadFor(sealed)
-	if err != nil {
-		return nil, err
-	}
-	return openEnvelope(aead, key, sealed)
-}
-
-// openAppend is Open that appends the plaintext to dst instead of
-// allocating it, for loops that open many values into one buffer. On error
-// dst is returned unchanged.
-func (k *Keyring) openAppend(dst []byte, key string, sealed []byte) ([]byte, error) {
-	aead, err := k.aeadFor(sealed)
-	if err != nil {
-		return dst, err
-	}
-	var scratch [128]byte
-	ad := append(append(scratch[:0], sealed[:sealHeaderLen]...), key...)
-	out, err := aead.Open(dst, sealed[5:sealHeaderLen], sealed[sealHeaderLen:], ad)
-	if err != nil {
-		return dst, errSealAuth
-	}
-	return out, nil
-}
-
-// aeadFor returns the AEAD of the term sealed names.
-func (k *Keyring) aeadFor(sealed []byte) (cipher.AEAD, error) {
-	rs := k.ring.Load()
-	if rs == nil {
-		return nil, errNoKeyring
-	}
-	term, err := SealedTerm(sealed)
-	if err != nil {
-		return nil, err
-	}
-	aead := rs.aeads[term]
-	if aead == nil {
-		return nil, fmt.Errorf("%w: unknown key term %d", ErrSealBroken, term)
-	}
-	return aead, nil
-}
-
-// SealedTerm returns the key term in the header of a sealed value without
-// opening it. It returns an error wrapping ErrSealBroken if sealed is too
-// short to be a sealed value or has an unknown format version.
-func SealedTerm(sealed []byte) (uint32, error) {
-	if len(sealed) < sealOverhead {
-		return 0, errSealShort
-	}
-	if sealed[0] != sealVersion {
-		return 0, errSealVersion
-	}
-	return binary.BigEndian.Uint32(sealed[1:5]), nil
-}
-
-// sealEnvelope seals plaintext under aead with one allocation: the
-// additional data (header || key) is built in spare room past the end of the
-// output, where GCM's writes never reach, and clipped off the result.
-func sealEnvelope(aead cipher.AEAD, term uint32, key string, plaintext []byte) []byte {
-	n := sealOverhead + len(plaintext)
-	buf := make([]byte, n+sealHeaderLen+len(key))
-	hdr := buf[:sealHeaderLen]
-	hdr[0] = sealVersion
-	binary.BigEndian.PutUint32(hdr[1:5], term)
-	rand.Read(hdr[5:]) // never fails (crypto/rand since Go 1.24)
-	ad := buf[n:]
-	copy(ad, hdr)
-	copy(ad[sealHeaderLen:], key)
-	out := aead.Seal(hdr, hdr[5:], plaintext, ad)
-	return out[:n:n]
-}
-
-// openEnvelope opens sealed, whose header SealedTerm has checked, with one
-// allocation laid out as in sealEnvelope.
-func openEnvelope(aead cipher.AEAD, key string, sealed []byte) ([]byte, error) {
-	if len(sealed) < sealOverhead {
-		return nil, errSealShort
-	}
-	n := len(sealed) - sealOverhead
-	buf := make([]byte, n+sealHeaderLen+len(key))
-	ad := buf[n:]
-	copy(ad, sealed[:sealHeaderLen])
-	copy(ad[sealHeaderLen:], key)
-	plain, err := aead.Open(buf[:0], sealed[5:sealHeaderLen], sealed[sealHeaderLen:], ad)
-	if err != nil {
-		return nil, errSealAuth
-	}
-	return plain[:n:n], nil
-}
-
-// Rotate adds a term with a fresh random data key and makes it current: new
-// Seals use it, values sealed under older terms still Open. The keyring is
-// written with a compare-and-swap on its revision; if another process
-// rotated first, Rotate reloads the keyring and adds a term on top of that
-// one (a few times, then it gives up with an error wrapping ErrConflict).
-// Rotate does not re-seal existing values: run Rewrap for that.
-// It returns the new term.
-func (k *Keyring) Rotate(ctx context.Context) (uint32, error) {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	for attempt := 1; ; attempt++ {
-		cur := k.ring.Load()
-		if cur == nil {
-			return 0, errNoKeyring
-		}
-		if cur.current == math.MaxUint32 {
-			return 0, errors.New("vault: rotate keyring: out of key terms")
-		}
-		t, err := newRingTerm(cur.current + 1)
-		if err != nil {
-			return 0, err
-		}
-		next, err := cur.with(t)
-		if err != nil {
-			return 0, err
-		}
-		sealed, err := k.sealRing(next.terms)
-		if err != nil {
-			return 0, err
-		}
-		revs, err := k.store.Apply(ctx, Op{Key: metaKeyringKey, Value: sealed, IfRev: int64(cur.rev)})
-		if err == nil {
-			next.rev = revs[0]
-			k.ring.Store(next)
-			return next.current, nil
-		}
-		if !errors.Is(err, ErrConflict) || attempt == rotateAttempts {
-			return 0, fmt.Errorf("vault: rotate keyring: %w", err)
-		}
-		if err := k.reloadLocked(ctx); err != nil {
-			return 0, err
-		}
-	}
-}
-
-// Reload re-reads the keyring from the store, to pick up a Rotate made by
-// another process sharing it. If the master key no longer opens the stored
-// keyring it returns an error wrapping ErrWrongMasterKey and keeps the keys
-// it had.
-func (k *Keyring) Reload(ctx context.Context) error {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	return k.reloadLocked(ctx)
-}
-
-func (k *Keyring) reloadLocked(ctx context.Context) error {
-	if k.ring.Load() == nil {
-		return errNoKeyring
-	}
-	rs, err := k.load(ctx)
-	if err != nil {
-		return fmt.Errorf("vault: reload keyring: %w", err)
-	}
-	if rs.rev != k.ring.Load().rev {
-		k.ring.Store(rs)
-	}
-	return nil
-}
-
-// Rewrap re-seals, under the current term, every value below each of the
+// Rewrap re-seals with k, under its current term, every value below each of the
 // given key prefixes whose term is older, each with a compare-and-swap on its
 // revision: if a concurrent writer changes the record first, Rewrap reads it
 // again and re-seals it only if it is still stale. It returns how many values
 // it rewrote, so a second pass after a complete one returns 0.
 //
 // Every value below the prefixes must be one this keyring sealed; the
-// keyring's own records ("meta/keyring", "meta/schema") are skipped. A stale
+// keyring's own records (seal.KeyringKey, seal.SchemaKey) are skipped. A stale
 // value that does not open does not stop the pass: Rewrap carries on and then
 // returns an error naming such keys (never their values) along with the
 // count. A Store error stops the pass.
-func (k *Keyring) Rewrap(ctx context.Context, st Store, prefixes ...string) (int, error) {
+func Rewrap(ctx context.Context, st Store, k *seal.Keyring, prefixes ...string) (int, error) {
 	target := k.Term()
 	if target == 0 {
-		return 0, errNoKeyring
+		return 0, errors.New("vault: rewrap: the keyring is not open")
 	}
 	var (
 		n      int
@@ -625,9 +81,9 @@ func (k *Keyring) Rewrap(ctx context.Context, st Store, prefixes ...string) (int
 				return n, fmt.Errorf("vault: rewrap: %w", err)
 			}
 			for _, r := range batch {
-				done, err := k.rewrapOne(ctx, st, r, target)
+				done, err := rewrapOne(ctx, st, k, r, target)
 				switch {
-				case errors.Is(err, ErrSealBroken):
+				case errors.Is(err, seal.ErrBroken):
 					broken = append(broken, r.key)
 				case err != nil:
 					return n, fmt.Errorf("vault: rewrap %s: %w", r.key, err)
@@ -648,7 +104,7 @@ func (k *Keyring) Rewrap(ctx context.Context, st Store, prefixes ...string) (int
 		if len(broken) > show {
 			more = fmt.Sprintf(" and %d more", len(broken)-show)
 		}
-		return n, fmt.Errorf("vault: rewrap: %d values do not open: %q%s: %w", len(broken), names, more, ErrSealBroken)
+		return n, fmt.Errorf("vault: rewrap: %d values do not open: %q%s: %w", len(broken), names, more, seal.ErrBroken)
 	}
 	return n, nil
 }
@@ -665,11 +121,11 @@ type staleRecord struct {
 func staleBatch(ctx context.Context, st Store, prefix, after string, target uint32) (batch []staleRecord, last string, more bool, err error) {
 	err = st.Scan(ctx, prefix, after, func(key string, value []byte, rev uint64) (bool, error) {
 		last = key
-		if key == metaKeyringKey || key == metaSchemaKey {
+		if key == seal.KeyringKey || key == seal.SchemaKey {
 			return true, nil
 		}
 		// A value with a broken header is collected too: rewrapOne reports it.
-		if term, err := SealedTerm(value); err == nil && term >= target {
+		if term, err := seal.TermOf(value); err == nil && term >= target {
 			return true, nil
 		}
 		batch = append(batch, staleRecord{key: key, val: slices.Clone(value), rev: rev})
@@ -684,7 +140,7 @@ func staleBatch(ctx context.Context, st Store, prefix, after string, target uint
 
 // rewrapOne re-seals r under the current term. It reports false with a nil
 // error when a concurrent writer deleted r or already moved it forward.
-func (k *Keyring) rewrapOne(ctx context.Context, st Store, r staleRecord, target uint32) (bool, error) {
+func rewrapOne(ctx context.Context, st Store, k *seal.Keyring, r staleRecord, target uint32) (bool, error) {
 	for range rewrapAttempts {
 		plain, err := k.Open(r.key, r.val)
 		if err != nil {
@@ -710,7 +166,7 @@ func (k *Keyring) rewrapOne(ctx context.Context, st Store, r staleRecord, target
 		if err != nil {
 			return false, err
 		}
-		if term, err := SealedTerm(val); err == nil && term >= target {
+		if term, err := seal.TermOf(val); err == nil && term >= target {
 			return false, nil
 		}
 		r.val, r.rev = val, rev

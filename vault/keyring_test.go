@@ -3,12 +3,8 @@ package vault_test
 import (
 	"bytes"
 	"context"
-	"encoding/base64"
-	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"log/slog"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -18,6 +14,7 @@ import (
 
 	"github.com/tokenvault/tokenvault/vault"
 	"github.com/tokenvault/tokenvault/vault/bolt"
+	"github.com/tokenvault/tokenvault/vault/seal"
 	"github.com/tokenvault/tokenvault/vault/storetest"
 )
 
@@ -148,16 +145,16 @@ func ringBolt(t testing.TB) *bolt.Store {
 	return st
 }
 
-func ringMasterKey(t testing.TB) vault.MasterKey {
+func ringMasterKey(t testing.TB) seal.MasterKey {
 	t.Helper()
-	mk, err := vault.GenerateMasterKey()
+	mk, err := seal.GenerateMasterKey()
 	if err != nil {
 		t.Fatal(err)
 	}
 	return mk
 }
 
-func ringOpen(t testing.TB, st vault.Store, mk vault.MasterKey) *vault.Keyring {
+func ringOpen(t testing.TB, st vault.Store, mk seal.MasterKey) *seal.Keyring {
 	t.Helper()
 	k, err := vault.OpenKeyring(context.Background(), st, mk)
 	if err != nil {
@@ -166,7 +163,7 @@ func ringOpen(t testing.TB, st vault.Store, mk vault.MasterKey) *vault.Keyring {
 	return k
 }
 
-func ringSeal(t testing.TB, k *vault.Keyring, key, plaintext string) []byte {
+func ringSeal(t testing.TB, k *seal.Keyring, key, plaintext string) []byte {
 	t.Helper()
 	sealed, err := k.Seal(key, []byte(plaintext))
 	if err != nil {
@@ -175,166 +172,11 @@ func ringSeal(t testing.TB, k *vault.Keyring, key, plaintext string) []byte {
 	return sealed
 }
 
-func ringWantOpen(t testing.TB, k *vault.Keyring, key string, sealed []byte, want string) {
+func ringWantOpen(t testing.TB, k *seal.Keyring, key string, sealed []byte, want string) {
 	t.Helper()
 	got, err := k.Open(key, sealed)
 	if err != nil || string(got) != want {
 		t.Fatalf("Open(%q) = %q, %v; want %q", key, got, err, want)
-	}
-}
-
-func TestKeyring_SealOpen_RoundTrip(t *testing.T) {
-	k := ringOpen(t, ringBolt(t), ringMasterKey(t))
-	tests := []struct {
-		name, key string
-		plaintext []byte
-	}{
-		{"empty", "conn/1", nil},
-		{"short", "conn/1", []byte("xoxb-refresh")},
-		{"json", "conn/c_8f3a", []byte(`{"access_token":"ya29.a0Af","refresh_token":"1//0g"}`)},
-		{"binary", "state/ab12", []byte{0, 1, 2, 0xff, 0xfe}},
-		{"large", "conn/big", bytes.Repeat([]byte("0123456789abcdef"), 4096)},
-		{"empty key", "", []byte("v")},
-		{"non-ascii key", "conn/é", []byte("v")},
-	}
-	for _, tt := range tests {
-		sealed, err := k.Seal(tt.key, tt.plaintext)
-		if err != nil {
-			t.Fatalf("%s: Seal(%q) = %v", tt.name, tt.key, err)
-		}
-		if want := len(tt.plaintext) + 33; len(sealed) != want || cap(sealed) != want {
-			t.Errorf("%s: Seal(%q) len %d cap %d; want %d", tt.name, tt.key, len(sealed), cap(sealed), want)
-		}
-		if term, err := vault.SealedTerm(sealed); term != 1 || err != nil {
-			t.Errorf("%s: SealedTerm(Seal(%q)) = %d, %v; want 1, nil", tt.name, tt.key, term, err)
-		}
-		if len(tt.plaintext) > 8 && bytes.Contains(sealed, tt.plaintext[:8]) {
-			t.Errorf("%s: Seal(%q) contains the plaintext", tt.name, tt.key)
-		}
-		got, err := k.Open(tt.key, sealed)
-		if err != nil || !bytes.Equal(got, tt.plaintext) {
-			t.Errorf("%s: Open(%q) = %.20q, %v; want %.20q", tt.name, tt.key, got, err, tt.plaintext)
-		}
-	}
-}
-
-// ringRegion names the part of a sealed value byte i belongs to.
-func ringRegion(i, n int) string {
-	switch {
-	case i == 0:
-		return "version"
-	case i < 5:
-		return "term"
-	case i < 17:
-		return "nonce"
-	case i < n-16:
-		return "ciphertext"
-	}
-	return "tag"
-}
-
-func TestKeyring_Open_FlippedByte(t *testing.T) {
-	k := ringOpen(t, newRingStore(), ringMasterKey(t))
-	sealed := ringSeal(t, k, "conn/1", "refresh token")
-	for i := range sealed {
-		for _, bit := range []byte{0x01, 0x80} {
-			bad := bytes.Clone(sealed)
-			bad[i] ^= bit
-			if got, err := k.Open("conn/1", bad); !errors.Is(err, vault.ErrSealBroken) {
-				t.Errorf("Open(%q) with byte %d (%s) ^ %#x = %q, %v; want ErrSealBroken", "conn/1", i, ringRegion(i, len(sealed)), bit, got, err)
-			}
-		}
-	}
-	ringWantOpen(t, k, "conn/1", sealed, "refresh token") // the original is intact
-}
-
-func TestKeyring_Open_MovedValue(t *testing.T) {
-	k := ringOpen(t, newRingStore(), ringMasterKey(t))
-	sealed := ringSeal(t, k, "conn/1", "refresh token")
-	for _, key := range []string{"conn/2", "conn/10", "conn/", "conn/1 ", "Conn/1", "state/1", "", "meta/keyring"} {
-		if got, err := k.Open(key, sealed); !errors.Is(err, vault.ErrSealBroken) {
-			t.Errorf("Open(%q) of a value sealed for %q = %q, %v; want ErrSealBroken", key, "conn/1", got, err)
-		}
-	}
-}
-
-func TestKeyring_Open_Truncated(t *testing.T) {
-	k := ringOpen(t, newRingStore(), ringMasterKey(t))
-	sealed := ringSeal(t, k, "conn/1", "refresh token")
-	for n := range len(sealed) {
-		if got, err := k.Open("conn/1", sealed[:n]); !errors.Is(err, vault.ErrSealBroken) {
-			t.Errorf("Open(%q) truncated to %d of %d bytes = %q, %v; want ErrSealBroken", "conn/1", n, len(sealed), got, err)
-		}
-	}
-	if got, err := k.Open("conn/1", append(bytes.Clone(sealed), 0)); !errors.Is(err, vault.ErrSealBroken) {
-		t.Errorf("Open(%q) with a byte appended = %q, %v; want ErrSealBroken", "conn/1", got, err)
-	}
-}
-
-func TestKeyring_Open_UnknownTerm(t *testing.T) {
-	k := ringOpen(t, newRingStore(), ringMasterKey(t))
-	sealed := ringSeal(t, k, "conn/1", "refresh token")
-	other := ringOpen(t, newRingStore(), ringMasterKey(t)) // also term 1, another key
-	tests := []struct {
-		name   string
-		sealed []byte
-	}{
-		{"term 0 (the master key's)", ringWithTerm(sealed, 0)},
-		{"term 2", ringWithTerm(sealed, 2)},
-		{"term 2^32-1", ringWithTerm(sealed, 1<<32-1)},
-		{"another keyring's term 1", ringSeal(t, other, "conn/1", "refresh token")},
-	}
-	for _, tt := range tests {
-		if got, err := k.Open("conn/1", tt.sealed); !errors.Is(err, vault.ErrSealBroken) {
-			t.Errorf("Open(%q) of a value under %s = %q, %v; want ErrSealBroken", "conn/1", tt.name, got, err)
-		}
-	}
-}
-
-func ringWithTerm(sealed []byte, term uint32) []byte {
-	b := bytes.Clone(sealed)
-	b[1], b[2], b[3], b[4] = byte(term>>24), byte(term>>16), byte(term>>8), byte(term)
-	return b
-}
-
-func TestSealedTerm(t *testing.T) {
-	valid := append([]byte{1, 0, 0, 1, 2}, make([]byte, 12+16)...)
-	tests := []struct {
-		name    string
-		sealed  []byte
-		want    uint32
-		wantErr error
-	}{
-		{"term 258", valid, 258, nil},
-		{"nil", nil, 0, vault.ErrSealBroken},
-		{"header only", valid[:17], 0, vault.ErrSealBroken},
-		{"one short", valid[:32], 0, vault.ErrSealBroken},
-		{"version 2", append([]byte{2}, valid[1:]...), 0, vault.ErrSealBroken},
-		{"plain json", []byte(`{"access_token":"ya29.a0Af-not-sealed"}`), 0, vault.ErrSealBroken},
-	}
-	for _, tt := range tests {
-		got, err := vault.SealedTerm(tt.sealed)
-		if got != tt.want || !errors.Is(err, tt.wantErr) {
-			t.Errorf("SealedTerm(%s) = %d, %v; want %d, %v", tt.name, got, err, tt.want, tt.wantErr)
-		}
-	}
-}
-
-func TestKeyring_Seal_DistinctNonces(t *testing.T) {
-	const n = 100_000
-	k := ringOpen(t, newRingStore(), ringMasterKey(t))
-	seen := make(map[[12]byte]struct{}, n)
-	plaintext := []byte("v")
-	for i := range n {
-		sealed, err := k.Seal("conn/1", plaintext)
-		if err != nil {
-			t.Fatal(err)
-		}
-		nonce := [12]byte(sealed[5:17])
-		if _, dup := seen[nonce]; dup {
-			t.Fatalf("Seal #%d repeated nonce %x", i, nonce)
-		}
-		seen[nonce] = struct{}{}
 	}
 }
 
@@ -366,7 +208,7 @@ func TestOpenKeyring_New(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Get(%q) = %v", "meta/keyring", err)
 	}
-	if term, err := vault.SealedTerm(v); term != 0 || err != nil {
+	if term, err := seal.TermOf(v); term != 0 || err != nil {
 		t.Errorf("SealedTerm(meta/keyring) = %d, %v; want 0 (the master key), nil", term, err)
 	}
 	if bytes.Contains(v, []byte(`"terms"`)) {
@@ -392,7 +234,7 @@ func TestOpenKeyring_Existing(t *testing.T) {
 // once: one creates the keyring, all end up with it.
 func TestOpenKeyring_Concurrent(t *testing.T) {
 	st, mk := newRingStore(), ringMasterKey(t)
-	rings := make([]*vault.Keyring, 8)
+	rings := make([]*seal.Keyring, 8)
 	var wg sync.WaitGroup
 	for i := range rings {
 		wg.Go(func() {
@@ -432,7 +274,7 @@ func TestOpenKeyring_WrongMasterKey(t *testing.T) {
 			}
 
 			got, err := vault.OpenKeyring(t.Context(), tt.st, ringMasterKey(t))
-			if !errors.Is(err, vault.ErrWrongMasterKey) || got != nil {
+			if !errors.Is(err, seal.ErrWrongMasterKey) || got != nil {
 				t.Fatalf("OpenKeyring(wrong key) = %v, %v; want nil, ErrWrongMasterKey", got, err)
 			}
 			if after := ringSnapshot(t, tt.st); !slices.Equal(after, before) {
@@ -459,11 +301,11 @@ func TestOpenKeyring_SchemaVersion(t *testing.T) {
 		wantErr error
 	}{
 		{"1", true, nil},
-		{"2", true, vault.ErrSchemaVersion},
-		{"4294967296", true, vault.ErrSchemaVersion},
-		{"two", true, vault.ErrSchemaVersion},
-		{"0", true, vault.ErrSchemaVersion},
-		{"2", false, vault.ErrSchemaVersion},
+		{"2", true, seal.ErrSchemaVersion},
+		{"4294967296", true, seal.ErrSchemaVersion},
+		{"two", true, seal.ErrSchemaVersion},
+		{"0", true, seal.ErrSchemaVersion},
+		{"2", false, seal.ErrSchemaVersion},
 	}
 	for _, tt := range tests {
 		st, mk := newRingStore(), ringMasterKey(t)
@@ -498,7 +340,7 @@ func TestOpenKeyring_SchemaWithoutKeyring(t *testing.T) {
 
 // ringFill writes n sealed values under prefix and returns their plaintexts
 // by key.
-func ringFill(t *testing.T, st vault.Store, k *vault.Keyring, prefix string, n int) map[string]string {
+func ringFill(t *testing.T, st vault.Store, k *seal.Keyring, prefix string, n int) map[string]string {
 	t.Helper()
 	want := map[string]string{}
 	for i := range n {
@@ -511,14 +353,14 @@ func ringFill(t *testing.T, st vault.Store, k *vault.Keyring, prefix string, n i
 
 // ringWantStored checks that every key in want opens under k to its plaintext
 // and carries the given term.
-func ringWantStored(t *testing.T, st vault.Store, k *vault.Keyring, want map[string]string, term uint32) {
+func ringWantStored(t *testing.T, st vault.Store, k *seal.Keyring, want map[string]string, term uint32) {
 	t.Helper()
 	for key, plain := range want {
 		v, _, err := st.Get(t.Context(), key)
 		if err != nil {
 			t.Fatalf("Get(%q) = %v", key, err)
 		}
-		if got, err := vault.SealedTerm(v); got != term || err != nil {
+		if got, err := seal.TermOf(v); got != term || err != nil {
 			t.Fatalf("SealedTerm(%q) = %d, %v; want %d", key, got, err, term)
 		}
 		ringWantOpen(t, k, key, v, plain)
@@ -549,15 +391,15 @@ func TestKeyring_Rotate(t *testing.T) {
 	}
 	ringWantOpen(t, k, "conn/early", early, "sealed under term 1")
 	ringWantStored(t, st, k, want, 1)
-	if got, _ := vault.SealedTerm(ringSeal(t, k, "conn/new", "x")); got != 2 {
+	if got, _ := seal.TermOf(ringSeal(t, k, "conn/new", "x")); got != 2 {
 		t.Errorf("SealedTerm(Seal after Rotate) = %d; want 2", got)
 	}
 
-	if n, err := k.Rewrap(ctx, st, "conn/", "state/"); n != len(want) || err != nil {
+	if n, err := vault.Rewrap(ctx, st, k, "conn/", "state/"); n != len(want) || err != nil {
 		t.Fatalf("Rewrap() = %d, %v; want %d, nil", n, err, len(want))
 	}
 	ringWantStored(t, st, k, want, 2)
-	if n, err := k.Rewrap(ctx, st, "conn/", "state/"); n != 0 || err != nil {
+	if n, err := vault.Rewrap(ctx, st, k, "conn/", "state/"); n != 0 || err != nil {
 		t.Fatalf("second Rewrap() = %d, %v; want 0, nil", n, err)
 	}
 
@@ -578,7 +420,7 @@ func TestKeyring_Rotate(t *testing.T) {
 	if term, err := k.Rotate(ctx); term != 3 || err != nil {
 		t.Fatalf("Rotate() after reopen = %d, %v; want 3, nil", term, err)
 	}
-	if n, err := k.Rewrap(ctx, st, "conn/", "state/"); n != len(want) || err != nil {
+	if n, err := vault.Rewrap(ctx, st, k, "conn/", "state/"); n != len(want) || err != nil {
 		t.Fatalf("Rewrap() after the second Rotate = %d, %v; want %d, nil", n, err, len(want))
 	}
 	ringWantStored(t, st, k, want, 3)
@@ -597,7 +439,7 @@ func TestKeyring_Rotate_OtherProcess(t *testing.T) {
 		t.Fatalf("a.Rotate() = %d, %v; want 2, nil", term, err)
 	}
 	fromA := ringSeal(t, a, "conn/1", "from a")
-	if got, err := b.Open("conn/1", fromA); !errors.Is(err, vault.ErrSealBroken) {
+	if got, err := b.Open("conn/1", fromA); !errors.Is(err, seal.ErrBroken) {
 		t.Fatalf("b.Open(%q) of a term-2 value before Reload = %q, %v; want ErrSealBroken", "conn/1", got, err)
 	}
 	if err := b.Reload(ctx); err != nil || b.Term() != 2 {
@@ -616,7 +458,7 @@ func TestKeyring_Rotate_OtherProcess(t *testing.T) {
 	if err := a.Reload(ctx); err != nil || a.Term() != 4 {
 		t.Fatalf("a.Reload() = %v, Term() = %d; want nil, 4", err, a.Term())
 	}
-	for _, k := range []*vault.Keyring{a, b} {
+	for _, k := range []*seal.Keyring{a, b} {
 		ringWantOpen(t, k, "conn/1", fromA, "from a")
 		ringWantOpen(t, k, "conn/2", ringSeal(t, a, "conn/2", "a at 4"), "a at 4")
 		ringWantOpen(t, k, "conn/3", ringSeal(t, b, "conn/3", "b at 4"), "b at 4")
@@ -628,24 +470,24 @@ func TestKeyring_Rewrap_ConcurrentWriter(t *testing.T) {
 		name string
 		// write plays a writer racing Rewrap's write of conn/0001; old is
 		// a value sealed for conn/0001 under term 1.
-		write     func(t *testing.T, st *ringStore, k *vault.Keyring, old []byte)
+		write     func(t *testing.T, st *ringStore, k *seal.Keyring, old []byte)
 		wantCount int
 		wantValue string // conn/0001 afterwards; "" if deleted
 	}{{
 		name: "writes under the new term",
-		write: func(t *testing.T, st *ringStore, k *vault.Keyring, _ []byte) {
+		write: func(t *testing.T, st *ringStore, k *seal.Keyring, _ []byte) {
 			mustApplyRing(t, st, vault.Op{Key: "conn/0001", Value: ringSeal(t, k, "conn/0001", "newer"), IfRev: vault.AnyRev})
 		},
 		wantCount: 4, wantValue: "newer",
 	}, {
 		name: "writes under the old term",
-		write: func(t *testing.T, st *ringStore, _ *vault.Keyring, old []byte) {
+		write: func(t *testing.T, st *ringStore, _ *seal.Keyring, old []byte) {
 			mustApplyRing(t, st, vault.Op{Key: "conn/0001", Value: old, IfRev: vault.AnyRev})
 		},
 		wantCount: 5, wantValue: "older writer",
 	}, {
 		name: "deletes",
-		write: func(t *testing.T, st *ringStore, _ *vault.Keyring, _ []byte) {
+		write: func(t *testing.T, st *ringStore, _ *seal.Keyring, _ []byte) {
 			mustApplyRing(t, st, vault.Op{Key: "conn/0001", Delete: true, IfRev: vault.AnyRev})
 		},
 		wantCount: 4,
@@ -666,7 +508,7 @@ func TestKeyring_Rewrap_ConcurrentWriter(t *testing.T) {
 					tt.write(t, st, k, old)
 				}
 			}
-			n, err := k.Rewrap(ctx, st, "conn/")
+			n, err := vault.Rewrap(ctx, st, k, "conn/")
 			st.beforeApply = nil
 			if n != tt.wantCount || err != nil {
 				t.Fatalf("Rewrap() = %d, %v; want %d, nil", n, err, tt.wantCount)
@@ -699,8 +541,8 @@ func TestKeyring_Rewrap_Unopenable(t *testing.T) {
 	if _, err := k.Rotate(ctx); err != nil {
 		t.Fatal(err)
 	}
-	n, err := k.Rewrap(ctx, st, "conn/")
-	if n != len(want) || !errors.Is(err, vault.ErrSealBroken) {
+	n, err := vault.Rewrap(ctx, st, k, "conn/")
+	if n != len(want) || !errors.Is(err, seal.ErrBroken) {
 		t.Fatalf("Rewrap() = %d, %v; want %d, ErrSealBroken", n, err, len(want))
 	}
 	msg := err.Error()
@@ -722,12 +564,12 @@ func TestKeyring_Rewrap_Many(t *testing.T) {
 	if _, err := k.Rotate(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if n, err := k.Rewrap(ctx, st, "conn/"); n != len(want) || err != nil {
+	if n, err := vault.Rewrap(ctx, st, k, "conn/"); n != len(want) || err != nil {
 		t.Fatalf("Rewrap() = %d, %v; want %d, nil", n, err, len(want))
 	}
 	ringWantStored(t, st, k, want, 2)
 	// meta/ holds the keyring itself, which Rewrap must leave alone.
-	if n, err := k.Rewrap(ctx, st, ""); n != 0 || err != nil {
+	if n, err := vault.Rewrap(ctx, st, k, ""); n != 0 || err != nil {
 		t.Fatalf("Rewrap(\"\") = %d, %v; want 0, nil", n, err)
 	}
 	if k := ringOpen(t, st, mk); k.Term() != 2 {
@@ -771,156 +613,8 @@ func TestKeyring_Concurrent(t *testing.T) {
 	}
 }
 
-func TestParseMasterKey(t *testing.T) {
-	var key vault.MasterKey
-	for i := range key {
-		key[i] = byte(0xf0 + i) // bytes that make + / - _ show up in base64
-	}
-	b64 := base64.StdEncoding.EncodeToString(key[:])
-	tests := []struct {
-		name  string
-		input []byte
-		ok    bool
-	}{
-		{"raw", key[:], true},
-		{"base64 std", []byte(b64), true},
-		{"base64 std unpadded", []byte(strings.TrimRight(b64, "=")), true},
-		{"base64 url", []byte(base64.URLEncoding.EncodeToString(key[:])), true},
-		{"base64 url unpadded", []byte(base64.RawURLEncoding.EncodeToString(key[:])), true},
-		{"hex", []byte(hex.EncodeToString(key[:])), true},
-		{"hex upper", []byte(strings.ToUpper(hex.EncodeToString(key[:]))), true},
-		{"base64 with newline", []byte(b64 + "\n"), true},
-		{"hex with spaces", []byte("  " + hex.EncodeToString(key[:]) + " \r\n"), true},
-		{"Encode", []byte(key.Encode()), true},
-		{"empty", nil, false},
-		{"31 raw bytes", key[:31], false},
-		{"33 raw bytes", append(key[:], 0), false},
-		{"base64 of 31 bytes", []byte(base64.StdEncoding.EncodeToString(key[:31])), false},
-		{"base64 of 33 bytes", []byte(base64.StdEncoding.EncodeToString(append(key[:], 1))), false},
-		{"hex of 31 bytes", []byte(hex.EncodeToString(key[:31])), false},
-		{"hex with a bad digit", []byte("zz" + hex.EncodeToString(key[:])[2:]), false},
-		{"a passphrase", []byte("correct horse battery staple"), false},
-		{"long text", bytes.Repeat([]byte("A"), 10000), false},
-		{"all zeros", make([]byte, 32), false},
-		{"a 32-character password", []byte("correct-horse-battery-staple-123"), false},
-		{"a 16-byte key in hex", []byte(hex.EncodeToString(key[:16])), false},
-		{"all zeros in hex", bytes.Repeat([]byte("0"), 64), false},
-	}
-	for _, tt := range tests {
-		got, err := vault.ParseMasterKey(tt.input)
-		if tt.ok {
-			if err != nil || got != key {
-				t.Errorf("ParseMasterKey(%s) = %v; want the key", tt.name, err)
-			}
-			continue
-		}
-		if err == nil {
-			t.Errorf("ParseMasterKey(%s) = nil error; want an error", tt.name)
-			continue
-		}
-		if len(tt.input) > 4 && strings.Contains(err.Error(), string(tt.input[:5])) {
-			t.Errorf("ParseMasterKey(%s) error %q quotes the input", tt.name, err)
-		}
-	}
-}
-
-func TestGenerateMasterKey(t *testing.T) {
-	a, b := ringMasterKey(t), ringMasterKey(t)
-	if a == b || a == (vault.MasterKey{}) {
-		t.Fatalf("GenerateMasterKey() twice gave equal or zero keys")
-	}
-	if got, err := vault.ParseMasterKey([]byte(a.Encode())); err != nil || got != a {
-		t.Errorf("ParseMasterKey(Encode()) = %v; want the key back", err)
-	}
-}
-
-// TestMasterKey_NeverPrints formats a key every way a log line might.
-func TestMasterKey_NeverPrints(t *testing.T) {
-	mk := ringMasterKey(t)
-	var jsonLog, textLog bytes.Buffer
-	slog.New(slog.NewJSONHandler(&jsonLog, nil)).Info("m", "key", mk)
-	slog.New(slog.NewTextHandler(&textLog, nil)).Info("m", "key", mk)
-	marshaled, err := json.Marshal(struct{ Key vault.MasterKey }{mk})
-	if err != nil {
-		t.Fatal(err)
-	}
-	outputs := map[string]string{
-		"String":    mk.String(),
-		"%v":        fmt.Sprintf("%v", mk),
-		"%+v":       fmt.Sprintf("%+v", mk),
-		"%#v":       fmt.Sprintf("%#v", mk),
-		"%s":        fmt.Sprintf("%s", mk),
-		"%x":        fmt.Sprintf("%x", mk),
-		"%X":        fmt.Sprintf("%X", mk),
-		"%d":        fmt.Sprintf("%d", mk),
-		"%q":        fmt.Sprintf("%q", mk),
-		"%v field":  fmt.Sprintf("%v", struct{ Key vault.MasterKey }{mk}),
-		"slog JSON": jsonLog.String(),
-		"slog text": textLog.String(),
-		"json":      string(marshaled),
-	}
-	leaks := []string{
-		string(mk[:]),
-		hex.EncodeToString(mk[:]),
-		strings.ToUpper(hex.EncodeToString(mk[:])),
-		mk.Encode()[:20],
-		fmt.Sprint(mk[0], mk[1], mk[2], mk[3]),
-		fmt.Sprintf("%d %d %d %d", mk[0], mk[1], mk[2], mk[3]),
-	}
-	for how, out := range outputs {
-		if !strings.Contains(out, "MasterKey(redacted)") {
-			t.Errorf("%s of a MasterKey = %q; want it to say MasterKey(redacted)", how, out)
-		}
-		for _, leak := range leaks {
-			if strings.Contains(out, leak) {
-				t.Errorf("%s of a MasterKey = %q; it shows the key", how, out)
-			}
-		}
-	}
-}
-
-func FuzzParseMasterKey(f *testing.F) {
-	f.Add([]byte("0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"))
-	f.Add([]byte("8J+YgfCfmIHwn5iB8J+YgfCfmIHwn5iB8J+YgfCfmIE="))
-	f.Add(make([]byte, 32))
-	f.Add([]byte(" \n"))
-	f.Fuzz(func(t *testing.T, b []byte) {
-		mk, err := vault.ParseMasterKey(b)
-		if err != nil {
-			return
-		}
-		if mk == (vault.MasterKey{}) {
-			t.Fatalf("ParseMasterKey(%q) = the zero key, nil", b)
-		}
-		if again, err := vault.ParseMasterKey([]byte(mk.Encode())); err != nil || again != mk {
-			t.Fatalf("ParseMasterKey(Encode()) of ParseMasterKey(%q) = %v; want the same key", b, err)
-		}
-	})
-}
-
-func BenchmarkKeyring_Seal(b *testing.B) {
-	k := ringOpen(b, newRingStore(), ringMasterKey(b))
-	plain := make([]byte, 512)
-	b.ReportAllocs()
-	b.SetBytes(int64(len(plain)))
-	for b.Loop() {
-		if _, err := k.Seal("conn/c_8f3a2b", plain); err != nil {
-			b.Fatal(err)
-		}
-	}
-}
-
-func BenchmarkKeyring_Open(b *testing.B) {
-	k := ringOpen(b, newRingStore(), ringMasterKey(b))
-	sealed, err := k.Seal("conn/c_8f3a2b", make([]byte, 512))
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.ReportAllocs()
-	b.SetBytes(512)
-	for b.Loop() {
-		if _, err := k.Open("conn/c_8f3a2b", sealed); err != nil {
-			b.Fatal(err)
-		}
-	}
+func ringWithTerm(sealed []byte, term uint32) []byte {
+	b := bytes.Clone(sealed)
+	b[1], b[2], b[3], b[4] = byte(term>>24), byte(term>>16), byte(term>>8), byte(term)
+	return b
 }

@@ -85,7 +85,7 @@ func (v *Vault) loadConnections(ctx context.Context) ([]*entry, error) {
 	}
 	cur := newJob()
 	err := v.store.Scan(ctx, connPrefix, "", func(key string, value []byte, rev uint64) (bool, error) {
-		plain, err := v.kr.openAppend(cur.plain, key, value)
+		plain, err := v.kr.OpenAppend(cur.plain, key, value)
 		if err != nil {
 			return false, fmt.Errorf("vault: open %s: %w", key, err)
 		}

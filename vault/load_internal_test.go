@@ -8,6 +8,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/tokenvault/tokenvault/vault/seal"
 )
 
 // mapStore is the least Store loadConnections and the keyring need.
@@ -68,7 +70,7 @@ func (s *mapStore) Scan(_ context.Context, prefix, after string, fn func(string,
 func TestLoadConnections_ManyBatches(t *testing.T) {
 	ctx := context.Background()
 	st := &mapStore{m: map[string][]byte{}}
-	mk, err := GenerateMasterKey()
+	mk, err := seal.GenerateMasterKey()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/tokenvault/tokenvault/vault"
+	"github.com/tokenvault/tokenvault/vault/seal"
 )
 
 // The scheduler's tests run in synctest bubbles, on fake time, against an
@@ -262,7 +263,7 @@ func (p *schedFake) set(f func(p *schedFake)) {
 type schedEnv struct {
 	t   *testing.T
 	st  *memStore
-	mk  vault.MasterKey
+	mk  seal.MasterKey
 	cfg vault.Config
 	v   *vault.Vault
 	p   *schedFake
@@ -270,7 +271,7 @@ type schedEnv struct {
 
 func newSchedEnv(t *testing.T, p *schedFake, policy vault.RefreshPolicy) *schedEnv {
 	t.Helper()
-	mk, err := vault.GenerateMasterKey()
+	mk, err := seal.GenerateMasterKey()
 	if err != nil {
 		t.Fatal(err)
 	}

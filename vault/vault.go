@@ -25,6 +25,8 @@ import (
 	"time"
 
 	"golang.org/x/sync/singleflight"
+
+	"github.com/tokenvault/tokenvault/vault/seal"
 )
 
 // Key prefixes in the Store.
@@ -37,7 +39,7 @@ const (
 // Config configures a Vault.
 type Config struct {
 	Store   Store
-	Keyring *Keyring
+	Keyring *seal.Keyring
 	// Providers by configured name.
 	Providers map[string]Provider
 	// ReturnTo lists the URLs a connect flow may return the browser to. An
@@ -87,7 +89,7 @@ type Config struct {
 type Vault struct {
 	cfg    Config
 	store  Store
-	kr     *Keyring
+	kr     *seal.Keyring
 	log    *slog.Logger
 	now    func() time.Time
 	flight singleflight.Group
@@ -1043,7 +1045,7 @@ func (v *Vault) RotateKeys(ctx context.Context) (uint32, int, error) {
 	if err != nil {
 		return 0, 0, err
 	}
-	n, err := v.kr.Rewrap(ctx, v.store, connPrefix, statePrefix, eventPrefix)
+	n, err := Rewrap(ctx, v.store, v.kr, connPrefix, statePrefix, eventPrefix)
 	if err != nil {
 		return term, n, err
 	}

@@ -19,6 +19,7 @@ import (
 
 	"github.com/tokenvault/tokenvault/vault"
 	"github.com/tokenvault/tokenvault/vault/bolt"
+	"github.com/tokenvault/tokenvault/vault/seal"
 )
 
 // clock is a settable clock shared by a test and its vault.
@@ -163,7 +164,7 @@ type harness struct {
 	store  *bolt.Store
 	faults *faultyStore // the store the vault writes through
 	path   string
-	mk     vault.MasterKey
+	mk     seal.MasterKey
 }
 
 // faultyStore fails every Apply while full is set, as a store on a full
@@ -185,7 +186,7 @@ func newHarness(t testing.TB) *harness {
 	h := &harness{t: t, clock: newClock(), path: filepath.Join(t.TempDir(), "v.db")}
 	h.p = &fakeProvider{clock: h.clock, lifetime: time.Hour}
 	var err error
-	if h.mk, err = vault.GenerateMasterKey(); err != nil {
+	if h.mk, err = seal.GenerateMasterKey(); err != nil {
 		t.Fatal(err)
 	}
 	h.open()
@@ -753,8 +754,8 @@ func TestVault_WrongMasterKey_RefusesAndWritesNothing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	other, _ := vault.GenerateMasterKey()
-	if _, err := vault.OpenKeyring(context.Background(), st, other); !errors.Is(err, vault.ErrWrongMasterKey) {
+	other, _ := seal.GenerateMasterKey()
+	if _, err := vault.OpenKeyring(context.Background(), st, other); !errors.Is(err, seal.ErrWrongMasterKey) {
 		t.Errorf("OpenKeyring(wrong key) = %v; want ErrWrongMasterKey", err)
 	}
 	st.Close()
@@ -853,7 +854,7 @@ func TestOpen_ManyRecords_AndAMovedOne(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err = vault.Open(ctx, vault.Config{Store: st, Keyring: kr, Providers: map[string]vault.Provider{"fake": h.p}})
-	if !errors.Is(err, vault.ErrSealBroken) || !strings.Contains(err.Error(), ids[1]) {
+	if !errors.Is(err, seal.ErrBroken) || !strings.Contains(err.Error(), ids[1]) {
 		t.Fatalf("Open with a moved record = %v; want ErrSealBroken naming %s", err, ids[1])
 	}
 }

@@ -65,6 +65,7 @@ import (
 	"github.com/tokenvault/tokenvault/server"
 	"github.com/tokenvault/tokenvault/vault"
 	"github.com/tokenvault/tokenvault/vault/bolt"
+	"github.com/tokenvault/tokenvault/vault/seal"
 )
 
 // epoch is when the simulated clock starts.
@@ -505,16 +506,16 @@ func memClasses() string {
 
 // seed creates dir/seed.db with o.connections connections (unless one
 // made with the same settings is there) and returns the master key.
-func seed(ctx context.Context, o options, dir, fakeAddr string) (vault.MasterKey, error) {
+func seed(ctx context.Context, o options, dir, fakeAddr string) (seal.MasterKey, error) {
 	path, metaPath, keyPath := filepath.Join(dir, "seed.db"), filepath.Join(dir, "seed.json"), filepath.Join(dir, "master.key")
 	meta := fmt.Sprintf(`{"connections":%d,"lifetime":%q,"epoch":%q,"events":"swept","token_bytes":%d,"record":"protobuf","freelist":"synced"}`, o.connections, o.lifetime, epoch.Format(time.RFC3339), o.tokenBytes)
 	if b, err := os.ReadFile(metaPath); err == nil && string(b) == meta {
 		if k, err := os.ReadFile(keyPath); err == nil {
-			return vault.ParseMasterKey(k)
+			return seal.ParseMasterKey(k)
 		}
 	}
 	os.Remove(path)
-	mk, err := vault.GenerateMasterKey()
+	mk, err := seal.GenerateMasterKey()
 	if err != nil {
 		return mk, err
 	}

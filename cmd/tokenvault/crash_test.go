@@ -27,6 +27,7 @@ import (
 	"github.com/tokenvault/tokenvault/providers/providertest"
 	"github.com/tokenvault/tokenvault/vault"
 	"github.com/tokenvault/tokenvault/vault/bolt"
+	"github.com/tokenvault/tokenvault/vault/seal"
 )
 
 // TestCrash_KilledMidRefresh builds the real sidecar, connects a user
@@ -382,7 +383,7 @@ func (sc *crashScenario) openStore(id string) *vault.Connection {
 		t.Fatal(err)
 	}
 	defer st.Close()
-	mk, err := vault.ParseMasterKey([]byte(sc.mk))
+	mk, err := seal.ParseMasterKey([]byte(sc.mk))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -23,7 +23,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	tvv1 "github.com/tokenvault/tokenvault/proto/tokenvault/v1"
-	"github.com/tokenvault/tokenvault/vault"
+	"github.com/tokenvault/tokenvault/vault/seal"
 )
 
 // syncBuffer is a bytes.Buffer safe for the server goroutine and the test.
@@ -536,7 +536,7 @@ audit:
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	mk, _ := vault.GenerateMasterKey()
+	mk, _ := seal.GenerateMasterKey()
 	env := func(k string) string {
 		switch k {
 		case "TOKENVAULT_MASTER_KEY":

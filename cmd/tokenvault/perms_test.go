@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tokenvault/tokenvault/vault"
+	"github.com/tokenvault/tokenvault/vault/seal"
 )
 
 // TestCheckFileModes: a data dir writable by group or others, a database
@@ -79,7 +79,7 @@ func TestCheckFileModes(t *testing.T) {
 // start with a master-key file others can read, before opening anything.
 func TestServe_RefusesOpenMasterKey(t *testing.T) {
 	dir := t.TempDir()
-	mk, _ := vault.GenerateMasterKey()
+	mk, _ := seal.GenerateMasterKey()
 	keyPath := filepath.Join(dir, "master.key")
 	if err := os.WriteFile(keyPath, []byte(mk.Encode()+"\n"), 0o644); err != nil {
 		t.Fatal(err)

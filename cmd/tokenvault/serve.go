@@ -21,6 +21,7 @@ import (
 	"github.com/tokenvault/tokenvault/providers"
 	"github.com/tokenvault/tokenvault/server"
 	"github.com/tokenvault/tokenvault/vault"
+	"github.com/tokenvault/tokenvault/vault/seal"
 )
 
 var errUsage = errors.New("usage")
@@ -329,32 +330,32 @@ func listenUnixSocket(us *UnixSocketConfig) (net.Listener, error) {
 
 // masterKey reads the master key from its file or environment variable. In
 // dev mode with neither, it generates one into the data dir (0600).
-func masterKey(cfg *Config, dev bool, env func(string) string, log *slog.Logger) (vault.MasterKey, error) {
+func masterKey(cfg *Config, dev bool, env func(string) string, log *slog.Logger) (seal.MasterKey, error) {
 	if cfg.MasterKeyFile != "" {
 		b, err := os.ReadFile(cfg.MasterKeyFile)
 		if err != nil {
-			return vault.MasterKey{}, fmt.Errorf("master key: %w", err)
+			return seal.MasterKey{}, fmt.Errorf("master key: %w", err)
 		}
-		return vault.ParseMasterKey(b)
+		return seal.ParseMasterKey(b)
 	}
 	if s := env(cfg.MasterKeyEnv); s != "" {
-		return vault.ParseMasterKey([]byte(s))
+		return seal.ParseMasterKey([]byte(s))
 	}
 	if !dev {
-		return vault.MasterKey{}, fmt.Errorf("no master key: set master_key_file or $%s", cfg.MasterKeyEnv)
+		return seal.MasterKey{}, fmt.Errorf("no master key: set master_key_file or $%s", cfg.MasterKeyEnv)
 	}
 	path := filepath.Join(cfg.DataDir, "master.key")
 	if b, err := os.ReadFile(path); err == nil {
-		return vault.ParseMasterKey(b)
+		return seal.ParseMasterKey(b)
 	} else if !errors.Is(err, os.ErrNotExist) {
-		return vault.MasterKey{}, fmt.Errorf("master key: %w", err)
+		return seal.MasterKey{}, fmt.Errorf("master key: %w", err)
 	}
-	mk, err := vault.GenerateMasterKey()
+	mk, err := seal.GenerateMasterKey()
 	if err != nil {
-		return vault.MasterKey{}, err
+		return seal.MasterKey{}, err
 	}
 	if err := os.WriteFile(path, []byte(mk.Encode()+"\n"), 0o600); err != nil {
-		return vault.MasterKey{}, fmt.Errorf("write generated master key: %w", err)
+		return seal.MasterKey{}, fmt.Errorf("write generated master key: %w", err)
 	}
 	log.Warn("dev mode: generated a master key beside the data; anyone who can read the data dir can open the vault. Never use this in production.",
 		slog.String("path", path))

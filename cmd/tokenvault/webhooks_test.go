@@ -17,6 +17,7 @@ import (
 	tvv1 "github.com/tokenvault/tokenvault/proto/tokenvault/v1"
 	"github.com/tokenvault/tokenvault/vault"
 	"github.com/tokenvault/tokenvault/vault/bolt"
+	"github.com/tokenvault/tokenvault/vault/seal"
 )
 
 func TestConfig_EventsAndWebhooks(t *testing.T) {
@@ -69,7 +70,7 @@ func TestBuildWebhooks(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer st.Close()
-	mk, _ := vault.GenerateMasterKey()
+	mk, _ := seal.GenerateMasterKey()
 	kr, err := vault.OpenKeyring(context.Background(), st, mk)
 	if err != nil {
 		t.Fatal(err)

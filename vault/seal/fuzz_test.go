@@ -1,4 +1,4 @@
-package vault
+package seal
 
 import (
 	"bytes"
@@ -65,8 +65,8 @@ func FuzzKeyringOpen(f *testing.F) {
 	f.Fuzz(func(t *testing.T, key string, data []byte) {
 		got, err := k.Open(key, data)
 		if err != nil {
-			if !errors.Is(err, ErrSealBroken) {
-				t.Fatalf("Open(%q, %x) = %v; want an error wrapping ErrSealBroken", key, data, err)
+			if !errors.Is(err, ErrBroken) {
+				t.Fatalf("Open(%q, %x) = %v; want an error wrapping ErrBroken", key, data, err)
 			}
 			if got != nil {
 				t.Fatalf("Open(%q, %x) returned plaintext with error %v", key, data, err)
@@ -75,7 +75,7 @@ func FuzzKeyringOpen(f *testing.F) {
 		}
 		want, ok := genuine[key+"\x00"+string(data)]
 		if !ok {
-			t.Fatalf("Open(%q, %x) = %q, nil; want ErrSealBroken for bytes the keyring never sealed", key, data, got)
+			t.Fatalf("Open(%q, %x) = %q, nil; want ErrBroken for bytes the keyring never sealed", key, data, got)
 		}
 		if !bytes.Equal(got, want) {
 			t.Fatalf("Open(%q, %x) = %q; want %q", key, data, got, want)
