@@ -22,6 +22,7 @@ import (
 
 	tvv1 "github.com/tokenvault/tokenvault/proto/tokenvault/v1"
 	"github.com/tokenvault/tokenvault/vault"
+	"github.com/tokenvault/tokenvault/vault/audit"
 )
 
 // Role is what a credential may do. An operator may do everything an
@@ -401,7 +402,7 @@ type gate struct {
 	rules   map[string]rule
 	auth    *Auth
 	vault   *vault.Vault
-	audit   *vault.AuditLog
+	audit   *audit.Log
 	metrics *Metrics
 	now     func() time.Time
 }
@@ -538,7 +539,7 @@ func (g *gate) record(c *Caller, method, connID, provider string, err error) {
 	if g.audit == nil {
 		return
 	}
-	rec := vault.AuditRecord{
+	rec := audit.Record{
 		Caller: c.Name, Role: c.Role.String(), Method: method,
 		ConnectionID: connID, Provider: provider, Outcome: codeNames[errCode(err)],
 	}

@@ -30,6 +30,7 @@ import (
 	"github.com/tokenvault/tokenvault/providers/providertest"
 	"github.com/tokenvault/tokenvault/server"
 	"github.com/tokenvault/tokenvault/vault"
+	"github.com/tokenvault/tokenvault/vault/audit"
 	"github.com/tokenvault/tokenvault/vault/bolt"
 	"github.com/tokenvault/tokenvault/vault/seal"
 )
@@ -133,7 +134,7 @@ func benchChild() error {
 	if err != nil {
 		return err
 	}
-	audit := vault.NewAuditLog(vault.AuditConfig{Store: st, Logger: log})
+	audit := audit.New(audit.Config{Store: st, Logger: log})
 	defer audit.Close()
 	auth, err := server.NewAuth([]server.APIKey{{Name: "bench", Key: benchKey, Access: server.Access{
 		Role: server.RoleApplication, RateLimit: server.RateLimit{RPS: 1e9, Burst: 1e9},

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/tokenvault/tokenvault/vault"
+	"github.com/tokenvault/tokenvault/vault/audit"
 )
 
 // callbackHandler serves the provider's redirect back to the sidecar:
@@ -17,7 +18,7 @@ import (
 type callbackHandler struct {
 	v     *vault.Vault
 	log   *slog.Logger
-	audit *vault.AuditLog // nil: not audited
+	audit *audit.Log // nil: not audited
 	// failures bounds what failed callbacks write to the log and the
 	// audit: a flood of forged ones is counted, not written one by one.
 	failures *failureBudget
@@ -169,7 +170,7 @@ func (h *callbackHandler) record(connID, provider, outcome, reason string) {
 	if h.audit == nil {
 		return
 	}
-	h.audit.Record(vault.AuditRecord{Method: callbackMethod, ConnectionID: connID, Provider: provider, Outcome: outcome, Reason: reason})
+	h.audit.Record(audit.Record{Method: callbackMethod, ConnectionID: connID, Provider: provider, Outcome: outcome, Reason: reason})
 }
 
 func (h *callbackHandler) recordFailure(provider, reason string) {

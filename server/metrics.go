@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/codes"
 
 	"github.com/tokenvault/tokenvault/vault"
+	"github.com/tokenvault/tokenvault/vault/audit"
 )
 
 // Metrics are the sidecar's Prometheus metrics, served at /metrics on the
@@ -122,7 +123,7 @@ func (m *Metrics) ObserveRefresh(provider, outcome string, d time.Duration) {
 
 // attach registers the collectors that read v and audit, and resolves the
 // token-read counters of the given providers. Only the first call counts.
-func (m *Metrics) attach(v *vault.Vault, audit *vault.AuditLog, providers []string) {
+func (m *Metrics) attach(v *vault.Vault, audit *audit.Log, providers []string) {
 	if m == nil {
 		return
 	}

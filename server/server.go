@@ -2,7 +2,7 @@
 // health, reflection) and HTTP (the OAuth callback, health, metrics, and in
 // dev mode the sandbox provider). Every call passes the access check of
 // auth.go (credential, role, rate limit, provider limit) before its handler,
-// and audited calls are recorded (vault.AuditLog). It is the one place
+// and audited calls are recorded (audit.Log). It is the one place
 // domain errors become gRPC statuses.
 package server
 
@@ -30,6 +30,7 @@ import (
 	tvv1 "github.com/tokenvault/tokenvault/proto/tokenvault/v1"
 	"github.com/tokenvault/tokenvault/providers"
 	"github.com/tokenvault/tokenvault/vault"
+	"github.com/tokenvault/tokenvault/vault/audit"
 )
 
 // Config configures a Server.
@@ -64,7 +65,7 @@ type Config struct {
 	Auth *Auth
 	// Audit, if set, records audited calls (see the access table) and
 	// connect callbacks, and serves AdminService.ListAuditEvents.
-	Audit *vault.AuditLog
+	Audit *audit.Log
 	// Metrics, if set, counts calls and is served at /metrics on the HTTP
 	// listener.
 	Metrics *Metrics

@@ -27,6 +27,7 @@ import (
 	"github.com/tokenvault/tokenvault/providers/providertest"
 	"github.com/tokenvault/tokenvault/server"
 	"github.com/tokenvault/tokenvault/vault"
+	"github.com/tokenvault/tokenvault/vault/audit"
 	"github.com/tokenvault/tokenvault/vault/bolt"
 	"github.com/tokenvault/tokenvault/vault/seal"
 )
@@ -46,7 +47,7 @@ type env struct {
 	conn    *grpc.ClientConn
 	http    *httptest.Server
 	v       *vault.Vault
-	audit   *vault.AuditLog
+	audit   *audit.Log
 	metrics *server.Metrics
 	lis     *bufconn.Listener
 	srv     *server.Server
@@ -151,7 +152,7 @@ func newEnvWith(t *testing.T, fo providertest.Options, edit func(*providers.OAut
 	if err != nil {
 		t.Fatal(err)
 	}
-	e.audit = vault.NewAuditLog(vault.AuditConfig{Store: st, Now: e.clock.Now})
+	e.audit = audit.New(audit.Config{Store: st, Now: e.clock.Now})
 	t.Cleanup(e.audit.Close)
 	srv := server.New(server.Config{Vault: e.v, Providers: []providers.Info{p.Info()},
 		Auth: testAuth(t), Audit: e.audit, Metrics: e.metrics, Now: e.clock.Now})

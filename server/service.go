@@ -11,6 +11,7 @@ import (
 
 	tvv1 "github.com/tokenvault/tokenvault/proto/tokenvault/v1"
 	"github.com/tokenvault/tokenvault/vault"
+	"github.com/tokenvault/tokenvault/vault/audit"
 )
 
 // tokenService implements TokenVaultService on a vault.
@@ -196,7 +197,7 @@ func (s *tokenService) ListProviders(ctx context.Context, req *tvv1.ListProvider
 type adminService struct {
 	tvv1.UnimplementedAdminServiceServer
 	v     *vault.Vault
-	audit *vault.AuditLog
+	audit *audit.Log
 }
 
 func (s *adminService) ListAuditEvents(ctx context.Context, req *tvv1.ListAuditEventsRequest) (*tvv1.ListAuditEventsResponse, error) {
@@ -221,7 +222,7 @@ func (s *adminService) ListAuditEvents(ctx context.Context, req *tvv1.ListAuditE
 	if err := s.audit.Flush(ctx); err != nil {
 		return nil, toStatus(err)
 	}
-	f := vault.AuditFilter{ConnectionID: req.GetConnectionId(), Caller: req.GetCaller(), Method: req.GetMethod()}
+	f := audit.Filter{ConnectionID: req.GetConnectionId(), Caller: req.GetCaller(), Method: req.GetMethod()}
 	recs, next, err := s.audit.List(ctx, f, after, size)
 	if err != nil {
 		return nil, toStatus(err)

@@ -21,7 +21,7 @@ import (
 	tvv1 "github.com/tokenvault/tokenvault/proto/tokenvault/v1"
 	"github.com/tokenvault/tokenvault/providers/providertest"
 	"github.com/tokenvault/tokenvault/server"
-	"github.com/tokenvault/tokenvault/vault"
+	"github.com/tokenvault/tokenvault/vault/audit"
 )
 
 // rpc is one method of tokenvault's services.
@@ -280,7 +280,7 @@ func TestValidate_EveryRPC(t *testing.T) {
 	if err := e.audit.Flush(ctx); err != nil {
 		t.Fatal(err)
 	}
-	recs, _, err := e.audit.List(ctx, vault.AuditFilter{}, "", 100000)
+	recs, _, err := e.audit.List(ctx, audit.Filter{}, "", 100000)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -21,6 +21,7 @@ import (
 	"github.com/tokenvault/tokenvault/providers"
 	"github.com/tokenvault/tokenvault/server"
 	"github.com/tokenvault/tokenvault/vault"
+	"github.com/tokenvault/tokenvault/vault/audit"
 	"github.com/tokenvault/tokenvault/vault/seal"
 )
 
@@ -199,7 +200,7 @@ func serve(ctx context.Context, args []string, env func(string) string, stdout, 
 	debug.FreeOSMemory()
 	// Closed after the server has stopped (defers run in reverse), so the
 	// last calls' records are written, and before the store closes.
-	audit := vault.NewAuditLog(vault.AuditConfig{Store: store, Retention: cfg.Audit.Retention, Logger: log})
+	audit := audit.New(audit.Config{Store: store, Retention: cfg.Audit.Retention, Logger: log})
 	defer audit.Close()
 	// Loaded before serving: a new endpoint gets every event from here on.
 	hooks, err := buildWebhooks(ctx, cfg, v, env, log)

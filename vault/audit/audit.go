@@ -1,4 +1,4 @@
-package vault
+package audit
 
 import (
 	"cmp"
@@ -14,6 +14,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/tokenvault/tokenvault/vault"
 )
 
 // auditPrefix is where audit records live in the Store, in chunks: each
@@ -29,10 +31,10 @@ const auditPrefix = "audit/"
 // auditChunk bounds the records of one stored value (about 150 bytes each).
 const auditChunk = 512
 
-// An AuditRecord is one audited call: who, what, on which connection, and
+// An Record is one audited call: who, what, on which connection, and
 // how it ended. It never holds token material; every field is a name, an id
 // or a code.
-type AuditRecord struct {
+type Record struct {
 	// ID is assigned when the record is written: its chunk's id and its
 	// place in the chunk. IDs sort newest first.
 	ID   string
@@ -50,20 +52,20 @@ type AuditRecord struct {
 	Reason  string
 }
 
-// AuditFilter selects audit records; empty fields match everything.
-type AuditFilter struct {
+// Filter selects audit records; empty fields match everything.
+type Filter struct {
 	ConnectionID, Caller, Method string
 }
 
-func (f AuditFilter) match(r *AuditRecord) bool {
+func (f Filter) match(r *Record) bool {
 	return (f.ConnectionID == "" || f.ConnectionID == r.ConnectionID) &&
 		(f.Caller == "" || f.Caller == r.Caller) &&
 		(f.Method == "" || f.Method == r.Method)
 }
 
-// AuditConfig configures an AuditLog. Only Store is required.
-type AuditConfig struct {
-	Store Store
+// Config configures a Log. Only Store is required.
+type Config struct {
+	Store vault.Store
 	// Retention is how long records are kept; default 720h (30 days).
 	Retention time.Duration
 	// Buffer is how many records may wait for the flusher; default 8192.
@@ -86,19 +88,19 @@ type AuditConfig struct {
 	Now func() time.Time
 }
 
-// An AuditLog records audited calls in the Store without costing the caller
+// A Log records audited calls in the Store without costing the caller
 // a write: Record hands the record to a flusher goroutine, which writes
 // waiting records in batches. It is safe for concurrent use.
 //
 // A record is lost only when the buffer stays full for BlockFor (the
 // flusher cannot keep up, or the Store fails); each loss is counted in
 // Dropped and logged, never silent.
-type AuditLog struct {
-	cfg      AuditConfig
-	st       Store
+type Log struct {
+	cfg      Config
+	st       vault.Store
 	log      *slog.Logger
 	now      func() time.Time
-	ch       chan AuditRecord
+	ch       chan Record
 	kick     chan struct{} // a full batch waits: write it now
 	flushReq chan chan error
 	quit     chan struct{}
@@ -113,9 +115,9 @@ type AuditLog struct {
 	closeOnce sync.Once
 }
 
-// NewAuditLog returns an AuditLog on cfg.Store and starts its flusher;
+// New returns a Log on cfg.Store and starts its flusher;
 // Close stops it.
-func NewAuditLog(cfg AuditConfig) *AuditLog {
+func New(cfg Config) *Log {
 	cfg.Retention = cmp.Or(cfg.Retention, 720*time.Hour)
 	cfg.Buffer = cmp.Or(cfg.Buffer, 8192)
 	cfg.FlushEvery = cmp.Or(cfg.FlushEvery, 500*time.Millisecond)
@@ -131,9 +133,9 @@ func NewAuditLog(cfg AuditConfig) *AuditLog {
 	}
 	var inst [4]byte
 	_, _ = rand.Read(inst[:])
-	a := &AuditLog{
+	a := &Log{
 		cfg: cfg, st: cfg.Store, log: cfg.Logger, now: cfg.Now,
-		ch:       make(chan AuditRecord, cfg.Buffer),
+		ch:       make(chan Record, cfg.Buffer),
 		kick:     make(chan struct{}, 1),
 		flushReq: make(chan chan error),
 		quit:     make(chan struct{}),
@@ -148,7 +150,7 @@ func NewAuditLog(cfg AuditConfig) *AuditLog {
 // for the write. If the buffer is full it waits up to BlockFor for room and
 // then drops r, counting it. After Close every record is dropped and
 // counted.
-func (a *AuditLog) Record(r AuditRecord) {
+func (a *Log) Record(r Record) {
 	if r.Time.IsZero() {
 		r.Time = a.now()
 	}
@@ -179,14 +181,14 @@ func (a *AuditLog) Record(r AuditRecord) {
 	}
 }
 
-func (a *AuditLog) kickFlusher() {
+func (a *Log) kickFlusher() {
 	select {
 	case a.kick <- struct{}{}:
 	default: // already kicked
 	}
 }
 
-func (a *AuditLog) drop(n int) {
+func (a *Log) drop(n int) {
 	if total := a.dropped.Add(uint64(n)); total == uint64(n) || n > 1 || total%1024 == 0 {
 		// The first loss, every failed batch and every 1024th loss are
 		// logged; Dropped (and its metric) counts all of them.
@@ -196,17 +198,17 @@ func (a *AuditLog) drop(n int) {
 }
 
 // Backlog returns how many records wait to be written.
-func (a *AuditLog) Backlog() int { return len(a.ch) + int(a.inBatch.Load()) }
+func (a *Log) Backlog() int { return len(a.ch) + int(a.inBatch.Load()) }
 
 // Dropped returns how many records were lost since the log was created.
-func (a *AuditLog) Dropped() uint64 { return a.dropped.Load() }
+func (a *Log) Dropped() uint64 { return a.dropped.Load() }
 
 // Written returns how many records were written since the log was created.
-func (a *AuditLog) Written() uint64 { return a.written.Load() }
+func (a *Log) Written() uint64 { return a.written.Load() }
 
 // Flush writes every record queued before the call and returns once they
 // are durable.
-func (a *AuditLog) Flush(ctx context.Context) error {
+func (a *Log) Flush(ctx context.Context) error {
 	reply := make(chan error, 1)
 	select {
 	case a.flushReq <- reply:
@@ -226,7 +228,7 @@ func (a *AuditLog) Flush(ctx context.Context) error {
 // Close stops accepting records, writes the waiting ones, and stops the
 // flusher. It waits for Record calls already under way, at most a few
 // seconds. It is safe to call more than once.
-func (a *AuditLog) Close() {
+func (a *Log) Close() {
 	a.closeOnce.Do(func() {
 		a.closed.Store(true)
 		for i := 0; i < 500 && a.recording.Load() > 0; i++ {
@@ -239,9 +241,9 @@ func (a *AuditLog) Close() {
 
 // run is the flusher: it batches records and writes them, answers Flush,
 // and sweeps old records.
-func (a *AuditLog) run() {
+func (a *Log) run() {
 	defer close(a.done)
-	batch := make([]AuditRecord, 0, a.cfg.FlushRecords)
+	batch := make([]Record, 0, a.cfg.FlushRecords)
 	tick := time.NewTicker(a.cfg.FlushEvery)
 	defer tick.Stop()
 	sweep := time.NewTicker(a.cfg.SweepEvery)
@@ -302,13 +304,13 @@ func (a *AuditLog) run() {
 // write stores batch, newest first, in chunks of up to auditChunk records:
 // one Apply (one fsync) for all of them. A failed write is retried once;
 // then its records are dropped, counted and logged.
-func (a *AuditLog) write(batch []AuditRecord, seq *uint32) error {
+func (a *Log) write(batch []Record, seq *uint32) error {
 	slices.Reverse(batch) // newest first
-	ops := make([]Op, 0, len(batch)/auditChunk+1)
+	ops := make([]vault.Op, 0, len(batch)/auditChunk+1)
 	for chunk := range slices.Chunk(batch, auditChunk) {
 		*seq++
 		id := chunkID(chunk[0].Time, a.instance, *seq)
-		ops = append(ops, Op{Key: auditPrefix + id, Value: encodeChunk(chunk), IfRev: AnyRev})
+		ops = append(ops, vault.Op{Key: auditPrefix + id, Value: encodeChunk(chunk), IfRev: vault.AnyRev})
 	}
 	var err error
 	for attempt := 0; attempt < 2; attempt++ {
@@ -356,7 +358,7 @@ const chunkVersion = 1
 
 // encodeChunk encodes records as: version, count, then per record its time
 // (varint Unix nanoseconds) and its seven strings (uvarint length, bytes).
-func encodeChunk(recs []AuditRecord) []byte {
+func encodeChunk(recs []Record) []byte {
 	b := make([]byte, 0, 16+len(recs)*128)
 	b = append(b, chunkVersion)
 	b = binary.AppendUvarint(b, uint64(len(recs)))
@@ -387,14 +389,14 @@ func chunkLen(b []byte) (int, error) {
 
 // decodeChunk decodes a chunk written by encodeChunk; records get their ids
 // from the chunk id.
-func decodeChunk(id string, b []byte) ([]AuditRecord, error) {
+func decodeChunk(id string, b []byte) ([]Record, error) {
 	n, err := chunkLen(b)
 	if err != nil {
 		return nil, err
 	}
 	_, k := binary.Uvarint(b[1:])
 	b = b[1+k:]
-	out := make([]AuditRecord, n)
+	out := make([]Record, n)
 	str := func() (string, bool) {
 		l, k := binary.Uvarint(b)
 		if k <= 0 || l > uint64(len(b)-k) {
@@ -432,18 +434,18 @@ const maxAuditScan = 100_000
 // for the next page ("" at the end). It reads only written records: call
 // Flush first to include queued ones. A page may hold fewer than limit
 // records and still have a next page.
-func (a *AuditLog) List(ctx context.Context, f AuditFilter, after string, limit int) ([]AuditRecord, string, error) {
+func (a *Log) List(ctx context.Context, f Filter, after string, limit int) ([]Record, string, error) {
 	if limit <= 0 {
 		limit = 100
 	}
 	var (
-		out     []AuditRecord
+		out     []Record
 		next    string
 		scanned int
 	)
 	// take adds the records of one chunk from index from on; it reports
 	// whether the page wants more.
-	take := func(recs []AuditRecord, from int) bool {
+	take := func(recs []Record, from int) bool {
 		for i := from; i < len(recs); i++ {
 			if scanned++; scanned > maxAuditScan {
 				if i > 0 {
@@ -467,16 +469,16 @@ func (a *AuditLog) List(ctx context.Context, f AuditFilter, after string, limit 
 	start := ""
 	if after != "" {
 		if len(after) != chunkIDLen+4 {
-			return nil, "", fmt.Errorf("%w: bad audit page token", ErrInvalidArgument)
+			return nil, "", fmt.Errorf("%w: bad audit page token", vault.ErrInvalidArgument)
 		}
 		from, err := strconv.ParseUint(after[chunkIDLen:], 16, 16)
 		if err != nil {
-			return nil, "", fmt.Errorf("%w: bad audit page token", ErrInvalidArgument)
+			return nil, "", fmt.Errorf("%w: bad audit page token", vault.ErrInvalidArgument)
 		}
 		start = auditPrefix + after[:chunkIDLen]
 		val, _, err := a.st.Get(ctx, start)
 		switch {
-		case errors.Is(err, ErrNotFound): // swept meanwhile: go on after it
+		case errors.Is(err, vault.ErrNotFound): // swept meanwhile: go on after it
 		case err != nil:
 			return nil, "", fmt.Errorf("vault: list audit records: %w", err)
 		default:
@@ -515,7 +517,7 @@ const sweepBatch = 256
 // (so a record outlives it by at most its chunk's span, a flush interval),
 // sweepBatch chunks per write, and returns how many records it deleted. It
 // stops after a bounded number of writes; the next sweep goes on.
-func (a *AuditLog) Sweep(ctx context.Context) (int, error) {
+func (a *Log) Sweep(ctx context.Context) (int, error) {
 	from := auditTimeKey(a.now().Add(-a.cfg.Retention))
 	n := 0
 	for range 1000 {
@@ -534,9 +536,9 @@ func (a *AuditLog) Sweep(ctx context.Context) (int, error) {
 		if len(keys) == 0 {
 			return n, nil
 		}
-		ops := make([]Op, len(keys))
+		ops := make([]vault.Op, len(keys))
 		for i, k := range keys {
-			ops[i] = Op{Key: k, Delete: true, IfRev: AnyRev}
+			ops[i] = vault.Op{Key: k, Delete: true, IfRev: vault.AnyRev}
 		}
 		if _, err := a.st.Apply(ctx, ops...); err != nil {
 			return n, fmt.Errorf("vault: sweep audit records: %w", err)
