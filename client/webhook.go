@@ -1,8 +1,6 @@
 package client
 
 import (
-	"crypto/hmac"
-	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -12,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	standardwebhooks "github.com/standard-webhooks/standard-webhooks/libraries/go"
 )
 
 // Webhook verification errors. Verify wraps one of them; none repeats a
@@ -33,8 +33,11 @@ const DefaultWebhookTolerance = 5 * time.Minute
 // sidecar puts on its webhook requests: webhook-signature holds one or more
 // space-separated "v1,<base64 HMAC-SHA256>" of "<webhook-id>.<webhook-timestamp>.<body>",
 // one per secret the sidecar signs with. It is safe for concurrent use.
+//
+// The HMAC is the Standard Webhooks library's, the one the sidecar signs
+// with; this type adds several secrets, a settable tolerance and clock.
 type WebhookVerifier struct {
-	keys [][]byte
+	hooks []*standardwebhooks.Webhook
 	// Tolerance bounds the distance between webhook-timestamp and now;
 	// zero means DefaultWebhookTolerance.
 	Tolerance time.Duration
@@ -55,7 +58,11 @@ func NewWebhookVerifier(secrets ...string) (*WebhookVerifier, error) {
 		if err != nil || len(key) == 0 {
 			return nil, fmt.Errorf("tokenvault: webhook secret %d is not whsec_ followed by standard base64", i+1)
 		}
-		v.keys = append(v.keys, key)
+		wh, err := standardwebhooks.NewWebhookRaw(key)
+		if err != nil {
+			return nil, fmt.Errorf("tokenvault: webhook secret %d is empty", i+1)
+		}
+		v.hooks = append(v.hooks, wh)
 	}
 	return v, nil
 }
@@ -84,29 +91,16 @@ func (v *WebhookVerifier) Verify(h http.Header, body []byte) error {
 	if d := now().Sub(time.Unix(sec, 0)); d > tol || d < -tol {
 		return fmt.Errorf("%w: %s off", ErrWebhookTimestamp, d.Round(time.Second))
 	}
-	want := make([][]byte, len(v.keys))
-	for i, key := range v.keys {
-		m := hmac.New(sha256.New, key)
-		m.Write([]byte(id))
-		m.Write([]byte{'.'})
-		m.Write([]byte(ts))
-		m.Write([]byte{'.'})
-		m.Write(body)
-		want[i] = m.Sum(nil)
-	}
-	for _, s := range strings.Fields(sigs) {
-		b64, ok := strings.CutPrefix(s, "v1,")
-		if !ok {
-			continue // another scheme (v1a, ...): not ours to check
-		}
-		got, err := base64.StdEncoding.DecodeString(b64)
-		if err != nil {
-			continue
-		}
-		for _, w := range want {
-			if hmac.Equal(got, w) {
-				return nil
-			}
+	// The library reads canonical header names and splits signatures on
+	// single spaces; h may be a map built by hand, spaced loosely.
+	canon := http.Header{}
+	canon.Set("webhook-id", id)
+	canon.Set("webhook-timestamp", ts)
+	canon.Set("webhook-signature", strings.Join(strings.Fields(sigs), " "))
+	for _, wh := range v.hooks {
+		// The timestamp was checked above against v's tolerance and clock.
+		if wh.VerifyIgnoringTimestamp(body, canon) == nil {
+			return nil
 		}
 	}
 	return fmt.Errorf("%w: no v1 signature matches", ErrWebhookSignature)

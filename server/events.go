@@ -15,6 +15,7 @@ import (
 
 	tvv1 "github.com/tokenvault/tokenvault/proto/tokenvault/v1"
 	"github.com/tokenvault/tokenvault/vault"
+	"github.com/tokenvault/tokenvault/vault/webhook"
 )
 
 // ErrorInfo reasons of an ended WatchEvents stream. Both carry
@@ -109,7 +110,7 @@ func eventProto(ev vault.Event) *tvv1.Event {
 //	tokenvault_webhook_disabled{endpoint}                  1 if the endpoint is disabled (410 Gone, or failing too long)
 //
 // endpoint is the configured webhook name, never its URL.
-type webhookCollector struct{ w *vault.Webhooks }
+type webhookCollector struct{ w *webhook.Deliverer }
 
 var (
 	webhookDeliveriesDesc = prometheus.NewDesc("tokenvault_webhook_deliveries_total",
@@ -131,7 +132,7 @@ func (c webhookCollector) Describe(ch chan<- *prometheus.Desc) {
 
 func (c webhookCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, s := range c.w.Stats() {
-		for _, o := range vault.WebhookOutcomes {
+		for _, o := range webhook.Outcomes {
 			ch <- prometheus.MustNewConstMetric(webhookDeliveriesDesc, prometheus.CounterValue, float64(s.Attempts[o]), s.Name, o)
 		}
 		ch <- prometheus.MustNewConstMetric(webhookBacklogDesc, prometheus.GaugeValue, float64(s.Backlog), s.Name)

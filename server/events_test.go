@@ -24,6 +24,7 @@ import (
 	"github.com/tokenvault/tokenvault/providers/providertest"
 	"github.com/tokenvault/tokenvault/server"
 	"github.com/tokenvault/tokenvault/vault"
+	"github.com/tokenvault/tokenvault/vault/webhook"
 )
 
 // watch opens a WatchEvents stream with the named key.
@@ -295,12 +296,12 @@ func TestWebhookMetrics(t *testing.T) {
 		w.WriteHeader(http.StatusNoContent)
 	}))
 	defer rcv.Close()
-	sec, err := vault.ParseWebhookSecret("whsec_bmV3LXNlY3JldC1uZXctc2VjcmV0LW5ldw==")
+	sec, err := webhook.ParseSecret("whsec_bmV3LXNlY3JldC1uZXctc2VjcmV0LW5ldw==")
 	if err != nil {
 		t.Fatal(err)
 	}
-	hooks, err := vault.NewWebhooks(context.Background(), e.v, vault.WebhooksConfig{Endpoints: []vault.WebhookEndpoint{
-		{Name: "app", URL: rcv.URL + "/hooks?token=sekrit", Secrets: []vault.WebhookSecret{sec}, AllowPrivate: true},
+	hooks, err := webhook.New(context.Background(), e.v, e.store, webhook.Config{Endpoints: []webhook.Endpoint{
+		{Name: "app", URL: rcv.URL + "/hooks?token=sekrit", Secrets: []webhook.Secret{sec}, AllowPrivate: true},
 	}})
 	if err != nil {
 		t.Fatal(err)

@@ -31,6 +31,7 @@ import (
 	"github.com/tokenvault/tokenvault/providers"
 	"github.com/tokenvault/tokenvault/vault"
 	"github.com/tokenvault/tokenvault/vault/audit"
+	"github.com/tokenvault/tokenvault/vault/webhook"
 )
 
 // Config configures a Server.
@@ -71,7 +72,7 @@ type Config struct {
 	Metrics *Metrics
 	// Webhooks, if set, has its delivery counters exported with Metrics
 	// (events.go).
-	Webhooks *vault.Webhooks
+	Webhooks *webhook.Deliverer
 	// Now is the clock of rate limits; default time.Now.
 	Now func() time.Time
 }

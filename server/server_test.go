@@ -47,6 +47,7 @@ type env struct {
 	conn    *grpc.ClientConn
 	http    *httptest.Server
 	v       *vault.Vault
+	store   vault.Store
 	audit   *audit.Log
 	metrics *server.Metrics
 	lis     *bufconn.Listener
@@ -137,6 +138,7 @@ func newEnvWith(t *testing.T, fo providertest.Options, edit func(*providers.OAut
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
+	e.store = st
 	mk, _ := seal.GenerateMasterKey()
 	kr, err := vault.OpenKeyring(context.Background(), st, mk)
 	if err != nil {

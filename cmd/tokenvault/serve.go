@@ -200,15 +200,15 @@ func serve(ctx context.Context, args []string, env func(string) string, stdout, 
 	debug.FreeOSMemory()
 	// Closed after the server has stopped (defers run in reverse), so the
 	// last calls' records are written, and before the store closes.
-	audit := audit.New(audit.Config{Store: store, Retention: cfg.Audit.Retention, Logger: log})
-	defer audit.Close()
+	auditLog := audit.New(audit.Config{Store: store, Retention: cfg.Audit.Retention, Logger: log})
+	defer auditLog.Close()
 	// Loaded before serving: a new endpoint gets every event from here on.
-	hooks, err := buildWebhooks(ctx, cfg, v, env, log)
+	hooks, err := buildWebhooks(ctx, cfg, v, store, env, log)
 	if err != nil {
 		return err
 	}
 	srv := server.New(server.Config{Vault: v, Providers: infos, Logger: log, ExtraHTTP: extraHTTP,
-		Auth: auth, Audit: audit, Metrics: metrics, Webhooks: hooks})
+		Auth: auth, Audit: auditLog, Metrics: metrics, Webhooks: hooks})
 	if us := cfg.Auth.UnixSocket; us != nil && us.Path != "" {
 		ul, err := listenUnixSocket(us)
 		if err != nil {

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/tokenvault/tokenvault/vault"
+	"github.com/tokenvault/tokenvault/vault/webhook"
 )
 
 // EventsConfig configures the event outbox.
@@ -35,14 +36,14 @@ type WebhookConfig struct {
 	EventTypes []string `yaml:"event_types"`
 }
 
-// buildWebhooks reads the webhooks' secrets and returns the Webhooks that
-// deliver v's events and sweep its outbox (with no endpoint, it only
-// sweeps). Errors name webhooks, files and variables, never a secret
-// (neither readSecret's nor ParseWebhookSecret's repeat one).
-func buildWebhooks(ctx context.Context, cfg *Config, v *vault.Vault, env func(string) string, log *slog.Logger) (*vault.Webhooks, error) {
-	eps := make([]vault.WebhookEndpoint, 0, len(cfg.Webhooks))
+// buildWebhooks reads the webhooks' secrets and returns the Deliverer that
+// delivers v's events and sweeps its outbox (with no endpoint, it only
+// sweeps; its cursors live in st). Errors name webhooks, files and variables, never a secret
+// (neither readSecret's nor webhook.ParseSecret's repeat one).
+func buildWebhooks(ctx context.Context, cfg *Config, v *vault.Vault, st vault.Store, env func(string) string, log *slog.Logger) (*webhook.Deliverer, error) {
+	eps := make([]webhook.Endpoint, 0, len(cfg.Webhooks))
 	for _, wc := range cfg.Webhooks {
-		ep := vault.WebhookEndpoint{Name: wc.Name, URL: wc.URL, AllowPrivate: wc.AllowPrivate, EventTypes: wc.EventTypes}
+		ep := webhook.Endpoint{Name: wc.Name, URL: wc.URL, AllowPrivate: wc.AllowPrivate, EventTypes: wc.EventTypes}
 		if len(wc.SecretFiles)+len(wc.SecretEnvs) == 0 {
 			return nil, fmt.Errorf("webhook %q: set secret_files or secret_envs", wc.Name)
 		}
@@ -51,7 +52,7 @@ func buildWebhooks(ctx context.Context, cfg *Config, v *vault.Vault, env func(st
 			if err != nil {
 				return err
 			}
-			sec, err := vault.ParseWebhookSecret(s)
+			sec, err := webhook.ParseSecret(s)
 			if err != nil {
 				return err
 			}
@@ -73,7 +74,7 @@ func buildWebhooks(ctx context.Context, cfg *Config, v *vault.Vault, env func(st
 		}
 		eps = append(eps, ep)
 	}
-	return vault.NewWebhooks(ctx, v, vault.WebhooksConfig{
+	return webhook.New(ctx, v, st, webhook.Config{
 		Endpoints: eps, Retention: cfg.Events.Retention, DisableAfter: cfg.Events.WebhookDisableAfter, Logger: log,
 	})
 }

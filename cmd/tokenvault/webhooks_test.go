@@ -95,7 +95,7 @@ func TestBuildWebhooks(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := &Config{Webhooks: []WebhookConfig{tc.hook}}
-			_, err := buildWebhooks(context.Background(), cfg, v, env, slog.New(slog.DiscardHandler))
+			_, err := buildWebhooks(context.Background(), cfg, v, st, env, slog.New(slog.DiscardHandler))
 			if tc.wantErr == "" {
 				if err != nil {
 					t.Fatalf("buildWebhooks = %v", err)

@@ -1,4 +1,4 @@
-package vault_test
+package webhook_test
 
 import (
 	"bytes"
@@ -23,6 +23,7 @@ import (
 
 	"github.com/tokenvault/tokenvault/client"
 	"github.com/tokenvault/tokenvault/vault"
+	"github.com/tokenvault/tokenvault/vault/webhook"
 )
 
 // Two 25-byte secrets in the whsec_ form the configuration takes.
@@ -31,9 +32,9 @@ const (
 	hookSecretNew = "whsec_bmV3LXNlY3JldC1uZXctc2VjcmV0LW5ldw=="
 )
 
-func mustSecret(t testing.TB, s string) vault.WebhookSecret {
+func mustSecret(t testing.TB, s string) webhook.Secret {
 	t.Helper()
-	sec, err := vault.ParseWebhookSecret(s)
+	sec, err := webhook.ParseSecret(s)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -113,7 +114,7 @@ func (r *receiver) none(t *testing.T) {
 // records every wait it asks for; a wait advances the harness clock by its
 // length and returns at once.
 type hooksRun struct {
-	*vault.Webhooks
+	*webhook.Deliverer
 	mu    sync.Mutex
 	waits []time.Duration
 	logs  bytes.Buffer
@@ -138,7 +139,7 @@ func (hr *hooksRun) waited() []time.Duration {
 	return slices.Clone(hr.waits)
 }
 
-func startHooks(t *testing.T, h *eventsHarness, cfg vault.WebhooksConfig) *hooksRun {
+func startHooks(t *testing.T, h *eventsHarness, cfg webhook.Config) *hooksRun {
 	t.Helper()
 	hr := &hooksRun{}
 	cfg.Now = h.clock.Now
@@ -151,11 +152,11 @@ func startHooks(t *testing.T, h *eventsHarness, cfg vault.WebhooksConfig) *hooks
 		h.clock.Add(d)
 		return ctx.Err()
 	}
-	w, err := vault.NewWebhooks(context.Background(), h.v, cfg)
+	w, err := webhook.New(context.Background(), h.v, h.store, cfg)
 	if err != nil {
 		t.Fatalf("NewWebhooks = %v", err)
 	}
-	hr.Webhooks = w
+	hr.Deliverer = w
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { w.Run(ctx); close(done) }()
@@ -174,8 +175,8 @@ func startHooks(t *testing.T, h *eventsHarness, cfg vault.WebhooksConfig) *hooks
 	return hr
 }
 
-func endpoint(t *testing.T, name, url string, secrets ...string) vault.WebhookEndpoint {
-	ep := vault.WebhookEndpoint{Name: name, URL: url, AllowPrivate: true}
+func endpoint(t *testing.T, name, url string, secrets ...string) webhook.Endpoint {
+	ep := webhook.Endpoint{Name: name, URL: url, AllowPrivate: true}
 	for _, s := range secrets {
 		ep.Secrets = append(ep.Secrets, mustSecret(t, s))
 	}
@@ -183,13 +184,13 @@ func endpoint(t *testing.T, name, url string, secrets ...string) vault.WebhookEn
 }
 
 // stat returns the stats of the named endpoint.
-func stat(w *vault.Webhooks, name string) vault.WebhookStats {
+func stat(w *webhook.Deliverer, name string) webhook.Stats {
 	for _, s := range w.Stats() {
 		if s.Name == name {
 			return s
 		}
 	}
-	return vault.WebhookStats{}
+	return webhook.Stats{}
 }
 
 // waitFor polls cond for up to 10 seconds.
@@ -204,10 +205,10 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Fatalf("timed out waiting for %s", what)
 }
 
-func TestWebhooks_DeliversSignedInOrder(t *testing.T) {
+func TestDeliverer_DeliversSignedInOrder(t *testing.T) {
 	h := newEventsHarness(t)
 	rcv := newReceiver(t)
-	hooks := startHooks(t, h, vault.WebhooksConfig{Endpoints: []vault.WebhookEndpoint{
+	hooks := startHooks(t, h, webhook.Config{Endpoints: []webhook.Endpoint{
 		endpoint(t, "app", rcv.URL+"/hooks?token=abc", hookSecretOld, hookSecretNew),
 	}})
 	a := h.mustConnect("alice")
@@ -258,15 +259,15 @@ func TestWebhooks_DeliversSignedInOrder(t *testing.T) {
 		}
 	}
 	rcv.none(t)
-	waitFor(t, "the backlog to drain", func() bool { return stat(hooks.Webhooks, "app").Backlog == 0 })
-	if s := stat(hooks.Webhooks, "app"); s.Attempts[vault.WebhookDelivered] != 3 || s.Disabled {
+	waitFor(t, "the backlog to drain", func() bool { return stat(hooks.Deliverer, "app").Backlog == 0 })
+	if s := stat(hooks.Deliverer, "app"); s.Attempts[webhook.Delivered] != 3 || s.Disabled {
 		t.Errorf("stats = %+v; want 3 delivered", s)
 	}
 
 	// After a restart nothing is delivered twice, and new events flow.
 	hooks.stop()
 	h.reopen()
-	hooks = startHooks(t, h, vault.WebhooksConfig{Endpoints: []vault.WebhookEndpoint{
+	hooks = startHooks(t, h, webhook.Config{Endpoints: []webhook.Endpoint{
 		endpoint(t, "app", rcv.URL+"/hooks?token=abc", hookSecretNew),
 	}})
 	rcv.none(t)
@@ -276,7 +277,7 @@ func TestWebhooks_DeliversSignedInOrder(t *testing.T) {
 	}
 }
 
-func TestWebhooks_RetryWithBackoffHonoursRetryAfter(t *testing.T) {
+func TestDeliverer_RetryWithBackoffHonoursRetryAfter(t *testing.T) {
 	h := newEventsHarness(t)
 	rcv := newReceiver(t,
 		status(http.StatusServiceUnavailable, "Retry-After", "7"),
@@ -285,8 +286,8 @@ func TestWebhooks_RetryWithBackoffHonoursRetryAfter(t *testing.T) {
 		status(http.StatusBadRequest),
 		status(http.StatusOK),
 	)
-	hooks := startHooks(t, h, vault.WebhooksConfig{
-		Endpoints:   []vault.WebhookEndpoint{endpoint(t, "app", rcv.URL, hookSecretNew)},
+	hooks := startHooks(t, h, webhook.Config{
+		Endpoints:   []webhook.Endpoint{endpoint(t, "app", rcv.URL, hookSecretNew)},
 		BaseBackoff: time.Second, MaxBackoff: 10 * time.Second,
 	})
 	h.mustConnect("alice")
@@ -297,40 +298,40 @@ func TestWebhooks_RetryWithBackoffHonoursRetryAfter(t *testing.T) {
 	if c := slices.Compact(slices.Clone(ids)); len(c) != 1 {
 		t.Errorf("retries carried ids %v; want one stable id", ids)
 	}
-	waitFor(t, "delivery", func() bool { return stat(hooks.Webhooks, "app").Attempts[vault.WebhookDelivered] == 1 })
+	waitFor(t, "delivery", func() bool { return stat(hooks.Deliverer, "app").Attempts[webhook.Delivered] == 1 })
 	// Jitter 0.5 of 1s, 2s, 4s, 8s; Retry-After 7s and one minute (the
 	// clock moved 8s by then) win where longer.
 	want := []time.Duration{7 * time.Second, time.Second, 52 * time.Second, 4 * time.Second}
 	if got := hooks.waited(); !slices.Equal(got, want) {
 		t.Errorf("waits = %v; want %v", got, want)
 	}
-	if s := stat(hooks.Webhooks, "app"); s.Attempts[vault.WebhookFailed] != 4 || s.Attempts[vault.WebhookDelivered] != 1 {
+	if s := stat(hooks.Deliverer, "app"); s.Attempts[webhook.Failed] != 4 || s.Attempts[webhook.Delivered] != 1 {
 		t.Errorf("stats = %+v; want 4 failed, 1 delivered", s.Attempts)
 	}
 }
 
-func TestWebhooks_GoneDisables(t *testing.T) {
+func TestDeliverer_GoneDisables(t *testing.T) {
 	h := newEventsHarness(t)
 	rcv := newReceiver(t, status(http.StatusGone))
 	other := newReceiver(t)
-	eps := func(url string) []vault.WebhookEndpoint {
-		return []vault.WebhookEndpoint{endpoint(t, "gone", url, hookSecretNew), endpoint(t, "other", other.URL, hookSecretNew)}
+	eps := func(url string) []webhook.Endpoint {
+		return []webhook.Endpoint{endpoint(t, "gone", url, hookSecretNew), endpoint(t, "other", other.URL, hookSecretNew)}
 	}
-	hooks := startHooks(t, h, vault.WebhooksConfig{Endpoints: eps(rcv.URL)})
+	hooks := startHooks(t, h, webhook.Config{Endpoints: eps(rcv.URL)})
 	h.mustConnect("alice")
 	rcv.next(t)
 	other.next(t)
-	waitFor(t, "disabled", func() bool { return stat(hooks.Webhooks, "gone").Disabled })
-	if s := stat(hooks.Webhooks, "gone"); s.Attempts[vault.WebhookGone] != 1 {
+	waitFor(t, "disabled", func() bool { return stat(hooks.Deliverer, "gone").Disabled })
+	if s := stat(hooks.Deliverer, "gone"); s.Attempts[webhook.Gone] != 1 {
 		t.Errorf("stats = %+v; want one gone", s)
 	}
 	h.mustConnect("bob")
 	other.next(t)
 	rcv.none(t)
-	waitFor(t, "backlog", func() bool { return stat(hooks.Webhooks, "gone").Backlog == 2 })
+	waitFor(t, "backlog", func() bool { return stat(hooks.Deliverer, "gone").Backlog == 2 })
 	// A disabled endpoint holds back no event from the retention sweep.
 	h.clock.Add(200 * time.Hour)
-	waitFor(t, "other's cursor", func() bool { return stat(hooks.Webhooks, "other").Backlog == 0 })
+	waitFor(t, "other's cursor", func() bool { return stat(hooks.Deliverer, "other").Backlog == 0 })
 	if n, err := hooks.Sweep(context.Background()); err != nil || n != 1 {
 		t.Errorf("Sweep = %d, %v; want 1 (all but the newest)", n, err)
 	}
@@ -338,8 +339,8 @@ func TestWebhooks_GoneDisables(t *testing.T) {
 	// Still disabled after a restart.
 	hooks.stop()
 	h.reopen()
-	hooks = startHooks(t, h, vault.WebhooksConfig{Endpoints: eps(rcv.URL)})
-	if !stat(hooks.Webhooks, "gone").Disabled {
+	hooks = startHooks(t, h, webhook.Config{Endpoints: eps(rcv.URL)})
+	if !stat(hooks.Deliverer, "gone").Disabled {
 		t.Error("endpoint enabled again after restart")
 	}
 	h.mustConnect("carol")
@@ -349,8 +350,8 @@ func TestWebhooks_GoneDisables(t *testing.T) {
 	// A new URL enables it again, from where it stopped.
 	hooks.stop()
 	fresh := newReceiver(t)
-	hooks = startHooks(t, h, vault.WebhooksConfig{Endpoints: eps(fresh.URL)})
-	if stat(hooks.Webhooks, "gone").Disabled {
+	hooks = startHooks(t, h, webhook.Config{Endpoints: eps(fresh.URL)})
+	if stat(hooks.Deliverer, "gone").Disabled {
 		t.Error("endpoint with a new URL still disabled")
 	}
 	// It gets the retained events it missed: 3, and 2 unless a sweep
@@ -368,17 +369,17 @@ func TestWebhooks_GoneDisables(t *testing.T) {
 	}
 }
 
-func TestWebhooks_FailingTooLongDisables(t *testing.T) {
+func TestDeliverer_FailingTooLongDisables(t *testing.T) {
 	h := newEventsHarness(t)
 	rcv := newReceiver(t, status(http.StatusInternalServerError))
-	hooks := startHooks(t, h, vault.WebhooksConfig{
-		Endpoints:    []vault.WebhookEndpoint{endpoint(t, "app", rcv.URL, hookSecretNew)},
+	hooks := startHooks(t, h, webhook.Config{
+		Endpoints:    []webhook.Endpoint{endpoint(t, "app", rcv.URL, hookSecretNew)},
 		DisableAfter: time.Hour, BaseBackoff: time.Second, MaxBackoff: 10 * time.Minute,
 	})
 	h.mustConnect("alice")
-	waitFor(t, "disabled", func() bool { return stat(hooks.Webhooks, "app").Disabled })
-	s := stat(hooks.Webhooks, "app")
-	if s.Attempts[vault.WebhookFailed] < 5 || s.Backlog != 1 {
+	waitFor(t, "disabled", func() bool { return stat(hooks.Deliverer, "app").Disabled })
+	s := stat(hooks.Deliverer, "app")
+	if s.Attempts[webhook.Failed] < 5 || s.Backlog != 1 {
 		t.Errorf("stats = %+v; want several failures, backlog 1", s)
 	}
 	var total time.Duration
@@ -390,12 +391,12 @@ func TestWebhooks_FailingTooLongDisables(t *testing.T) {
 	}
 }
 
-func TestWebhooks_EventTypesFilter(t *testing.T) {
+func TestDeliverer_EventTypesFilter(t *testing.T) {
 	h := newEventsHarness(t)
 	rcv := newReceiver(t)
 	ep := endpoint(t, "revocations", rcv.URL, hookSecretNew)
 	ep.EventTypes = []string{vault.EventRevoked}
-	hooks := startHooks(t, h, vault.WebhooksConfig{Endpoints: []vault.WebhookEndpoint{ep}})
+	hooks := startHooks(t, h, webhook.Config{Endpoints: []webhook.Endpoint{ep}})
 	a := h.mustConnect("alice")
 	h.mustConnect("bob")
 	if _, err := h.v.Revoke(context.Background(), a.ID, ""); err != nil {
@@ -406,14 +407,14 @@ func TestWebhooks_EventTypesFilter(t *testing.T) {
 	}
 	h.mustConnect("carol")
 	rcv.none(t)
-	waitFor(t, "the cursor past filtered events", func() bool { return stat(hooks.Webhooks, "revocations").Backlog == 0 })
+	waitFor(t, "the cursor past filtered events", func() bool { return stat(hooks.Deliverer, "revocations").Backlog == 0 })
 }
 
-func TestWebhooks_NewEndpointStartsAtTheEnd(t *testing.T) {
+func TestDeliverer_NewEndpointStartsAtTheEnd(t *testing.T) {
 	h := newEventsHarness(t)
 	h.mustConnect("alice") // before the endpoint exists
 	rcv := newReceiver(t)
-	startHooks(t, h, vault.WebhooksConfig{Endpoints: []vault.WebhookEndpoint{endpoint(t, "app", rcv.URL, hookSecretNew)}})
+	startHooks(t, h, webhook.Config{Endpoints: []webhook.Endpoint{endpoint(t, "app", rcv.URL, hookSecretNew)}})
 	rcv.none(t)
 	h.mustConnect("bob")
 	if d := rcv.next(t); !strings.Contains(string(d.body), `"owner":"bob"`) {
@@ -421,11 +422,11 @@ func TestWebhooks_NewEndpointStartsAtTheEnd(t *testing.T) {
 	}
 }
 
-func TestWebhooks_RetentionKeepsUndelivered(t *testing.T) {
+func TestDeliverer_RetentionKeepsUndelivered(t *testing.T) {
 	h := newEventsHarness(t)
 	rcv := newReceiver(t, status(http.StatusInternalServerError))
-	hooks := startHooks(t, h, vault.WebhooksConfig{
-		Endpoints: []vault.WebhookEndpoint{endpoint(t, "app", rcv.URL, hookSecretNew)},
+	hooks := startHooks(t, h, webhook.Config{
+		Endpoints: []webhook.Endpoint{endpoint(t, "app", rcv.URL, hookSecretNew)},
 		Retention: time.Hour, BaseBackoff: time.Millisecond, MaxBackoff: time.Millisecond,
 	})
 	h.mustConnect("alice")
@@ -437,7 +438,7 @@ func TestWebhooks_RetentionKeepsUndelivered(t *testing.T) {
 	}
 }
 
-func TestWebhooks_SSRF(t *testing.T) {
+func TestDeliverer_SSRF(t *testing.T) {
 	rcvAddr := func(r *receiver) (host, port string) {
 		host, port, _ = net.SplitHostPort(r.Listener.Addr().String())
 		return host, port
@@ -462,7 +463,7 @@ func TestWebhooks_SSRF(t *testing.T) {
 			if tc.literal {
 				// An IP literal is refused up front; dialControl's own
 				// test covers the dial-time check of addresses.
-				_, err := vault.NewWebhooks(context.Background(), h.v, vault.WebhooksConfig{Endpoints: []vault.WebhookEndpoint{ep}})
+				_, err := webhook.New(context.Background(), h.v, h.store, webhook.Config{Endpoints: []webhook.Endpoint{ep}})
 				if tc.allow != (err == nil) {
 					t.Fatalf("NewWebhooks(%s, allow %v) = %v", ep.URL, tc.allow, err)
 				}
@@ -470,12 +471,12 @@ func TestWebhooks_SSRF(t *testing.T) {
 					return
 				}
 			}
-			hooks := startHooks(t, h, vault.WebhooksConfig{
-				Endpoints: []vault.WebhookEndpoint{ep}, BaseBackoff: time.Millisecond, MaxBackoff: time.Millisecond,
+			hooks := startHooks(t, h, webhook.Config{
+				Endpoints: []webhook.Endpoint{ep}, BaseBackoff: time.Millisecond, MaxBackoff: time.Millisecond,
 			})
 			h.mustConnect("alice")
 			if tc.wantBlock {
-				waitFor(t, "a blocked attempt", func() bool { return stat(hooks.Webhooks, "app").Attempts[vault.WebhookBlocked] >= 2 })
+				waitFor(t, "a blocked attempt", func() bool { return stat(hooks.Deliverer, "app").Attempts[webhook.Blocked] >= 2 })
 				rcv.none(t)
 				return
 			}
@@ -484,46 +485,46 @@ func TestWebhooks_SSRF(t *testing.T) {
 	}
 }
 
-func TestNewWebhooks_Refuses(t *testing.T) {
+func TestNew_Refuses(t *testing.T) {
 	h := newEventsHarness(t)
 	sec := mustSecret(t, hookSecretNew)
 	for _, tc := range []struct {
 		name string
-		ep   vault.WebhookEndpoint
+		ep   webhook.Endpoint
 	}{
-		{"no secret", vault.WebhookEndpoint{Name: "a", URL: "https://hooks.example/"}},
-		{"bad name", vault.WebhookEndpoint{Name: "A B", URL: "https://hooks.example/", Secrets: []vault.WebhookSecret{sec}}},
-		{"ftp", vault.WebhookEndpoint{Name: "a", URL: "ftp://hooks.example/", Secrets: []vault.WebhookSecret{sec}}},
-		{"user info", vault.WebhookEndpoint{Name: "a", URL: "https://u:p@hooks.example/", Secrets: []vault.WebhookSecret{sec}}},
-		{"relative", vault.WebhookEndpoint{Name: "a", URL: "/hooks", Secrets: []vault.WebhookSecret{sec}}},
-		{"private IP", vault.WebhookEndpoint{Name: "a", URL: "http://10.1.2.3/", Secrets: []vault.WebhookSecret{sec}}},
-		{"metadata IP", vault.WebhookEndpoint{Name: "a", URL: "http://169.254.169.254/latest", Secrets: []vault.WebhookSecret{sec}}},
-		{"IPv6 loopback", vault.WebhookEndpoint{Name: "a", URL: "http://[::1]:8080/", Secrets: []vault.WebhookSecret{sec}}},
-		{"mapped loopback", vault.WebhookEndpoint{Name: "a", URL: "http://[::ffff:127.0.0.1]/", Secrets: []vault.WebhookSecret{sec}}},
-		{"unknown event type", vault.WebhookEndpoint{Name: "a", URL: "https://hooks.example/", Secrets: []vault.WebhookSecret{sec}, EventTypes: []string{"connection.deleted"}}},
+		{"no secret", webhook.Endpoint{Name: "a", URL: "https://hooks.example/"}},
+		{"bad name", webhook.Endpoint{Name: "A B", URL: "https://hooks.example/", Secrets: []webhook.Secret{sec}}},
+		{"ftp", webhook.Endpoint{Name: "a", URL: "ftp://hooks.example/", Secrets: []webhook.Secret{sec}}},
+		{"user info", webhook.Endpoint{Name: "a", URL: "https://u:p@hooks.example/", Secrets: []webhook.Secret{sec}}},
+		{"relative", webhook.Endpoint{Name: "a", URL: "/hooks", Secrets: []webhook.Secret{sec}}},
+		{"private IP", webhook.Endpoint{Name: "a", URL: "http://10.1.2.3/", Secrets: []webhook.Secret{sec}}},
+		{"metadata IP", webhook.Endpoint{Name: "a", URL: "http://169.254.169.254/latest", Secrets: []webhook.Secret{sec}}},
+		{"IPv6 loopback", webhook.Endpoint{Name: "a", URL: "http://[::1]:8080/", Secrets: []webhook.Secret{sec}}},
+		{"mapped loopback", webhook.Endpoint{Name: "a", URL: "http://[::ffff:127.0.0.1]/", Secrets: []webhook.Secret{sec}}},
+		{"unknown event type", webhook.Endpoint{Name: "a", URL: "https://hooks.example/", Secrets: []webhook.Secret{sec}, EventTypes: []string{"connection.deleted"}}},
 	} {
-		if _, err := vault.NewWebhooks(context.Background(), h.v, vault.WebhooksConfig{Endpoints: []vault.WebhookEndpoint{tc.ep}}); err == nil {
+		if _, err := webhook.New(context.Background(), h.v, h.store, webhook.Config{Endpoints: []webhook.Endpoint{tc.ep}}); err == nil {
 			t.Errorf("%s: NewWebhooks = nil error", tc.name)
 		} else if strings.Contains(err.Error(), "u:p@") {
 			t.Errorf("%s: error repeats the URL: %v", tc.name, err)
 		}
 	}
-	dup := vault.WebhookEndpoint{Name: "a", URL: "https://hooks.example/", Secrets: []vault.WebhookSecret{sec}}
-	if _, err := vault.NewWebhooks(context.Background(), h.v, vault.WebhooksConfig{Endpoints: []vault.WebhookEndpoint{dup, dup}}); err == nil {
+	dup := webhook.Endpoint{Name: "a", URL: "https://hooks.example/", Secrets: []webhook.Secret{sec}}
+	if _, err := webhook.New(context.Background(), h.v, h.store, webhook.Config{Endpoints: []webhook.Endpoint{dup, dup}}); err == nil {
 		t.Error("NewWebhooks accepted two endpoints of one name")
 	}
-	priv := vault.WebhookEndpoint{Name: "a", URL: "http://10.1.2.3/", Secrets: []vault.WebhookSecret{sec}, AllowPrivate: true}
-	if _, err := vault.NewWebhooks(context.Background(), h.v, vault.WebhooksConfig{Endpoints: []vault.WebhookEndpoint{priv}}); err != nil {
+	priv := webhook.Endpoint{Name: "a", URL: "http://10.1.2.3/", Secrets: []webhook.Secret{sec}, AllowPrivate: true}
+	if _, err := webhook.New(context.Background(), h.v, h.store, webhook.Config{Endpoints: []webhook.Endpoint{priv}}); err != nil {
 		t.Errorf("NewWebhooks(private, allowed) = %v", err)
 	}
 }
 
-func TestWebhooks_NoRedirects(t *testing.T) {
+func TestDeliverer_NoRedirects(t *testing.T) {
 	h := newEventsHarness(t)
 	target := newReceiver(t)
 	rcv := newReceiver(t, status(http.StatusTemporaryRedirect, "Location", target.URL), status(http.StatusMovedPermanently, "Location", target.URL), status(http.StatusOK))
-	hooks := startHooks(t, h, vault.WebhooksConfig{
-		Endpoints: []vault.WebhookEndpoint{endpoint(t, "app", rcv.URL+"/hooks?token=sekrit", hookSecretNew)}, BaseBackoff: time.Millisecond, MaxBackoff: time.Millisecond,
+	hooks := startHooks(t, h, webhook.Config{
+		Endpoints: []webhook.Endpoint{endpoint(t, "app", rcv.URL+"/hooks?token=sekrit", hookSecretNew)}, BaseBackoff: time.Millisecond, MaxBackoff: time.Millisecond,
 	})
 	h.mustConnect("alice")
 	for range 3 {
@@ -534,13 +535,13 @@ func TestWebhooks_NoRedirects(t *testing.T) {
 		t.Errorf("the endpoint URL was logged:\n%s", logs)
 	}
 	target.none(t)
-	waitFor(t, "delivery", func() bool { return stat(hooks.Webhooks, "app").Attempts[vault.WebhookDelivered] == 1 })
-	if s := stat(hooks.Webhooks, "app"); s.Attempts[vault.WebhookFailed] != 2 {
+	waitFor(t, "delivery", func() bool { return stat(hooks.Deliverer, "app").Attempts[webhook.Delivered] == 1 })
+	if s := stat(hooks.Deliverer, "app"); s.Attempts[webhook.Failed] != 2 {
 		t.Errorf("stats = %+v; want the 2 redirects counted as failures", s.Attempts)
 	}
 }
 
-func TestParseWebhookSecret(t *testing.T) {
+func TestParseSecret(t *testing.T) {
 	for _, tc := range []struct {
 		in string
 		ok bool
@@ -552,7 +553,7 @@ func TestParseWebhookSecret(t *testing.T) {
 		{"whsec_" + strings.Repeat("QUFB", 30), false}, // 90 bytes
 		{"whsec_%%%", false},
 	} {
-		s, err := vault.ParseWebhookSecret(tc.in)
+		s, err := webhook.ParseSecret(tc.in)
 		if (err == nil) != tc.ok {
 			t.Errorf("ParseWebhookSecret(%q) = %v; want ok %v", tc.in, err, tc.ok)
 		}
@@ -560,7 +561,7 @@ func TestParseWebhookSecret(t *testing.T) {
 			t.Errorf("error repeats the secret: %v", err)
 		}
 		if tc.ok {
-			b, _ := json.Marshal(struct{ S vault.WebhookSecret }{s})
+			b, _ := json.Marshal(struct{ S webhook.Secret }{s})
 			for _, out := range []string{fmt.Sprint(s), fmt.Sprintf("%v %+v %#v %s %q", s, s, s, s, s), string(b)} {
 				if strings.Contains(out, "bmV3") || strings.Contains(out, "new-secret") {
 					t.Errorf("a secret prints: %s", out)
@@ -571,12 +572,12 @@ func TestParseWebhookSecret(t *testing.T) {
 }
 
 // The README's Node.js snippet verifies a delivery the vault signed.
-func TestWebhooks_ReadmeNodeSnippetVerifies(t *testing.T) {
+func TestDeliverer_ReadmeNodeSnippetVerifies(t *testing.T) {
 	node, err := exec.LookPath("node")
 	if err != nil {
 		t.Skip("node is not installed")
 	}
-	readme, err := os.ReadFile(filepath.Join("..", "README.md"))
+	readme, err := os.ReadFile(filepath.Join("..", "..", "README.md"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -586,7 +587,7 @@ func TestWebhooks_ReadmeNodeSnippetVerifies(t *testing.T) {
 	}
 	h := newEventsHarness(t)
 	rcv := newReceiver(t)
-	startHooks(t, h, vault.WebhooksConfig{Endpoints: []vault.WebhookEndpoint{endpoint(t, "app", rcv.URL, hookSecretOld, hookSecretNew)}})
+	startHooks(t, h, webhook.Config{Endpoints: []webhook.Endpoint{endpoint(t, "app", rcv.URL, hookSecretOld, hookSecretNew)}})
 	h.mustConnect("alice")
 	d := rcv.next(t)
 

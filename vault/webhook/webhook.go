@@ -1,10 +1,15 @@
-package vault
+// Package webhook delivers a vault's events to HTTP endpoints in the
+// Standard Webhooks format: one worker per endpoint reads the vault's outbox
+// (through the Outbox it declares) from a cursor kept in the vault's Store,
+// signs each request, retries with backoff, and dials only public addresses
+// unless an endpoint allows private ones. It is the only package under
+// vault/ that speaks HTTP.
+package webhook
 
 import (
 	"bytes"
 	"cmp"
 	"context"
-	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
@@ -28,6 +33,10 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	standardwebhooks "github.com/standard-webhooks/standard-webhooks/libraries/go"
+
+	"github.com/tokenvault/tokenvault/vault"
 )
 
 // Webhook delivery: one worker per endpoint reads the outbox in sequence
@@ -40,51 +49,63 @@ import (
 // per endpoint: the cursor moves past an event only once the endpoint
 // answered 2xx.
 
+// An Outbox is what delivery reads of a vault; *vault.Vault is one.
+type Outbox interface {
+	// LastEventSequence returns the sequence of the newest event and a
+	// channel closed when a newer one is written.
+	LastEventSequence() (uint64, <-chan struct{})
+	// Events returns up to limit events after sequence after, in order.
+	Events(ctx context.Context, after uint64, limit int) ([]vault.Event, error)
+	// SweepEvents deletes the events older than before with a sequence of
+	// at most upTo, and returns how many.
+	SweepEvents(ctx context.Context, before time.Time, upTo uint64) (int, error)
+}
+
 // webhookMetaPrefix holds each endpoint's cursor and disabled marker.
 const webhookMetaPrefix = "meta/webhook/"
 
-// A WebhookSecret is a Standard Webhooks signing secret. It never prints:
+// A Secret is a Standard Webhooks signing secret. It never prints:
 // String, Format, LogValue and MarshalText all say "[redacted]".
-type WebhookSecret struct{ key []byte }
+type Secret struct{ key []byte }
 
-// ParseWebhookSecret parses "whsec_" followed by the standard base64 of 24
+// ParseSecret parses "whsec_" followed by the standard base64 of 24
 // to 64 random bytes, as the Standard Webhooks specification gives secrets
 // out. Errors never repeat the secret.
-func ParseWebhookSecret(s string) (WebhookSecret, error) {
+func ParseSecret(s string) (Secret, error) {
 	b64, ok := strings.CutPrefix(strings.TrimSpace(s), "whsec_")
 	if !ok {
-		return WebhookSecret{}, errors.New("vault: webhook secret must start with whsec_")
+		return Secret{}, errors.New("webhook: webhook secret must start with whsec_")
 	}
 	key, err := base64.StdEncoding.DecodeString(b64)
 	if err != nil {
-		return WebhookSecret{}, errors.New("vault: webhook secret is not whsec_ followed by standard base64")
+		return Secret{}, errors.New("webhook: webhook secret is not whsec_ followed by standard base64")
 	}
 	if len(key) < 24 || len(key) > 64 {
-		return WebhookSecret{}, fmt.Errorf("vault: webhook secret holds %d bytes; want 24 to 64", len(key))
+		return Secret{}, fmt.Errorf("webhook: webhook secret holds %d bytes; want 24 to 64", len(key))
 	}
-	return WebhookSecret{key: key}, nil
+	return Secret{key: key}, nil
 }
 
 const secretRedacted = "[redacted]"
 
-func (WebhookSecret) String() string               { return secretRedacted }
-func (WebhookSecret) Format(f fmt.State, _ rune)   { io.WriteString(f, secretRedacted) }
-func (WebhookSecret) LogValue() slog.Value         { return slog.StringValue(secretRedacted) }
-func (WebhookSecret) MarshalText() ([]byte, error) { return []byte(secretRedacted), nil }
+func (Secret) String() string               { return secretRedacted }
+func (Secret) Format(f fmt.State, _ rune)   { io.WriteString(f, secretRedacted) }
+func (Secret) LogValue() slog.Value         { return slog.StringValue(secretRedacted) }
+func (Secret) MarshalText() ([]byte, error) { return []byte(secretRedacted), nil }
 
-// sign returns the Standard Webhooks signature of one request.
-func (s WebhookSecret) sign(id, ts string, body []byte) string {
-	m := hmac.New(sha256.New, s.key)
-	m.Write([]byte(id))
-	m.Write([]byte{'.'})
-	m.Write([]byte(ts))
-	m.Write([]byte{'.'})
-	m.Write(body)
-	return "v1," + base64.StdEncoding.EncodeToString(m.Sum(nil))
+// sign returns the Standard Webhooks signature ("v1,<base64>") of one
+// request sent at ts, made by the specification's own library (which the
+// client's verifier uses too).
+func (s Secret) sign(id string, ts time.Time, body []byte) (string, error) {
+	wh, err := standardwebhooks.NewWebhookRaw(s.key)
+	if err != nil {
+		return "", err
+	}
+	return wh.Sign(id, ts, body)
 }
 
-// A WebhookEndpoint is one receiver of events.
-type WebhookEndpoint struct {
+// A Endpoint is one receiver of events.
+type Endpoint struct {
 	// Name identifies the endpoint in logs, metrics and the Store; it keeps
 	// the endpoint's cursor, so renaming an endpoint starts it afresh.
 	Name string
@@ -92,7 +113,7 @@ type WebhookEndpoint struct {
 	URL string
 	// Secrets sign every request, each giving one signature: list the new
 	// secret beside the old one while receivers move over.
-	Secrets []WebhookSecret
+	Secrets []Secret
 	// AllowPrivate permits loopback, private, link-local and other
 	// non-public addresses. Without it they are refused when dialling,
 	// whatever the URL's host resolves to.
@@ -101,9 +122,9 @@ type WebhookEndpoint struct {
 	EventTypes []string
 }
 
-// WebhooksConfig configures Webhooks. Everything but Endpoints has a default.
-type WebhooksConfig struct {
-	Endpoints []WebhookEndpoint
+// Config configures a Deliverer. Everything but Endpoints has a default.
+type Config struct {
+	Endpoints []Endpoint
 	// Retention is how long delivered events stay in the outbox (for
 	// WatchEvents replays); default 168h. Events an enabled endpoint has
 	// not yet received are kept regardless.
@@ -133,30 +154,30 @@ type WebhooksConfig struct {
 // queue at once.
 const maxRetryAfter = 6 * time.Hour
 
-// Delivery outcomes, as counted by WebhookStats.
+// Delivery outcomes, as counted by Stats.
 const (
-	// WebhookDelivered: the endpoint answered 2xx.
-	WebhookDelivered = "delivered"
-	// WebhookFailed: the endpoint answered anything else but 410
+	// Delivered: the endpoint answered 2xx.
+	Delivered = "delivered"
+	// Failed: the endpoint answered anything else but 410
 	// (redirects included: they are not followed). Retried.
-	WebhookFailed = "failed"
-	// WebhookNetworkError: no answer (refused, reset, timeout, TLS).
+	Failed = "failed"
+	// NetworkError: no answer (refused, reset, timeout, TLS).
 	// Retried.
-	WebhookNetworkError = "network_error"
-	// WebhookBlocked: the endpoint's address is not public and the
+	NetworkError = "network_error"
+	// Blocked: the endpoint's address is not public and the
 	// endpoint does not allow private addresses. Retried: DNS may change.
-	WebhookBlocked = "blocked"
-	// WebhookGone: the endpoint answered 410 Gone and is now disabled.
-	WebhookGone = "gone"
+	Blocked = "blocked"
+	// Gone: the endpoint answered 410 Gone and is now disabled.
+	Gone = "gone"
 )
 
-// WebhookOutcomes lists the delivery outcomes.
-var WebhookOutcomes = [...]string{WebhookDelivered, WebhookFailed, WebhookNetworkError, WebhookBlocked, WebhookGone}
+// Outcomes lists the delivery outcomes.
+var Outcomes = [...]string{Delivered, Failed, NetworkError, Blocked, Gone}
 
-// WebhookStats describes one endpoint for metrics. It holds no URL.
-type WebhookStats struct {
+// Stats describes one endpoint for metrics. It holds no URL.
+type Stats struct {
 	Name string
-	// Attempts counts delivery attempts by outcome (WebhookOutcomes).
+	// Attempts counts delivery attempts by outcome (Outcomes).
 	Attempts map[string]uint64
 	// Backlog is how many events were written after the endpoint's cursor:
 	// the events it has yet to receive (or, disabled, will not).
@@ -164,24 +185,28 @@ type WebhookStats struct {
 	Disabled bool
 }
 
-// Webhooks delivers the vault's events to the configured endpoints and
-// sweeps the outbox. Create it with NewWebhooks and run it with Run.
-type Webhooks struct {
-	v       *Vault
-	cfg     WebhooksConfig
+// A Deliverer delivers the vault's events to the configured endpoints and
+// sweeps the outbox. Create it with New and run it with Run.
+type Deliverer struct {
+	ob      Outbox
+	store   vault.Store
+	cfg     Config
 	log     *slog.Logger
 	workers []*hookWorker
 }
 
 var endpointName = regexp.MustCompile(`^[a-z0-9][a-z0-9_.-]{0,62}$`)
 
-// NewWebhooks checks cfg, loads each endpoint's cursor and disabled marker
-// from v's Store, and returns Webhooks for v. A new endpoint's cursor is set
-// to the current end of the outbox here: it gets the events written from
-// now on. NewWebhooks refuses an endpoint without secrets, with a malformed
+// New checks cfg, loads each endpoint's cursor and disabled marker from st
+// (the Store of the vault ob is), and returns a Deliverer of ob's events. A
+// new endpoint's cursor is set to the current end of the outbox here: it
+// gets the events written from now on. New refuses an endpoint without secrets, with a malformed
 // URL or name, with an unknown event type, or whose URL names a non-public
 // IP address it does not allow.
-func NewWebhooks(ctx context.Context, v *Vault, cfg WebhooksConfig) (*Webhooks, error) {
+func New(ctx context.Context, ob Outbox, st vault.Store, cfg Config) (*Deliverer, error) {
+	if ob == nil || st == nil {
+		return nil, errors.New("webhook: New needs an Outbox and a Store")
+	}
 	cfg.Retention = cmp.Or(cfg.Retention, 168*time.Hour)
 	cfg.SweepEvery = cmp.Or(cfg.SweepEvery, 10*time.Minute)
 	cfg.DisableAfter = cmp.Or(cfg.DisableAfter, 72*time.Hour)
@@ -200,31 +225,31 @@ func NewWebhooks(ctx context.Context, v *Vault, cfg WebhooksConfig) (*Webhooks, 
 	if cfg.Wait == nil {
 		cfg.Wait = wait
 	}
-	h := &Webhooks{v: v, cfg: cfg, log: cfg.Logger}
+	h := &Deliverer{ob: ob, store: st, cfg: cfg, log: cfg.Logger}
 	names := map[string]bool{}
 	for _, ep := range cfg.Endpoints {
 		if !endpointName.MatchString(ep.Name) {
-			return nil, fmt.Errorf("vault: webhook name %q: want 1 to 63 of a-z, 0-9, _ . - (starting with a letter or digit)", ep.Name)
+			return nil, fmt.Errorf("webhook: webhook name %q: want 1 to 63 of a-z, 0-9, _ . - (starting with a letter or digit)", ep.Name)
 		}
 		if names[ep.Name] {
-			return nil, fmt.Errorf("vault: two webhooks named %q", ep.Name)
+			return nil, fmt.Errorf("webhook: two webhooks named %q", ep.Name)
 		}
 		names[ep.Name] = true
 		if err := checkWebhookURL(ep.URL, ep.AllowPrivate); err != nil {
-			return nil, fmt.Errorf("vault: webhook %q: %w", ep.Name, err)
+			return nil, fmt.Errorf("webhook: webhook %q: %w", ep.Name, err)
 		}
 		if len(ep.Secrets) == 0 {
-			return nil, fmt.Errorf("vault: webhook %q has no secret", ep.Name)
+			return nil, fmt.Errorf("webhook: webhook %q has no secret", ep.Name)
 		}
 		for _, s := range ep.Secrets {
 			if len(s.key) == 0 {
-				return nil, fmt.Errorf("vault: webhook %q has an empty secret", ep.Name)
+				return nil, fmt.Errorf("webhook: webhook %q has an empty secret", ep.Name)
 			}
 		}
 		var types map[string]bool
 		for _, t := range ep.EventTypes {
-			if !slices.Contains(EventTypes, t) {
-				return nil, fmt.Errorf("vault: webhook %q: unknown event type %q", ep.Name, t)
+			if !slices.Contains(vault.EventTypes, t) {
+				return nil, fmt.Errorf("webhook: webhook %q: unknown event type %q", ep.Name, t)
 			}
 			if types == nil {
 				types = map[string]bool{}
@@ -372,7 +397,7 @@ func wait(ctx context.Context, d time.Duration) error {
 
 // Run delivers events until ctx ends, and sweeps the outbox every
 // SweepEvery. It returns when every worker has stopped. Call it once.
-func (h *Webhooks) Run(ctx context.Context) {
+func (h *Deliverer) Run(ctx context.Context) {
 	var wg sync.WaitGroup
 	for _, w := range h.workers {
 		wg.Go(func() { w.run(ctx) })
@@ -381,7 +406,7 @@ func (h *Webhooks) Run(ctx context.Context) {
 	wg.Wait()
 }
 
-func (h *Webhooks) sweepLoop(ctx context.Context) {
+func (h *Deliverer) sweepLoop(ctx context.Context) {
 	t := time.NewTicker(h.cfg.SweepEvery)
 	defer t.Stop()
 	for {
@@ -400,23 +425,23 @@ func (h *Webhooks) sweepLoop(ctx context.Context) {
 
 // Sweep deletes the events older than the retention that every enabled
 // endpoint has received, and returns how many.
-func (h *Webhooks) Sweep(ctx context.Context) (int, error) {
+func (h *Deliverer) Sweep(ctx context.Context) (int, error) {
 	upTo := uint64(math.MaxUint64)
 	for _, w := range h.workers {
 		if !w.disabled.Load() {
 			upTo = min(upTo, w.cursor.Load())
 		}
 	}
-	return h.v.SweepEvents(ctx, h.cfg.Now().Add(-h.cfg.Retention), upTo)
+	return h.ob.SweepEvents(ctx, h.cfg.Now().Add(-h.cfg.Retention), upTo)
 }
 
 // Stats describes each endpoint, in configuration order.
-func (h *Webhooks) Stats() []WebhookStats {
-	last, _ := h.v.LastEventSequence()
-	out := make([]WebhookStats, 0, len(h.workers))
+func (h *Deliverer) Stats() []Stats {
+	last, _ := h.ob.LastEventSequence()
+	out := make([]Stats, 0, len(h.workers))
 	for _, w := range h.workers {
-		s := WebhookStats{Name: w.ep.Name, Attempts: make(map[string]uint64, len(WebhookOutcomes)), Disabled: w.disabled.Load()}
-		for i, o := range WebhookOutcomes {
+		s := Stats{Name: w.ep.Name, Attempts: make(map[string]uint64, len(Outcomes)), Disabled: w.disabled.Load()}
+		for i, o := range Outcomes {
 			s.Attempts[o] = w.attempts[i].Load()
 		}
 		if c := w.cursor.Load(); c < last {
@@ -429,13 +454,13 @@ func (h *Webhooks) Stats() []WebhookStats {
 
 // hookWorker delivers to one endpoint.
 type hookWorker struct {
-	h        *Webhooks
-	ep       WebhookEndpoint
+	h        *Deliverer
+	ep       Endpoint
 	types    map[string]bool // nil: every type
 	client   *http.Client
 	cursor   atomic.Uint64 // sequence of the last event handled
 	disabled atomic.Bool
-	attempts [len(WebhookOutcomes)]atomic.Uint64
+	attempts [len(Outcomes)]atomic.Uint64
 }
 
 func (w *hookWorker) cursorKey() string   { return webhookMetaPrefix + w.ep.Name + "/cursor" }
@@ -458,29 +483,29 @@ func (w *hookWorker) urlHash() string {
 // starts at the current end of the outbox: it receives the events written
 // from now on, not the retained history.
 func (w *hookWorker) load(ctx context.Context) error {
-	st := w.h.v.store
+	st := w.h.store
 	val, _, err := st.Get(ctx, w.cursorKey())
 	switch {
-	case errors.Is(err, ErrNotFound):
-		last, _ := w.h.v.LastEventSequence()
-		if _, err := st.Apply(ctx, Op{Key: w.cursorKey(), Value: []byte(strconv.FormatUint(last, 10)), IfRev: 0}); err != nil {
-			return fmt.Errorf("vault: webhook %q: store cursor: %w", w.ep.Name, err)
+	case errors.Is(err, vault.ErrNotFound):
+		last, _ := w.h.ob.LastEventSequence()
+		if _, err := st.Apply(ctx, vault.Op{Key: w.cursorKey(), Value: []byte(strconv.FormatUint(last, 10)), IfRev: 0}); err != nil {
+			return fmt.Errorf("webhook: webhook %q: store cursor: %w", w.ep.Name, err)
 		}
 		w.cursor.Store(last)
 	case err != nil:
-		return fmt.Errorf("vault: webhook %q: read cursor: %w", w.ep.Name, err)
+		return fmt.Errorf("webhook: webhook %q: read cursor: %w", w.ep.Name, err)
 	default:
 		c, err := strconv.ParseUint(string(val), 10, 64)
 		if err != nil {
-			return fmt.Errorf("vault: webhook %q: bad cursor: %w", w.ep.Name, err)
+			return fmt.Errorf("webhook: webhook %q: bad cursor: %w", w.ep.Name, err)
 		}
 		w.cursor.Store(c)
 	}
 	val, rev, err := st.Get(ctx, w.disabledKey())
 	switch {
-	case errors.Is(err, ErrNotFound):
+	case errors.Is(err, vault.ErrNotFound):
 	case err != nil:
-		return fmt.Errorf("vault: webhook %q: read disabled marker: %w", w.ep.Name, err)
+		return fmt.Errorf("webhook: webhook %q: read disabled marker: %w", w.ep.Name, err)
 	default:
 		var m disabledMarker
 		if json.Unmarshal(val, &m) == nil && m.URLHash == w.urlHash() {
@@ -489,8 +514,8 @@ func (w *hookWorker) load(ctx context.Context) error {
 				slog.String("webhook", w.ep.Name), slog.String("reason", m.Reason), slog.Time("since", m.At))
 			return nil
 		}
-		if _, err := st.Apply(ctx, Op{Key: w.disabledKey(), Delete: true, IfRev: int64(rev)}); err != nil {
-			return fmt.Errorf("vault: webhook %q: clear disabled marker: %w", w.ep.Name, err)
+		if _, err := st.Apply(ctx, vault.Op{Key: w.disabledKey(), Delete: true, IfRev: int64(rev)}); err != nil {
+			return fmt.Errorf("webhook: webhook %q: clear disabled marker: %w", w.ep.Name, err)
 		}
 		w.h.log.LogAttrs(ctx, slog.LevelInfo, "webhook endpoint enabled again: its URL changed", slog.String("webhook", w.ep.Name))
 	}
@@ -502,7 +527,7 @@ func (w *hookWorker) load(ctx context.Context) error {
 // which at-least-once allows.
 func (w *hookWorker) storeCursor(ctx context.Context) {
 	c := w.cursor.Load()
-	if _, err := w.h.v.store.Apply(ctx, Op{Key: w.cursorKey(), Value: []byte(strconv.FormatUint(c, 10)), IfRev: AnyRev}); err != nil && ctx.Err() == nil {
+	if _, err := w.h.store.Apply(ctx, vault.Op{Key: w.cursorKey(), Value: []byte(strconv.FormatUint(c, 10)), IfRev: vault.AnyRev}); err != nil && ctx.Err() == nil {
 		w.h.log.LogAttrs(ctx, slog.LevelWarn, "webhook cursor not stored", slog.String("webhook", w.ep.Name), slog.String("err", err.Error()))
 	}
 }
@@ -512,7 +537,7 @@ func (w *hookWorker) run(ctx context.Context) {
 	defer w.client.CloseIdleConnections()
 	fails := 0 // consecutive outbox read failures
 	for !w.disabled.Load() && ctx.Err() == nil {
-		last, wake := w.h.v.LastEventSequence()
+		last, wake := w.h.ob.LastEventSequence()
 		if w.cursor.Load() >= last {
 			select {
 			case <-wake:
@@ -520,7 +545,7 @@ func (w *hookWorker) run(ctx context.Context) {
 			}
 			continue
 		}
-		evs, err := w.h.v.Events(ctx, w.cursor.Load(), 100)
+		evs, err := w.h.ob.Events(ctx, w.cursor.Load(), 100)
 		if err != nil {
 			fails++
 			if ctx.Err() == nil {
@@ -562,7 +587,7 @@ func (w *hookWorker) run(ctx context.Context) {
 
 // deliver sends ev until the endpoint takes it (true), or ctx ends or the
 // endpoint is disabled (false).
-func (w *hookWorker) deliver(ctx context.Context, ev Event) bool {
+func (w *hookWorker) deliver(ctx context.Context, ev vault.Event) bool {
 	body, err := webhookBody(ev)
 	if err != nil {
 		// Cannot happen for a decoded event; never block the queue on it.
@@ -575,11 +600,11 @@ func (w *hookWorker) deliver(ctx context.Context, ev Event) bool {
 		if ctx.Err() != nil {
 			return false
 		}
-		w.attempts[slices.Index(WebhookOutcomes[:], outcome)].Add(1)
+		w.attempts[slices.Index(Outcomes[:], outcome)].Add(1)
 		switch outcome {
-		case WebhookDelivered:
+		case Delivered:
 			return true
-		case WebhookGone:
+		case Gone:
 			w.disable(ctx, "gone")
 			return false
 		}
@@ -614,7 +639,7 @@ func (w *hookWorker) deliver(ctx context.Context, ev Event) bool {
 func (w *hookWorker) disable(ctx context.Context, reason string) {
 	w.disabled.Store(true)
 	m, _ := json.Marshal(disabledMarker{At: w.h.cfg.Now(), Reason: reason, URLHash: w.urlHash()})
-	if _, err := w.h.v.store.Apply(context.WithoutCancel(ctx), Op{Key: w.disabledKey(), Value: m, IfRev: AnyRev}); err != nil {
+	if _, err := w.h.store.Apply(context.WithoutCancel(ctx), vault.Op{Key: w.disabledKey(), Value: m, IfRev: vault.AnyRev}); err != nil {
 		w.h.log.LogAttrs(ctx, slog.LevelError, "webhook disabled marker not stored", slog.String("webhook", w.ep.Name), slog.String("err", err.Error()))
 	}
 	msg := "webhook endpoint answered 410 Gone: disabled"
@@ -627,15 +652,18 @@ func (w *hookWorker) disable(ctx context.Context, reason string) {
 
 // attempt makes one delivery request. err, if set, is safe to log: it
 // names no URL.
-func (w *hookWorker) attempt(ctx context.Context, ev Event, body []byte) (outcome string, code int, retryAfter time.Duration, err error) {
-	ts := strconv.FormatInt(w.h.cfg.Now().Unix(), 10)
+func (w *hookWorker) attempt(ctx context.Context, ev vault.Event, body []byte) (outcome string, code int, retryAfter time.Duration, err error) {
+	now := time.Unix(w.h.cfg.Now().Unix(), 0)
+	ts := strconv.FormatInt(now.Unix(), 10)
 	sigs := make([]string, len(w.ep.Secrets))
 	for i, s := range w.ep.Secrets {
-		sigs[i] = s.sign(ev.ID, ts, body)
+		if sigs[i], err = s.sign(ev.ID, now, body); err != nil {
+			return NetworkError, 0, 0, errors.New("cannot sign the request")
+		}
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, w.ep.URL, bytes.NewReader(body))
 	if err != nil {
-		return WebhookNetworkError, 0, 0, errors.New("cannot build the request")
+		return NetworkError, 0, 0, errors.New("cannot build the request")
 	}
 	// Lower case, as the specification spells them; Go sends them as set.
 	req.Header["webhook-id"] = []string{ev.ID}
@@ -647,23 +675,23 @@ func (w *hookWorker) attempt(ctx context.Context, ev Event, body []byte) (outcom
 	if err != nil {
 		var b *errBlocked
 		if errors.As(err, &b) {
-			return WebhookBlocked, 0, 0, b
+			return Blocked, 0, 0, b
 		}
 		var ue *url.Error
 		if errors.As(err, &ue) {
 			err = ue.Err // url.Error repeats the URL
 		}
-		return WebhookNetworkError, 0, 0, err
+		return NetworkError, 0, 0, err
 	}
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 	resp.Body.Close()
 	switch {
 	case resp.StatusCode >= 200 && resp.StatusCode < 300:
-		return WebhookDelivered, resp.StatusCode, 0, nil
+		return Delivered, resp.StatusCode, 0, nil
 	case resp.StatusCode == http.StatusGone:
-		return WebhookGone, resp.StatusCode, 0, nil
+		return Gone, resp.StatusCode, 0, nil
 	}
-	return WebhookFailed, resp.StatusCode, parseRetryAfter(resp.Header.Get("Retry-After"), w.h.cfg.Now()), nil
+	return Failed, resp.StatusCode, parseRetryAfter(resp.Header.Get("Retry-After"), w.h.cfg.Now()), nil
 }
 
 // parseRetryAfter reads a Retry-After header: delay-seconds or an HTTP date.
@@ -727,7 +755,7 @@ type webhookConnection struct {
 	Provider          string            `json:"provider"`
 	Label             string            `json:"label,omitempty"`
 	Purpose           string            `json:"purpose,omitempty"`
-	Status            Status            `json:"status"`
+	Status            vault.Status      `json:"status"`
 	StatusReason      string            `json:"status_reason,omitempty"`
 	RequestedScopes   []string          `json:"requested_scopes,omitempty"`
 	GrantedScopes     []string          `json:"granted_scopes,omitempty"`
@@ -743,7 +771,7 @@ type webhookConnection struct {
 	Credentials       []string          `json:"credentials,omitempty"`
 }
 
-func webhookBody(ev Event) ([]byte, error) {
+func webhookBody(ev vault.Event) ([]byte, error) {
 	c := ev.Connection
 	if c == nil {
 		return nil, errors.New("event has no connection")

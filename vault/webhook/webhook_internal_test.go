@@ -1,4 +1,4 @@
-package vault
+package webhook
 
 import (
 	"errors"
@@ -124,15 +124,15 @@ func TestParseRetryAfter(t *testing.T) {
 	}
 }
 
-// The signature is the Standard Webhooks example: secret, id, timestamp and
+// The signature is the Standard Deliverer example: secret, id, timestamp and
 // body from the specification's test vectors.
-func TestWebhookSecret_SignStandardVector(t *testing.T) {
-	s, err := ParseWebhookSecret("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+func TestSecret_SignStandardVector(t *testing.T) {
+	s, err := ParseSecret("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
 	if err != nil {
 		t.Fatal(err)
 	}
-	got := s.sign("msg_p5jXN8AQM9LWM0D4loKWxJek", "1614265330", []byte(`{"test": 2432232314}`))
-	if want := "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="; got != want {
-		t.Errorf("sign = %s; want %s", got, want)
+	got, err := s.sign("msg_p5jXN8AQM9LWM0D4loKWxJek", time.Unix(1614265330, 0), []byte(`{"test": 2432232314}`))
+	if want := "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="; got != want || err != nil {
+		t.Errorf("sign = %s, %v; want %s, nil", got, err, want)
 	}
 }
