@@ -46,7 +46,7 @@ func (h *callbackHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	q := r.URL.Query()
 	provider := r.PathValue("provider")
-	res, err := h.v.CompleteConnect(r.Context(), provider, q.Get("state"), q.Get("code"), q.Get("error"))
+	res, err := h.v.CompleteConnect(r.Context(), vault.CallbackRequest{Provider: provider, State: q.Get("state"), Code: q.Get("code"), Error: q.Get("error")})
 	if err != nil {
 		h.fail(w, r, res, err)
 		return

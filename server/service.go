@@ -36,7 +36,7 @@ func (s *tokenService) GetAccessToken(ctx context.Context, req *tvv1.GetAccessTo
 	if err != nil {
 		return nil, err
 	}
-	tok, info, err := s.v.AccessToken(ctx, id, req.GetCredential(), minValid, req.GetForceRefresh())
+	tok, info, err := s.v.AccessToken(ctx, vault.TokenRequest{ID: id, Credential: req.GetCredential(), MinValid: minValid, Force: req.GetForceRefresh()})
 	if err != nil {
 		return nil, toStatus(err)
 	}

@@ -1,6 +1,64 @@
 package vault
 
-import "errors"
+import (
+	"errors"
+	"fmt"
+	"time"
+)
 
 // ErrNotFound is returned when a key or record does not exist.
 var ErrNotFound = errors.New("vault: not found")
+
+// The vault's error vocabulary. Errors returned by the vault wrap one of
+// these; the server maps each to a gRPC code and an ErrorInfo reason.
+var (
+	// ErrReauthRequired: the provider rejected the grant; the user must
+	// connect again.
+	ErrReauthRequired = errors.New("vault: re-authorization required")
+	// ErrRevoked: the connection was revoked.
+	ErrRevoked = errors.New("vault: connection revoked")
+	// ErrUnavailable: the provider failed transiently and no valid token is
+	// at hand; retry later.
+	ErrUnavailable = errors.New("vault: provider unavailable")
+	// ErrMisconfigured: the provider rejected our client credentials or
+	// redirect URL; an operator must fix the configuration.
+	ErrMisconfigured = errors.New("vault: provider misconfigured")
+	// ErrUnknownProvider: no provider of that name is configured.
+	ErrUnknownProvider = errors.New("vault: unknown provider")
+	// ErrInvalidArgument: the request is malformed.
+	ErrInvalidArgument = errors.New("vault: invalid argument")
+	// ErrReturnToNotAllowed: return_to is not on the allowlist.
+	ErrReturnToNotAllowed = errors.New("vault: return_to not allowed")
+	// ErrInvalidState: a callback's state is unknown, already used, forged
+	// or expired.
+	ErrInvalidState = errors.New("vault: invalid or expired state")
+	// ErrConsentDenied: the user (or the provider) declined the consent.
+	ErrConsentDenied = errors.New("vault: consent denied")
+	// ErrExchangeFailed: the provider refused the authorization code.
+	ErrExchangeFailed = errors.New("vault: code exchange failed")
+)
+
+// A ProviderError is a classified provider failure. Kind is one of
+// ErrReauthRequired, ErrUnavailable, ErrMisconfigured or ErrExchangeFailed;
+// Code is the provider's error code, safe to log and to show.
+type ProviderError struct {
+	Kind       error
+	Code       string
+	RetryAfter time.Duration
+}
+
+func (e *ProviderError) Error() string {
+	return fmt.Sprintf("%v: %s", e.Kind, e.Code)
+}
+
+func (e *ProviderError) Unwrap() error { return e.Kind }
+
+// providerError classifies err: a *ProviderError in its chain keeps its
+// class, anything else (a network failure, a timeout) is transient.
+func providerError(err error) *ProviderError {
+	var pe *ProviderError
+	if errors.As(err, &pe) {
+		return pe
+	}
+	return &ProviderError{Kind: ErrUnavailable, Code: "network"}
+}

@@ -134,7 +134,7 @@ func (h *eventsHarness) connect(owner string) (*vault.Connection, error) {
 		h.store.armed.Store(true)
 	}
 	pu, _ := url.Parse(u)
-	res, err := h.v.CompleteConnect(context.Background(), "fake", pu.Query().Get("state"), "code", "")
+	res, err := h.v.CompleteConnect(context.Background(), vault.CallbackRequest{Provider: "fake", State: pu.Query().Get("state"), Code: "code"})
 	if err != nil {
 		return nil, err
 	}
@@ -161,7 +161,7 @@ func (h *eventsHarness) events(after uint64) []vault.Event {
 
 // forceRefresh refreshes connection id at the provider now.
 func (h *eventsHarness) forceRefresh(id string) error {
-	_, _, err := h.v.AccessToken(context.Background(), id, "", 0, true)
+	_, _, err := h.v.AccessToken(context.Background(), vault.TokenRequest{ID: id, Force: true})
 	return err
 }
 
@@ -177,7 +177,7 @@ func TestEvents_EachChangeEmitsOneEvent(t *testing.T) {
 	}{
 		{"connect", func() error { c, err := h.connect("alice"); id = c.ID; return err }, vault.EventCreated, ""},
 		{"refresh, same scopes", func() error { h.clock.Add(3 * time.Second); return h.forceRefresh(id) }, "", ""},
-		{"token read", func() error { _, _, err := h.v.AccessToken(ctx, id, "", 0, false); return err }, "", ""},
+		{"token read", func() error { _, _, err := h.v.AccessToken(ctx, vault.TokenRequest{ID: id}); return err }, "", ""},
 		{"refresh, new scopes", func() error {
 			h.clock.Add(3 * time.Second)
 			h.p.setScopes("read", "write")

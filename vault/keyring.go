@@ -173,3 +173,17 @@ func rewrapOne(ctx context.Context, st Store, k *seal.Keyring, r staleRecord, ta
 	}
 	return false, fmt.Errorf("gave up after %d conflicting writes: %w", rewrapAttempts, ErrConflict)
 }
+
+// RotateKeys starts a new key term and re-seals every record under it. It
+// returns the new term and how many records were re-sealed.
+func (v *Vault) RotateKeys(ctx context.Context) (uint32, int, error) {
+	term, err := v.kr.Rotate(ctx)
+	if err != nil {
+		return 0, 0, err
+	}
+	n, err := Rewrap(ctx, v.store, v.kr, connPrefix, statePrefix, eventPrefix)
+	if err != nil {
+		return term, n, err
+	}
+	return term, n, nil
+}

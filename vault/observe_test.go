@@ -30,7 +30,7 @@ func TestVault_FlushLastUsed_SurvivesRestart(t *testing.T) {
 	idle := h.connect("bob")
 	ctx := context.Background()
 	h.clock.Add(time.Minute)
-	if _, _, err := h.v.AccessToken(ctx, used.ID, "", 0, false); err != nil {
+	if _, _, err := h.v.AccessToken(ctx, vault.TokenRequest{ID: used.ID}); err != nil {
 		t.Fatal(err)
 	}
 	at := h.clock.Now()
@@ -44,7 +44,7 @@ func TestVault_FlushLastUsed_SurvivesRestart(t *testing.T) {
 	}
 	// A use less than minStep after the persisted one waits.
 	h.clock.Add(30 * time.Second)
-	h.v.AccessToken(ctx, used.ID, "", 0, false)
+	h.v.AccessToken(ctx, vault.TokenRequest{ID: used.ID})
 	if n, _ := h.v.FlushLastUsed(ctx, time.Minute); n != 0 {
 		t.Errorf("FlushLastUsed after a 30s step wrote %d; want 0", n)
 	}
@@ -57,7 +57,7 @@ func TestVault_FlushLastUsed_SurvivesRestart(t *testing.T) {
 		t.Errorf("idle connection LastUsedAt = %v; want zero", g.LastUsedAt)
 	}
 	// The token is still served: the records are intact.
-	if _, _, err := h.v.AccessToken(ctx, used.ID, "", 0, false); err != nil {
+	if _, _, err := h.v.AccessToken(ctx, vault.TokenRequest{ID: used.ID}); err != nil {
 		t.Errorf("AccessToken after restart = %v", err)
 	}
 }

@@ -27,7 +27,7 @@ func crashMidRefresh(t *testing.T, n int) (*harness, []string) {
 	h.p.block, h.p.entered = make(chan struct{}), make(chan struct{}, n)
 	var wg sync.WaitGroup
 	for _, id := range ids {
-		wg.Go(func() { h.v.AccessToken(context.Background(), id, "", 0, false) })
+		wg.Go(func() { h.v.AccessToken(context.Background(), vault.TokenRequest{ID: id}) })
 	}
 	for range n {
 		<-h.p.entered
@@ -86,7 +86,7 @@ func TestVault_RecoverInterrupted_ResolvedMeanwhile(t *testing.T) {
 	h, ids := crashMidRefresh(t, 1)
 	h.p.setRefreshErr(&vault.ProviderError{Kind: vault.ErrReauthRequired, Code: "invalid_grant"})
 	calls := h.p.refreshes.Load()
-	_, _, err := h.v.AccessToken(context.Background(), ids[0], "", 0, false)
+	_, _, err := h.v.AccessToken(context.Background(), vault.TokenRequest{ID: ids[0]})
 	if !errors.Is(err, vault.ErrReauthRequired) {
 		t.Fatalf("AccessToken = %v; want ErrReauthRequired", err)
 	}

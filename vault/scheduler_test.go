@@ -310,7 +310,7 @@ func (e *schedEnv) connect(owner string) *vault.Connection {
 		e.t.Fatal(err)
 	}
 	pu, _ := url.Parse(u)
-	res, err := e.v.CompleteConnect(ctx, "fake", pu.Query().Get("state"), "code", "")
+	res, err := e.v.CompleteConnect(ctx, vault.CallbackRequest{Provider: "fake", State: pu.Query().Get("state"), Code: "code"})
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -420,7 +420,7 @@ func TestScheduler_WithOnDemand_NeverTwiceAtOnce(t *testing.T) {
 			wg.Go(func() {
 				for i := range 2000 { // 2000 calls, 1 a second: about half an hour
 					id := ids[(r+i)%len(ids)]
-					tok, _, err := e.v.AccessToken(ctx, id, "", time.Duration(i%7)*time.Minute, i%50 == 0)
+					tok, _, err := e.v.AccessToken(ctx, vault.TokenRequest{ID: id, MinValid: time.Duration(i%7) * time.Minute, Force: i%50 == 0})
 					if err != nil {
 						t.Errorf("AccessToken(%s) = %v", id, err)
 						return
@@ -510,7 +510,7 @@ func TestScheduler_Transient_BacksOffAndKeepsServing(t *testing.T) {
 		serveFor := func(d time.Duration) {
 			end := time.Now().Add(d)
 			for time.Now().Before(end) {
-				tok, _, err := e.v.AccessToken(context.Background(), c.ID, "", time.Minute, false)
+				tok, _, err := e.v.AccessToken(context.Background(), vault.TokenRequest{ID: c.ID, MinValid: time.Minute})
 				if err != nil || tok.AccessToken != "at-1" {
 					t.Fatalf("AccessToken during the outage = %q, %v; want the still-valid at-1", tok.AccessToken, err)
 				}
@@ -766,11 +766,11 @@ func TestScheduler_ExpiresUnrenewableGrants(t *testing.T) {
 		}
 
 		time.Sleep(59 * time.Minute)
-		if _, _, err := e.v.AccessToken(ctx, read.ID, "", 0, false); err != nil {
+		if _, _, err := e.v.AccessToken(ctx, vault.TokenRequest{ID: read.ID}); err != nil {
 			t.Errorf("AccessToken before expiry = %v; want the token", err)
 		}
 		time.Sleep(2 * time.Minute)
-		_, _, err := e.v.AccessToken(ctx, read.ID, "", 0, false)
+		_, _, err := e.v.AccessToken(ctx, vault.TokenRequest{ID: read.ID})
 		var pe *vault.ProviderError
 		if !errors.As(err, &pe) || !errors.Is(err, vault.ErrReauthRequired) || pe.Code != vault.ReasonTokenExpired {
 			t.Errorf("AccessToken after expiry = %v; want ErrReauthRequired, token_expired", err)
@@ -886,7 +886,7 @@ func TestVault_OnChange_SeesEveryCommit(t *testing.T) {
 		e.open()
 		c := e.connect("alice")
 		time.Sleep(time.Hour)
-		e.v.AccessToken(context.Background(), c.ID, "", 0, false) // marker, then new grant
+		e.v.AccessToken(context.Background(), vault.TokenRequest{ID: c.ID}) // marker, then new grant
 		time.Sleep(time.Minute)
 		p.set(func(p *schedFake) { p.dead[c.Grant.Account] = true })
 		e.v.Refresh(context.Background(), c.ID, "") // marker, then needs_reauth

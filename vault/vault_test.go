@@ -225,7 +225,7 @@ func (h *harness) reopen() {
 func (h *harness) connect(owner string) *vault.Connection {
 	h.t.Helper()
 	state := h.start(vault.ConnectRequest{Owner: owner, Provider: "fake", Scopes: []string{"read", "write"}})
-	res, err := h.v.CompleteConnect(context.Background(), "fake", state, "code", "")
+	res, err := h.v.CompleteConnect(context.Background(), vault.CallbackRequest{Provider: "fake", State: state, Code: "code"})
 	if err != nil {
 		h.t.Fatalf("CompleteConnect = %v", err)
 	}
@@ -254,7 +254,7 @@ func TestVault_AccessToken_ConcurrentAtExpiry_OneRefresh(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			tok, _, err := h.v.AccessToken(context.Background(), c.ID, "", 0, false)
+			tok, _, err := h.v.AccessToken(context.Background(), vault.TokenRequest{ID: c.ID})
 			toks[i], errs[i] = tok.AccessToken, err
 		}()
 	}
@@ -272,7 +272,7 @@ func TestVault_AccessToken_ConcurrentAtExpiry_OneRefresh(t *testing.T) {
 func TestVault_AccessToken_Fresh_NoRefresh(t *testing.T) {
 	h := newHarness(t)
 	c := h.connect("alice")
-	tok, got, err := h.v.AccessToken(context.Background(), c.ID, "", time.Minute, false)
+	tok, got, err := h.v.AccessToken(context.Background(), vault.TokenRequest{ID: c.ID, MinValid: time.Minute})
 	if err != nil || tok.AccessToken != "at-1" {
 		t.Fatalf("AccessToken = %q, %v; want at-1", tok.AccessToken, err)
 	}
@@ -292,12 +292,12 @@ func TestVault_AccessToken_Fresh_NoRefresh(t *testing.T) {
 
 func TestVault_AccessToken_Errors(t *testing.T) {
 	h := newHarness(t)
-	_, _, err := h.v.AccessToken(context.Background(), "conn_nope", "", 0, false)
+	_, _, err := h.v.AccessToken(context.Background(), vault.TokenRequest{ID: "conn_nope"})
 	if !errors.Is(err, vault.ErrNotFound) {
 		t.Errorf("AccessToken(unknown) = %v; want ErrNotFound", err)
 	}
 	c := h.connect("alice")
-	_, _, err = h.v.AccessToken(context.Background(), c.ID, "user", 0, false)
+	_, _, err = h.v.AccessToken(context.Background(), vault.TokenRequest{ID: c.ID, Credential: "user"})
 	if !errors.Is(err, vault.ErrInvalidArgument) {
 		t.Errorf("AccessToken(no such credential) = %v; want ErrInvalidArgument", err)
 	}
@@ -308,7 +308,7 @@ func TestVault_Refresh_Rejected_NeedsReauthAndNoRetry(t *testing.T) {
 	c := h.connect("alice")
 	h.p.setRefreshErr(&vault.ProviderError{Kind: vault.ErrReauthRequired, Code: "invalid_grant"})
 	h.clock.Add(2 * time.Hour)
-	_, _, err := h.v.AccessToken(context.Background(), c.ID, "", 0, false)
+	_, _, err := h.v.AccessToken(context.Background(), vault.TokenRequest{ID: c.ID})
 	if !errors.Is(err, vault.ErrReauthRequired) {
 		t.Fatalf("AccessToken = %v; want ErrReauthRequired", err)
 	}
@@ -320,7 +320,7 @@ func TestVault_Refresh_Rejected_NeedsReauthAndNoRetry(t *testing.T) {
 		t.Errorf("transitions = %+v; want the last to needs_reauth", got.Transitions)
 	}
 	for range 3 {
-		if _, _, err := h.v.AccessToken(context.Background(), c.ID, "", 0, false); !errors.Is(err, vault.ErrReauthRequired) {
+		if _, _, err := h.v.AccessToken(context.Background(), vault.TokenRequest{ID: c.ID}); !errors.Is(err, vault.ErrReauthRequired) {
 			t.Fatalf("AccessToken again = %v; want ErrReauthRequired", err)
 		}
 	}
@@ -339,19 +339,19 @@ func TestVault_Refresh_Transient_ServesValidThenUnavailable(t *testing.T) {
 	c := h.connect("alice")
 	h.p.setRefreshErr(&vault.ProviderError{Kind: vault.ErrUnavailable, Code: "http_503", RetryAfter: 30 * time.Second})
 	h.clock.Add(time.Hour - 2*time.Minute) // valid for 2 more minutes, less than min_valid
-	tok, _, err := h.v.AccessToken(context.Background(), c.ID, "", 0, false)
+	tok, _, err := h.v.AccessToken(context.Background(), vault.TokenRequest{ID: c.ID})
 	if err != nil || tok.AccessToken != "at-1" {
 		t.Fatalf("AccessToken during outage = %q, %v; want the still-valid at-1", tok.AccessToken, err)
 	}
 	// Within the backoff window the provider is not called again.
 	for range 5 {
-		h.v.AccessToken(context.Background(), c.ID, "", 0, false)
+		h.v.AccessToken(context.Background(), vault.TokenRequest{ID: c.ID})
 	}
 	if n := h.p.refreshes.Load(); n != 1 {
 		t.Errorf("provider refreshes during backoff = %d; want 1", n)
 	}
 	h.clock.Add(3 * time.Minute) // expired, and past Retry-After
-	_, _, err = h.v.AccessToken(context.Background(), c.ID, "", 0, false)
+	_, _, err = h.v.AccessToken(context.Background(), vault.TokenRequest{ID: c.ID})
 	var pe *vault.ProviderError
 	if !errors.Is(err, vault.ErrUnavailable) || !errors.As(err, &pe) || pe.RetryAfter < 30*time.Second {
 		t.Fatalf("AccessToken after expiry = %v; want ErrUnavailable with RetryAfter >= 30s", err)
@@ -362,7 +362,7 @@ func TestVault_Refresh_Transient_ServesValidThenUnavailable(t *testing.T) {
 	}
 	h.p.setRefreshErr(nil)
 	h.clock.Add(20 * time.Minute)
-	tok, _, err = h.v.AccessToken(context.Background(), c.ID, "", 0, false)
+	tok, _, err = h.v.AccessToken(context.Background(), vault.TokenRequest{ID: c.ID})
 	if err != nil || tok.AccessToken != "at-2" {
 		t.Fatalf("AccessToken after recovery = %q, %v; want at-2", tok.AccessToken, err)
 	}
@@ -373,7 +373,7 @@ func TestVault_Refresh_Misconfigured(t *testing.T) {
 	c := h.connect("alice")
 	h.p.setRefreshErr(&vault.ProviderError{Kind: vault.ErrMisconfigured, Code: "invalid_client"})
 	h.clock.Add(2 * time.Hour)
-	_, _, err := h.v.AccessToken(context.Background(), c.ID, "", 0, false)
+	_, _, err := h.v.AccessToken(context.Background(), vault.TokenRequest{ID: c.ID})
 	if !errors.Is(err, vault.ErrMisconfigured) {
 		t.Fatalf("AccessToken = %v; want ErrMisconfigured", err)
 	}
@@ -387,7 +387,7 @@ func TestVault_Refresh_CommittedBeforeServed(t *testing.T) {
 	h := newHarness(t)
 	c := h.connect("alice")
 	h.clock.Add(2 * time.Hour)
-	tok, _, err := h.v.AccessToken(context.Background(), c.ID, "", 0, false)
+	tok, _, err := h.v.AccessToken(context.Background(), vault.TokenRequest{ID: c.ID})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -420,7 +420,7 @@ func TestVault_Refresh_FullDisk_KeepsTheGrant(t *testing.T) {
 	h.clock.Add(2 * time.Hour) // expired
 	h.p.answered = func() { h.faults.full.Store(true) }
 	for i := range 2 {
-		_, _, err := h.v.AccessToken(ctx, c.ID, "", 0, false)
+		_, _, err := h.v.AccessToken(ctx, vault.TokenRequest{ID: c.ID})
 		if !errors.Is(err, syscall.ENOSPC) {
 			t.Fatalf("AccessToken #%d on a full disk = %v; want the write error", i, err)
 		}
@@ -436,7 +436,7 @@ func TestVault_Refresh_FullDisk_KeepsTheGrant(t *testing.T) {
 
 	// Revocation goes through the kept grant: the provider is asked to
 	// revoke the refresh token it issued last, not the retired one.
-	tok, _, err := h.v.AccessToken(ctx, c.ID, "", 0, false)
+	tok, _, err := h.v.AccessToken(ctx, vault.TokenRequest{ID: c.ID})
 	if err != nil || tok.AccessToken != "at-2" {
 		t.Fatalf("AccessToken once the disk has room = %q, %v; want the kept grant's at-2", tok.AccessToken, err)
 	}
@@ -449,7 +449,7 @@ func TestVault_Refresh_FullDisk_KeepsTheGrant(t *testing.T) {
 		t.Fatalf("after reopen = %+v, %v; want rt-2 stored and no in-flight marker", got, err)
 	}
 	h.clock.Add(2 * time.Hour)
-	if _, _, err := h.v.AccessToken(ctx, c.ID, "", 0, false); err != nil {
+	if _, _, err := h.v.AccessToken(ctx, vault.TokenRequest{ID: c.ID}); err != nil {
 		t.Fatal(err)
 	}
 	if want := []string{"rt-1", "rt-2"}; !slices.Equal(h.p.presented, want) {
@@ -505,7 +505,7 @@ func TestVault_RecoverInterrupted(t *testing.T) {
 			h.p.block, h.p.entered = make(chan struct{}), make(chan struct{}, 1)
 			done := make(chan struct{})
 			go func() {
-				h.v.AccessToken(context.Background(), c.ID, "", 0, false)
+				h.v.AccessToken(context.Background(), vault.TokenRequest{ID: c.ID})
 				close(done)
 			}()
 			<-h.p.entered
@@ -573,7 +573,7 @@ func TestVault_Connect_StateIsSingleUse(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			_, err := h.v.CompleteConnect(context.Background(), "fake", state, "code", "")
+			_, err := h.v.CompleteConnect(context.Background(), vault.CallbackRequest{Provider: "fake", State: state, Code: "code"})
 			switch {
 			case err == nil:
 				ok.Add(1)
@@ -609,7 +609,7 @@ func TestVault_Connect_BadCallbacks(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			state := tc.state()
 			h.clock.Add(tc.advance)
-			_, err := h.v.CompleteConnect(context.Background(), tc.prov, state, "code", tc.errCode)
+			_, err := h.v.CompleteConnect(context.Background(), vault.CallbackRequest{Provider: tc.prov, State: state, Code: "code", Error: tc.errCode})
 			if !errors.Is(err, tc.want) {
 				t.Errorf("CompleteConnect = %v; want %v", err, tc.want)
 			}
@@ -666,7 +666,7 @@ func TestVault_Revoke(t *testing.T) {
 	if n := h.p.revokes.Load(); n != 1 {
 		t.Errorf("provider revokes = %d; want 1", n)
 	}
-	if _, _, err := h.v.AccessToken(context.Background(), c.ID, "", 0, false); !errors.Is(err, vault.ErrRevoked) {
+	if _, _, err := h.v.AccessToken(context.Background(), vault.TokenRequest{ID: c.ID}); !errors.Is(err, vault.ErrRevoked) {
 		t.Errorf("AccessToken after revoke = %v; want ErrRevoked", err)
 	}
 	// Token material is gone from disk too.
@@ -717,7 +717,7 @@ func TestVault_List_FiltersAndPages(t *testing.T) {
 func (h *harness) connectLabel(label string) {
 	h.t.Helper()
 	state := h.start(vault.ConnectRequest{Owner: "bob", Provider: "fake", Label: label})
-	if _, err := h.v.CompleteConnect(context.Background(), "fake", state, "code", ""); err != nil {
+	if _, err := h.v.CompleteConnect(context.Background(), vault.CallbackRequest{Provider: "fake", State: state, Code: "code"}); err != nil {
 		h.t.Fatal(err)
 	}
 }
@@ -729,14 +729,14 @@ func TestVault_RotateKeys_ServesThroughout(t *testing.T) {
 	if err != nil || term != 2 || n < 1 {
 		t.Fatalf("RotateKeys = %d, %d, %v; want term 2, >= 1 rewrapped", term, n, err)
 	}
-	tok, _, err := h.v.AccessToken(context.Background(), c.ID, "", 0, false)
+	tok, _, err := h.v.AccessToken(context.Background(), vault.TokenRequest{ID: c.ID})
 	if err != nil || tok.AccessToken != "at-1" {
 		t.Fatalf("AccessToken after rotation = %q, %v", tok.AccessToken, err)
 	}
 	// A write after the re-wrap pass (which changed the revision) still
 	// commits: the vault re-reads before writing.
 	h.clock.Add(2 * time.Hour)
-	if _, _, err := h.v.AccessToken(context.Background(), c.ID, "", 0, false); err != nil {
+	if _, _, err := h.v.AccessToken(context.Background(), vault.TokenRequest{ID: c.ID}); err != nil {
 		t.Fatalf("refresh after rotation = %v", err)
 	}
 	h.reopen()
@@ -772,7 +772,7 @@ func BenchmarkVault_AccessToken_Cached(b *testing.B) {
 	b.ReportAllocs()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
-			if _, _, err := h.v.AccessToken(context.Background(), c.ID, "", 0, false); err != nil {
+			if _, _, err := h.v.AccessToken(context.Background(), vault.TokenRequest{ID: c.ID}); err != nil {
 				b.Fatal(err)
 			}
 		}
@@ -818,7 +818,7 @@ func TestOpen_ManyRecords_AndAMovedOne(t *testing.T) {
 	var ids []string
 	for id, owner := range want {
 		ids = append(ids, id)
-		tok, info, err := h.v.AccessToken(context.Background(), id, "", time.Minute, false)
+		tok, info, err := h.v.AccessToken(context.Background(), vault.TokenRequest{ID: id, MinValid: time.Minute})
 		if err != nil || tok.AccessToken == "" || info.ConnectionID != id {
 			t.Fatalf("AccessToken(%s) after reopening = %q, %+v, %v", id, tok.AccessToken, info, err)
 		}

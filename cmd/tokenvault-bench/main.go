@@ -383,7 +383,7 @@ func run(o options) error {
 					}
 				}
 				id := idAt(rng.IntN(len(ends)))
-				tok, _, err := v.AccessToken(ctx, id, "", 0, false)
+				tok, _, err := v.AccessToken(ctx, vault.TokenRequest{ID: id})
 				if err != nil {
 					readErrs.Add(1)
 					continue
@@ -551,7 +551,7 @@ func seed(ctx context.Context, o options, dir, fakeAddr string) (seal.MasterKey,
 			return mk, err
 		}
 		pu, _ := url.Parse(u)
-		if _, err := v.CompleteConnect(ctx, providerName, pu.Query().Get("state"), "code", ""); err != nil {
+		if _, err := v.CompleteConnect(ctx, vault.CallbackRequest{Provider: providerName, State: pu.Query().Get("state"), Code: "code"}); err != nil {
 			return mk, err
 		}
 		if (i+1)%20000 == 0 {

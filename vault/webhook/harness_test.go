@@ -130,7 +130,7 @@ func (h *eventsHarness) mustConnect(owner string) *vault.Connection {
 		h.t.Fatalf("StartConnect = %v", err)
 	}
 	pu, _ := url.Parse(u)
-	res, err := h.v.CompleteConnect(context.Background(), "fake", pu.Query().Get("state"), "code", "")
+	res, err := h.v.CompleteConnect(context.Background(), vault.CallbackRequest{Provider: "fake", State: pu.Query().Get("state"), Code: "code"})
 	if err != nil {
 		h.t.Fatalf("CompleteConnect = %v", err)
 	}

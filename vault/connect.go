@@ -1,0 +1,322 @@
+package vault
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/url"
+	"slices"
+	"strings"
+	"time"
+)
+
+// The connect flow: StartConnect hands out an authorization URL bound to a
+// stored state, CompleteConnect redeems the callback, and return_to is
+// checked against the allowlist.
+
+// ConnectRequest starts a connect flow.
+type ConnectRequest struct {
+	Owner, Tenant, Provider, Label, Purpose string
+	Scopes                                  []string
+	ReturnTo                                string
+	Options                                 map[string]string
+}
+
+// connectState is what the vault remembers of a flow between StartConnect
+// and the callback. It is sealed, stored under the hash of the state value,
+// and taken (read and deleted) exactly once.
+type connectState struct {
+	Owner    string            `json:"owner"`
+	Tenant   string            `json:"tenant,omitempty"`
+	Provider string            `json:"provider"`
+	Label    string            `json:"label,omitempty"`
+	Purpose  string            `json:"purpose,omitempty"`
+	Scopes   []string          `json:"scopes,omitempty"`
+	ReturnTo string            `json:"return_to,omitempty"`
+	Options  map[string]string `json:"options,omitempty"`
+	Verifier string            `json:"verifier,omitempty"`
+	Expires  time.Time         `json:"expires"`
+}
+
+func stateKey(state string) string {
+	sum := sha256.Sum256([]byte(state))
+	return statePrefix + hex.EncodeToString(sum[:])
+}
+
+// StartConnect begins a connect flow and returns the authorization URL and
+// when the flow expires.
+func (v *Vault) StartConnect(ctx context.Context, r ConnectRequest) (string, time.Time, error) {
+	if r.Owner == "" {
+		return "", time.Time{}, fmt.Errorf("%w: owner is required", ErrInvalidArgument)
+	}
+	p, err := v.provider(r.Provider)
+	if err != nil {
+		return "", time.Time{}, err
+	}
+	if r.ReturnTo == "" {
+		r.ReturnTo = v.cfg.DefaultReturnTo
+	} else if !v.returnToAllowed(r.ReturnTo) {
+		return "", time.Time{}, ErrReturnToNotAllowed
+	}
+	st := connectState{
+		Owner: r.Owner, Tenant: r.Tenant, Provider: r.Provider, Label: r.Label,
+		Purpose: r.Purpose, Scopes: r.Scopes, ReturnTo: r.ReturnTo, Options: r.Options,
+		Expires: v.now().Add(v.cfg.StateTTL),
+	}
+	if p.PKCE() {
+		st.Verifier = pkceVerifier()
+	}
+	state := rand.Text() // crypto/rand, 26 base32 characters = 130 bits
+	u, err := p.AuthURL(AuthRequest{State: state, Verifier: st.Verifier, Scopes: r.Scopes, Options: r.Options})
+	if err != nil {
+		return "", time.Time{}, fmt.Errorf("%w: %v", ErrInvalidArgument, err)
+	}
+	plain, err := json.Marshal(st)
+	if err != nil {
+		return "", time.Time{}, err
+	}
+	key := stateKey(state)
+	sealed, err := v.kr.Seal(key, plain)
+	if err != nil {
+		return "", time.Time{}, err
+	}
+	if _, err := v.store.Apply(ctx, Op{Key: key, Value: sealed, IfRev: 0}); err != nil {
+		return "", time.Time{}, fmt.Errorf("vault: store connect state: %w", err)
+	}
+	return u, st.Expires, nil
+}
+
+// CallbackResult is the outcome of a completed connect flow.
+type CallbackResult struct {
+	Connection  *Connection
+	ReturnTo    string
+	Reconnected bool // an existing connection got a new grant, keeping its id
+}
+
+// A CallbackRequest is what the provider's redirect brought back to the
+// callback of the named provider.
+type CallbackRequest struct {
+	Provider string
+	// State, Code and Error are the callback's query parameters of those
+	// names; Error (e.g. "access_denied") is set when consent failed.
+	State, Code, Error string
+}
+
+// CompleteConnect finishes a flow from the callback parameters in req.
+// The state is consumed whatever happens next, so a replayed callback fails.
+// If req.Error is set (e.g. "access_denied") no token request is made and it
+// returns ErrConsentDenied; an unknown, used or expired state returns
+// ErrInvalidState. The result's ReturnTo is set even on ErrConsentDenied and
+// exchange failures, so the browser can be sent back.
+func (v *Vault) CompleteConnect(ctx context.Context, req CallbackRequest) (*CallbackResult, error) {
+	provider, state, code, errCode := req.Provider, req.State, req.Code, req.Error
+	if state == "" {
+		return nil, ErrInvalidState
+	}
+	key := stateKey(state)
+	sealed, err := v.store.Take(ctx, key)
+	if errors.Is(err, ErrNotFound) {
+		return nil, ErrInvalidState
+	}
+	if err != nil {
+		return nil, fmt.Errorf("vault: take connect state: %w", err)
+	}
+	plain, err := v.kr.Open(key, sealed)
+	if err != nil {
+		return nil, ErrInvalidState
+	}
+	var st connectState
+	if err := json.Unmarshal(plain, &st); err != nil {
+		return nil, ErrInvalidState
+	}
+	if v.now().After(st.Expires) || st.Provider != provider {
+		// Expired, or issued for another provider's callback: a code
+		// replayed across providers is refused before any token request.
+		return nil, ErrInvalidState
+	}
+	res := &CallbackResult{ReturnTo: st.ReturnTo}
+	if errCode != "" {
+		return res, fmt.Errorf("%w: %s", ErrConsentDenied, errCode)
+	}
+	if code == "" {
+		return res, fmt.Errorf("%w: callback has no code", ErrInvalidArgument)
+	}
+	p, err := v.provider(st.Provider)
+	if err != nil {
+		return res, err
+	}
+	g, err := p.Exchange(ctx, ExchangeRequest{Code: code, Verifier: st.Verifier, Scopes: st.Scopes, Options: st.Options})
+	if err != nil {
+		pe := providerError(err)
+		if errors.Is(pe.Kind, ErrReauthRequired) {
+			pe = &ProviderError{Kind: ErrExchangeFailed, Code: pe.Code}
+		}
+		return res, pe
+	}
+	now := v.now()
+	for i := range g.Tokens {
+		g.Tokens[i].IssuedAt = now
+		v.assumeExpiry(st.Provider, &g.Tokens[i], now)
+	}
+	g.Scopes = normalizeScopes(g.Scopes)
+	c, reconnected, err := v.saveGrant(ctx, st, g)
+	if err != nil {
+		return res, err
+	}
+	res.Connection, res.Reconnected = c, reconnected
+	return res, nil
+}
+
+func identKey(owner, tenant, provider, label string) string {
+	h := sha256.New()
+	for _, s := range []string{owner, tenant, provider, label} {
+		fmt.Fprintf(h, "%d:%s", len(s), s)
+	}
+	return identPrefix + hex.EncodeToString(h.Sum(nil))
+}
+
+// saveGrant records a new grant: on the existing connection of the same owner,
+// tenant, provider and label (keeping its id) unless that one was revoked,
+// else on a new connection.
+func (v *Vault) saveGrant(ctx context.Context, st connectState, g Grant) (*Connection, bool, error) {
+	ik := identKey(st.Owner, st.Tenant, st.Provider, st.Label)
+	for attempt := 0; attempt < 5; attempt++ {
+		idVal, identRev, err := v.store.Get(ctx, ik)
+		if err != nil && !errors.Is(err, ErrNotFound) {
+			return nil, false, fmt.Errorf("vault: read identity: %w", err)
+		}
+		if e := v.entry(string(idVal)); err == nil && e != nil && e.res.Load().status != StatusRevoked {
+			c, err := v.reconnect(ctx, e, st, g)
+			return c, err == nil, err
+		}
+		now := v.now()
+		c := &Connection{
+			ID: "conn_" + strings.ToLower(rand.Text()[:20]), Owner: st.Owner, Tenant: st.Tenant,
+			Provider: st.Provider, Label: st.Label, Purpose: st.Purpose,
+			RequestedScopes: normalizeScopes(st.Scopes), CreatedAt: now, Grant: g, Connects: 1,
+		}
+		c.transition(now, StatusActive, "")
+		e := newEntry(c)
+		e.mu.Lock()
+		err = v.commit(ctx, e, nil, c, Op{Key: ik, Value: []byte(c.ID), IfRev: int64(identRev)})
+		e.mu.Unlock()
+		if errors.Is(err, ErrConflict) {
+			continue // a concurrent flow for the same identity won; join it
+		}
+		if err != nil {
+			return nil, false, err
+		}
+		v.mu.Lock()
+		v.entries[c.ID] = e
+		i, _ := slices.BinarySearch(v.ids, c.ID)
+		v.ids = slices.Insert(v.ids, i, c.ID)
+		v.mu.Unlock()
+		return c, false, nil
+	}
+	return nil, false, fmt.Errorf("vault: store connection: %w", ErrConflict)
+}
+
+func (v *Vault) reconnect(ctx context.Context, e *entry, st connectState, g Grant) (*Connection, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	c, err := v.reload(ctx, e)
+	if err != nil {
+		return nil, err
+	}
+	now := v.now()
+	next := c.clone()
+	next.Grant = g
+	next.RequestedScopes = normalizeScopes(st.Scopes)
+	if st.Purpose != "" {
+		next.Purpose = st.Purpose
+	}
+	next.InFlight, next.Failures, next.LastError, next.NextRetryAt = nil, 0, "", time.Time{}
+	next.Connects++
+	next.transition(now, StatusActive, "")
+	if err := v.commit(ctx, e, c, next); err != nil {
+		return nil, err
+	}
+	return next, nil
+}
+
+// SweepStates deletes connect flows that expired before now and returns how
+// many it deleted.
+func (v *Vault) SweepStates(ctx context.Context) (int, error) {
+	type st struct {
+		key string
+		rev uint64
+		val []byte
+	}
+	var all []st
+	err := v.store.Scan(ctx, statePrefix, "", func(key string, value []byte, rev uint64) (bool, error) {
+		all = append(all, st{key, rev, slices.Clone(value)})
+		return true, nil
+	})
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	now := v.now()
+	for _, s := range all {
+		plain, err := v.kr.Open(s.key, s.val)
+		var cs connectState
+		if err == nil && json.Unmarshal(plain, &cs) == nil && now.Before(cs.Expires) {
+			continue
+		}
+		if _, err := v.store.Apply(ctx, Op{Key: s.key, Delete: true, IfRev: int64(s.rev)}); err == nil {
+			n++
+		}
+	}
+	return n, nil
+}
+
+func parseReturnTo(s string) (*url.URL, error) {
+	u, err := url.Parse(s)
+	if err != nil {
+		return nil, err
+	}
+	if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.User != nil {
+		return nil, errors.New("must be an absolute http(s) URL without credentials")
+	}
+	return u, nil
+}
+
+func (v *Vault) returnToAllowed(s string) bool {
+	u, err := parseReturnTo(s)
+	if err != nil || u.Fragment != "" {
+		return false
+	}
+	for _, a := range v.cfg.ReturnTo {
+		au, err := parseReturnTo(a)
+		if err != nil {
+			continue
+		}
+		if u.Scheme == au.Scheme && strings.EqualFold(u.Host, au.Host) && pathWithin(u.EscapedPath(), au.EscapedPath()) {
+			return true
+		}
+	}
+	return false
+}
+
+// pathWithin reports whether p is base or below it, on segment boundaries
+// ("/app" allows "/app" and "/app/x", not "/apple").
+func pathWithin(p, base string) bool {
+	base = strings.TrimSuffix(base, "/")
+	if strings.Contains(p, "/../") || strings.HasSuffix(p, "/..") {
+		return false
+	}
+	return p == base || strings.HasPrefix(p, base+"/") || (base == "" && p == "")
+}
+
+// pkceVerifier returns a fresh RFC 7636 code verifier: 32 random bytes,
+// base64url without padding (43 characters).
+func pkceVerifier() string {
+	var b [32]byte
+	_, _ = rand.Read(b[:])
+	return base64.RawURLEncoding.EncodeToString(b[:])
+}
