@@ -139,6 +139,12 @@ func TestCrash_KilledMidRefresh(t *testing.T) {
 			if want := map[bool]int{true: 0, false: 1}[tc.newToken]; n != want {
 				t.Errorf("%d transitions to needs_reauth recorded; want %d: %+v", n, want, c.Transitions)
 			}
+			// No token, code, verifier, state or key in any log line of
+			// either process.
+			secrets := newSecretSet()
+			secrets.add("fake's secret", sc.fake.Secrets()...)
+			secrets.add("master key", sc.mk)
+			assertNoSecretLogged(t, sc.logs.String(), secrets)
 			if t.Failed() {
 				t.Logf("sidecar logs:\n%s", sc.logs.String())
 			}

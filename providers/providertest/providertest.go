@@ -170,7 +170,11 @@ type Server struct {
 	faults  map[Endpoint][]queuedFault
 	deny    int
 	stats   Stats
+	secrets []string // every secret issued or received, up to maxSecrets
 }
+
+// maxSecrets bounds Server.secrets: the sandbox of dev mode runs for long.
+const maxSecrets = 1 << 14
 
 type authCode struct {
 	redirectURI string
@@ -286,6 +290,25 @@ func (s *Server) Config() providers.OAuth2Config {
 		c.HTTPClient = s.hs.Client()
 	}
 	return c
+}
+
+// Secrets returns every secret the server has issued or received: its
+// client secret, and each state, authorization code, PKCE verifier, access
+// token and refresh token (up to 16,384 of them), so that a test can check
+// that none of them appears where it must not (logs, pages, errors).
+func (s *Server) Secrets() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]string{s.opts.ClientSecret}, s.secrets...)
+}
+
+// noteLocked remembers secrets for Secrets.
+func (s *Server) noteLocked(vs ...string) {
+	for _, v := range vs {
+		if v != "" && len(s.secrets) < maxSecrets {
+			s.secrets = append(s.secrets, v)
+		}
+	}
 }
 
 // DenyNext makes the next authorization request end with
@@ -550,6 +573,7 @@ func (s *Server) authorize(r *http.Request, q url.Values, now time.Time) reply {
 
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.noteLocked(state, code)
 	if s.deny > 0 {
 		s.deny--
 		return fail("access_denied", "the user denied the request")
@@ -672,6 +696,9 @@ func (s *Server) codeGrantLocked(form url.Values, now time.Time) (map[string]any
 		return invalid("redirect_uri does not match the authorization request")
 	}
 	verifier, hasVerifier := form["code_verifier"]
+	if hasVerifier {
+		s.noteLocked(verifier...)
+	}
 	switch {
 	case c.challenge == "" && hasVerifier:
 		return invalid("code_verifier without a code_challenge")
@@ -753,6 +780,7 @@ func (s *Server) issueAccessLocked(g *grant, scopes []string, now time.Time) map
 		}
 	}
 	at := "sbx_at_" + rand.Text()
+	s.noteLocked(at)
 	s.access[at] = &accessToken{grant: g, expiry: now.Add(s.opts.AccessTokenTTL), scopes: scopes}
 	g.issued++
 	resp := map[string]any{
@@ -771,6 +799,7 @@ func (s *Server) issueAccessLocked(g *grant, scopes []string, now time.Time) map
 // issueRefreshLocked issues g's new refresh token and adds it to resp.
 func (s *Server) issueRefreshLocked(g *grant, now time.Time, resp map[string]any) {
 	rt := "sbx_rt_" + rand.Text()
+	s.noteLocked(rt)
 	t := &refreshToken{grant: g}
 	if s.opts.RefreshTokenTTL > 0 {
 		t.expiry = now.Add(s.opts.RefreshTokenTTL)
