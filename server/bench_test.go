@@ -45,6 +45,10 @@ const benchChildEnv = "TOKENVAULT_BENCH_CHILD"
 // whole load (both phases): TOKENVAULT_BENCH_CPUPROFILE=/tmp/cpu.out make bench.
 const benchProfileEnv = "TOKENVAULT_BENCH_CPUPROFILE"
 
+// benchMemProfileEnv, if set, names a file for the child's allocation
+// profile of the whole run.
+const benchMemProfileEnv = "TOKENVAULT_BENCH_MEMPROFILE"
+
 func TestMain(m *testing.M) {
 	child := map[string]func() error{"sidecar": benchChild, "floor": floorChild}[os.Getenv(benchChildEnv)]
 	if child != nil {
@@ -177,6 +181,16 @@ func benchChild() error {
 	}
 	fmt.Printf("READY %s %s\n", gl.Addr(), cs[0].ID)
 	io.Copy(io.Discard, os.Stdin) // until the parent closes it
+	if path := os.Getenv(benchMemProfileEnv); path != "" {
+		f, err := os.Create(path)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.Lookup("allocs").WriteTo(f, 0); err != nil {
+			return err
+		}
+	}
 	cancel()
 	if err := <-done; err != nil {
 		return err
@@ -406,7 +420,8 @@ const (
 //	make bench   # go test ./server -run '^$' -bench HotPath -benchtime 1x
 //
 // TOKENVAULT_BENCH_ROUNDS sets the rounds (default 5);
-// TOKENVAULT_BENCH_CPUPROFILE=FILE writes the sidecar's CPU profile.
+// TOKENVAULT_BENCH_CPUPROFILE=FILE writes the sidecar's CPU profile,
+// TOKENVAULT_BENCH_MEMPROFILE=FILE its allocation profile.
 func BenchmarkHotPath(b *testing.B) {
 	if _, err := os.Stat("/proc/self/stat"); err != nil {
 		b.Skip("needs /proc")
