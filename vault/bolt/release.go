@@ -11,8 +11,8 @@ import (
 // again for an hour: the startup scan of 100,000 connections alone left the
 // whole 280 MB file resident. So the Store hands the mapping's pages back to
 // the kernel (madvise MADV_DONTNEED, see release_linux.go) after every
-// releaseBytes that a scan has read and after every releaseOps reads and
-// writes. The pages stay in the page cache: the next read of one costs a
+// releaseBytes that a scan has read, at the end of every scan, and after
+// every releaseOps reads and writes. The pages stay in the page cache: the next read of one costs a
 // minor fault, not a disk read.
 const (
 	releaseBytes = 1 << 20
