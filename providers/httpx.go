@@ -6,6 +6,8 @@ package providers
 // these; quirks of one provider stay in that provider's file.
 
 import (
+	"github.com/tokenvault/tokenvault/internal/retry"
+
 	"bytes"
 	"context"
 	"crypto/tls"
@@ -227,27 +229,7 @@ func transportError(ctx context.Context, provider, op string, err error) error {
 // seconds or as an HTTP-date, capped at maxRetryAfter. It returns 0 if the
 // header is absent, malformed or in the past.
 func parseRetryAfter(h http.Header, now time.Time) time.Duration {
-	v := strings.TrimSpace(h.Get("Retry-After"))
-	if v == "" {
-		return 0
-	}
-	if v[0] >= '0' && v[0] <= '9' {
-		n, err := strconv.ParseUint(v, 10, 64)
-		switch {
-		case errors.Is(err, strconv.ErrRange):
-			return maxRetryAfter
-		case err != nil:
-			return 0
-		case n >= uint64(maxRetryAfter/time.Second):
-			return maxRetryAfter
-		}
-		return time.Duration(n) * time.Second
-	}
-	t, err := http.ParseTime(v)
-	if err != nil {
-		return 0
-	}
-	return min(max(t.Sub(now), 0), maxRetryAfter)
+	return retry.ParseAfter(h.Get("Retry-After"), now, maxRetryAfter)
 }
 
 // tokenResponse is an RFC 6749 §5.1 token response, or a §5.2 error, read

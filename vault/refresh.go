@@ -1,6 +1,8 @@
 package vault
 
 import (
+	"github.com/tokenvault/tokenvault/internal/retry"
+
 	"context"
 	"errors"
 	"fmt"
@@ -306,11 +308,7 @@ func (v *Vault) Refresh(ctx context.Context, id, credential string) (*Connection
 // failure: exponential from 1 s, capped at 10 minutes, with full jitter
 // (j in [0,1)), and never less than the provider's Retry-After.
 func Backoff(n int, retryAfter time.Duration, j float64) time.Duration {
-	const base, limit = time.Second, 10 * time.Minute
-	d := limit
-	if n < 20 {
-		d = min(base<<max(n-1, 0), limit)
-	}
+	d := retry.Exponential(n, time.Second, 10*time.Minute)
 	d = d/2 + time.Duration(j*float64(d/2))
 	return max(d, retryAfter)
 }

@@ -7,6 +7,8 @@
 package webhook
 
 import (
+	"github.com/tokenvault/tokenvault/internal/retry"
+
 	"bytes"
 	"cmp"
 	"context"
@@ -694,38 +696,17 @@ func (w *hookWorker) attempt(ctx context.Context, ev vault.Event, body []byte) (
 	return Failed, resp.StatusCode, parseRetryAfter(resp.Header.Get("Retry-After"), w.h.cfg.Now()), nil
 }
 
-// parseRetryAfter reads a Retry-After header: delay-seconds or an HTTP date.
-// Anything else, or a time past, is 0.
+// parseRetryAfter reads a Retry-After header: delay-seconds or an HTTP date,
+// capped at maxRetryAfter. Anything else, or a time past, is 0.
 func parseRetryAfter(v string, now time.Time) time.Duration {
-	v = strings.TrimSpace(v)
-	if v == "" {
-		return 0
-	}
-	if n, err := strconv.ParseInt(v, 10, 64); err == nil {
-		if n <= 0 {
-			return 0
-		}
-		return min(time.Duration(min(n, int64(maxRetryAfter/time.Second)))*time.Second, maxRetryAfter)
-	}
-	if t, err := http.ParseTime(v); err == nil && t.After(now) {
-		return min(t.Sub(now), maxRetryAfter)
-	}
-	return 0
+	return retry.ParseAfter(v, now, maxRetryAfter)
 }
 
 // webhookRetryDelay is how long to wait after the n-th failed attempt (n
 // >= 1): full jitter (j in [0,1)) over min(base*2^(n-1), limit), and never
 // less than retryAfter, itself capped at maxRetryAfter.
 func webhookRetryDelay(n int, base, limit, retryAfter time.Duration, j float64) time.Duration {
-	d := min(base, limit)
-	for i := 1; i < n; i++ {
-		if d > limit/2 {
-			d = limit
-			break
-		}
-		d *= 2
-	}
-	d = time.Duration(j * float64(d))
+	d := time.Duration(j * float64(retry.Exponential(n, base, limit)))
 	return max(d, min(retryAfter, maxRetryAfter))
 }
 
