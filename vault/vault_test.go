@@ -776,11 +776,11 @@ func TestVault_AccessToken_Cached_NoAllocation(t *testing.T) {
 	h := newHarness(t)
 	c := h.connect("alice")
 	ctx := context.Background()
-	if _, _, err := h.v.AccessToken(ctx, c.ID, "", 0, false); err != nil {
+	if _, _, err := h.v.AccessToken(ctx, vault.TokenRequest{ID: c.ID}); err != nil {
 		t.Fatal(err)
 	}
 	if n := testing.AllocsPerRun(1000, func() {
-		if _, _, err := h.v.AccessToken(ctx, c.ID, "", time.Minute, false); err != nil {
+		if _, _, err := h.v.AccessToken(ctx, vault.TokenRequest{ID: c.ID, MinValid: time.Minute}); err != nil {
 			t.Fatal(err)
 		}
 	}); n != 0 {
