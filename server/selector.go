@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"errors"
 	"strconv"
 
 	"google.golang.org/grpc/codes"
@@ -37,7 +38,7 @@ func (s *tokenService) connectionID(ctx context.Context, req selectable) (string
 	case sel.GetOwner() == "" || sel.GetProvider() == "":
 		return "", invalidArgument("selector.owner and selector.provider are required")
 	}
-	id, err := s.lookup(ctx, sel)
+	id, err := s.lookup(sel)
 	if err != nil {
 		return "", err
 	}
@@ -45,46 +46,17 @@ func (s *tokenService) connectionID(ctx context.Context, req selectable) (string
 	return id, nil
 }
 
-// lookup finds the one connection sel matches. Connections that are not
-// revoked are the candidates; only when there are none is a revoked one
-// (the newest) the answer, so that the caller learns it was revoked.
-func (s *tokenService) lookup(ctx context.Context, sel *tvv1.ConnectionSelector) (string, error) {
-	f := vault.Filter{Owner: sel.GetOwner(), Provider: sel.GetProvider(), Tenant: sel.GetTenant()}
-	var live []*vault.Connection
-	var revoked *vault.Connection
-	after := ""
-	for {
-		cs, next, err := s.v.List(ctx, f, after, 100)
-		if err != nil {
-			return "", toStatus(err)
-		}
-		for _, c := range cs {
-			switch {
-			case sel.GetLabel() != "" && c.Label != sel.GetLabel():
-			case c.Status != vault.StatusRevoked:
-				live = append(live, c)
-			case revoked == nil || c.CreatedAt.After(revoked.CreatedAt):
-				revoked = c
-			}
-		}
-		if next == "" {
-			break
-		}
-		after = next
+// lookup finds the one connection sel matches, in the vault's owner index
+// (a memory read, as by id).
+func (s *tokenService) lookup(sel *tvv1.ConnectionSelector) (string, error) {
+	id, err := s.v.Lookup(vault.Selector{
+		Owner: sel.GetOwner(), Provider: sel.GetProvider(), Label: sel.GetLabel(), Tenant: sel.GetTenant(),
+	})
+	var amb *vault.AmbiguousError
+	if errors.As(err, &amb) {
+		return "", ambiguousStatus(amb.Connections, amb.Labels)
 	}
-	switch {
-	case len(live) == 1:
-		return live[0].ID, nil
-	case len(live) > 1:
-		labels := map[string]bool{}
-		for _, c := range live {
-			labels[c.Label] = true
-		}
-		return "", ambiguousStatus(len(live), len(labels))
-	case revoked != nil:
-		return revoked.ID, nil
-	}
-	return "", toStatus(vault.ErrNotFound)
+	return id, toStatus(err)
 }
 
 // ambiguousStatus is the answer to a selector that matches n connections.

@@ -212,7 +212,7 @@ func (v *Vault) saveGrant(ctx context.Context, st connectState, g Grant) (*Conne
 			return nil, false, err
 		}
 		v.mu.Lock()
-		v.entries[c.ID] = e
+		v.addEntry(e)
 		i, _ := slices.BinarySearch(v.ids, c.ID)
 		v.ids = slices.Insert(v.ids, i, c.ID)
 		v.mu.Unlock()

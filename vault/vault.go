@@ -98,7 +98,8 @@ type Vault struct {
 
 	mu      sync.RWMutex
 	entries map[string]*entry
-	ids     []string // sorted connection ids, for listing
+	ids     []string              // sorted connection ids, for listing
+	byOwner map[ownerKey][]*entry // by owner and provider, for Lookup (lookup.go)
 
 	sched atomic.Pointer[Scheduler] // told of every change; nil: none
 
@@ -116,6 +117,7 @@ type Vault struct {
 // every write). mu is the connection's critical section for writes.
 type entry struct {
 	id, owner string
+	label     string
 	*placement
 
 	mu       sync.Mutex
@@ -132,7 +134,7 @@ type placement struct {
 }
 
 func newEntry(c *Connection) *entry {
-	return &entry{id: c.ID, owner: c.Owner, placement: internPlacement(c.Tenant, c.Provider)}
+	return &entry{id: c.ID, owner: c.Owner, label: c.Label, placement: internPlacement(c.Tenant, c.Provider)}
 }
 
 // Open loads every connection from the store and returns a Vault serving
@@ -163,6 +165,7 @@ func Open(ctx context.Context, cfg Config) (*Vault, error) {
 		log:     cfg.Logger,
 		now:     cfg.Now,
 		entries: make(map[string]*entry),
+		byOwner: make(map[ownerKey][]*entry),
 	}
 	if err := v.openOutbox(ctx); err != nil {
 		return nil, err
@@ -172,9 +175,10 @@ func Open(ctx context.Context, cfg Config) (*Vault, error) {
 		return nil, err
 	}
 	v.entries = make(map[string]*entry, len(all))
+	v.byOwner = make(map[ownerKey][]*entry, len(all))
 	v.ids = make([]string, 0, len(all))
 	for _, e := range all {
-		v.entries[e.id] = e
+		v.addEntry(e)
 		v.ids = append(v.ids, e.id)
 	}
 	slices.Sort(v.ids)
