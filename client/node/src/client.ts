@@ -246,11 +246,11 @@ export class TokenVaultClient {
     this.timeoutMs = opts.timeoutMs ?? 10_000;
   }
 
-  private async call<T>(f: () => Promise<T>): Promise<T> {
+  private async call<T>(f: () => Promise<T>, signal?: AbortSignal): Promise<T> {
     try {
       return await f();
     } catch (err) {
-      throw toTokenVaultError(err, this.address);
+      throw toTokenVaultError(err, this.address, signal);
     }
   }
 
@@ -274,7 +274,7 @@ export class TokenVaultClient {
         grantedScopes: r.grantedScopes, missingScopes: r.missingScopes, metadata: { ...r.metadata },
         connectionId: r.connectionId, provider: r.provider,
       };
-    });
+    }, opts.signal);
   }
 
   /** getConnection returns one connection, without token material. */
@@ -283,7 +283,7 @@ export class TokenVaultClient {
       const r = await this.svc.getConnection(target(conn), { timeoutMs: this.timeoutMs, signal: opts.signal });
       if (!r.connection) throw new TokenVaultError("tokenvault: GetConnection answered without a connection", { code: "INTERNAL" });
       return toConnection(r.connection);
-    });
+    }, opts.signal);
   }
 
   /** listConnections returns one page of connections; nextPageToken is "" on the last. */
@@ -366,7 +366,7 @@ export class TokenVaultClient {
         }
       } catch (err) {
         if (opts.signal?.aborted) return;
-        const e = toTokenVaultError(err, this.address);
+        const e = toTokenVaultError(err, this.address, opts.signal);
         const resumable = e.code === "UNAVAILABLE" || e.code === "DEADLINE_EXCEEDED" || e.code === "ABORTED" ||
           e.code === "INTERNAL" && e.reason === "" || e.reason === Reason.SUBSCRIBER_TOO_SLOW;
         if (!resumable) throw e;

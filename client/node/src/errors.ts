@@ -124,9 +124,11 @@ export class TokenVaultError extends Error {
 
 /**
  * toTokenVaultError turns what a Connect call threw into a TokenVaultError.
- * address names the sidecar in the message of a failure to reach it.
+ * address names the sidecar in the message of a failure to reach it. A
+ * call cancelled while signal (the caller's) was not aborted was cut by
+ * the sidecar going away (its HTTP/2 connection closed): UNAVAILABLE.
  */
-export function toTokenVaultError(err: unknown, address: string): TokenVaultError {
+export function toTokenVaultError(err: unknown, address: string, signal?: AbortSignal): TokenVaultError {
   if (err instanceof TokenVaultError) return err;
   const ce = ConnectError.from(err);
   let info: ErrorInfo | undefined;
@@ -143,7 +145,7 @@ export function toTokenVaultError(err: unknown, address: string): TokenVaultErro
     }
   }
   let code = codeNames[ce.code] ?? "UNKNOWN";
-  if (!info && unreachable(err)) code = "UNAVAILABLE";
+  if (!info && (unreachable(err) || ce.code === Code.Canceled && !signal?.aborted)) code = "UNAVAILABLE";
   let message: string;
   if (!info && code === "UNAVAILABLE") {
     // The sidecar is down, or not at that address: say where we looked.

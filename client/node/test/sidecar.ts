@@ -43,7 +43,8 @@ export interface Sidecar {
   operatorKey: string;
   dataDir: string;
   logs: () => string;
-  stop: () => Promise<void>;
+  /** stop ends the process (SIGTERM; SIGKILL: a crash, nothing said to clients). */
+  stop: (signal?: "SIGTERM" | "SIGKILL") => Promise<void>;
 }
 
 /** startSidecar starts `tokenvault serve --dev` and waits until it serves. */
@@ -66,9 +67,9 @@ export async function startSidecar(opts: SidecarOptions = {}): Promise<Sidecar> 
   });
   child.stderr!.on("data", (b: Buffer) => { logs += b.toString(); });
   const exited = new Promise<number | null>((res) => child.on("exit", (code) => res(code)));
-  const stop = async () => {
+  const stop = async (signal: "SIGTERM" | "SIGKILL" = "SIGTERM") => {
     if (child.exitCode === null && child.signalCode === null) {
-      child.kill("SIGTERM");
+      child.kill(signal);
       const t = setTimeout(() => child.kill("SIGKILL"), 15_000);
       await exited;
       clearTimeout(t);
