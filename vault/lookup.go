@@ -1,6 +1,9 @@
 package vault
 
-import "fmt"
+import (
+	"fmt"
+	"slices"
+)
 
 // A Selector names a connection by its owner and provider, as the
 // application knows it, instead of by its id. Label and Tenant narrow it;
@@ -80,9 +83,27 @@ func (sel Selector) matches(e *entry) bool {
 }
 
 // addEntry makes e known by id and in the owner index; v.ids, which stays
-// sorted, is the caller's. v.mu must be held for writing.
+// sorted, is the caller's. v.mu must be held for writing. Every entry
+// enters v.entries through it (TestVault_EntriesChangeThroughTheIndex).
 func (v *Vault) addEntry(e *entry) {
 	v.entries[e.id] = e
 	k := ownerKey{e.owner, e.provider}
 	v.byOwner[k] = append(v.byOwner[k], e)
+}
+
+// removeEntry forgets the entry of connection id, by id and in the owner
+// index; v.ids is the caller's. v.mu must be held for writing.
+func (v *Vault) removeEntry(id string) {
+	e := v.entries[id]
+	if e == nil {
+		return
+	}
+	delete(v.entries, id)
+	k := ownerKey{e.owner, e.provider}
+	rest := slices.DeleteFunc(v.byOwner[k], func(x *entry) bool { return x == e })
+	if len(rest) == 0 {
+		delete(v.byOwner, k)
+	} else {
+		v.byOwner[k] = rest
+	}
 }

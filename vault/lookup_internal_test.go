@@ -1,0 +1,83 @@
+package vault
+
+import (
+	"go/ast"
+	"go/parser"
+	"go/token"
+	"os"
+	"strings"
+	"testing"
+)
+
+// TestVault_EntriesChangeThroughTheIndex: v.entries gains and loses
+// entries only in addEntry and removeEntry, which keep the owner index
+// (Lookup) true. A connection added or deleted elsewhere would be missing
+// from Lookup, or found there after it is gone.
+func TestVault_EntriesChangeThroughTheIndex(t *testing.T) {
+	files, err := os.ReadDir(".")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fset := token.NewFileSet()
+	for _, f := range files {
+		name := f.Name()
+		if !strings.HasSuffix(name, ".go") || strings.HasSuffix(name, "_test.go") {
+			continue
+		}
+		file, err := parser.ParseFile(fset, name, nil, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, d := range file.Decls {
+			fn, ok := d.(*ast.FuncDecl)
+			if !ok || fn.Body == nil || fn.Name.Name == "addEntry" || fn.Name.Name == "removeEntry" {
+				continue
+			}
+			ast.Inspect(fn.Body, func(n ast.Node) bool {
+				switch n := n.(type) {
+				case *ast.AssignStmt:
+					for _, lhs := range n.Lhs {
+						if ix, ok := lhs.(*ast.IndexExpr); ok && isEntries(ix.X) {
+							t.Errorf("%s: %s sets v.entries[...]: call addEntry, which keeps the owner index", fset.Position(n.Pos()), fn.Name.Name)
+						}
+					}
+				case *ast.CallExpr:
+					if id, ok := n.Fun.(*ast.Ident); ok && id.Name == "delete" && len(n.Args) > 0 && isEntries(n.Args[0]) {
+						t.Errorf("%s: %s deletes from v.entries: call removeEntry, which keeps the owner index", fset.Position(n.Pos()), fn.Name.Name)
+					}
+				}
+				return true
+			})
+		}
+	}
+}
+
+func isEntries(x ast.Expr) bool {
+	s, ok := x.(*ast.SelectorExpr)
+	return ok && s.Sel.Name == "entries"
+}
+
+// TestVault_RemoveEntry_LeavesTheIndex: a removed connection is gone from
+// Lookup, and its owner's other connections stay.
+func TestVault_RemoveEntry_LeavesTheIndex(t *testing.T) {
+	v := &Vault{entries: map[string]*entry{}, byOwner: map[ownerKey][]*entry{}}
+	for _, c := range []*Connection{
+		{ID: "conn_a", Owner: "alice", Provider: "slack", Label: "work"},
+		{ID: "conn_b", Owner: "alice", Provider: "slack", Label: "home"},
+	} {
+		e := newEntry(c)
+		e.res.Store(newResident(c))
+		v.addEntry(e)
+	}
+	if _, err := v.Lookup(Selector{Owner: "alice", Provider: "slack"}); err == nil {
+		t.Fatal("two connections, no label: Lookup picked one")
+	}
+	v.removeEntry("conn_a")
+	if id, err := v.Lookup(Selector{Owner: "alice", Provider: "slack"}); err != nil || id != "conn_b" {
+		t.Errorf("after removing conn_a, Lookup = %q, %v; want conn_b", id, err)
+	}
+	v.removeEntry("conn_b")
+	if _, ok := v.byOwner[ownerKey{"alice", "slack"}]; ok || len(v.entries) != 0 {
+		t.Errorf("after removing both, index %v, entries %v; want both empty", v.byOwner, v.entries)
+	}
+}
