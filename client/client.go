@@ -149,7 +149,9 @@ type TokenOption func(*tokenvaultv1.GetAccessTokenRequest)
 
 // MinValid asks for a token that stays valid for at least d. Zero (or less)
 // means the sidecar's default, 5 minutes; the sidecar rejects more than an
-// hour with reason INVALID_ARGUMENT.
+// hour with reason INVALID_ARGUMENT, and caps d at a quarter of the token's
+// lifetime (at least 10 s), so a short-lived token is not refreshed on every
+// call.
 func MinValid(d time.Duration) TokenOption {
 	return func(r *tokenvaultv1.GetAccessTokenRequest) {
 		if d <= 0 {

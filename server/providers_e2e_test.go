@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -18,7 +19,6 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/test/bufconn"
-	"google.golang.org/protobuf/types/known/durationpb"
 
 	tvv1 "github.com/tokenvault/tokenvault/proto/tokenvault/v1"
 	"github.com/tokenvault/tokenvault/providers"
@@ -98,6 +98,7 @@ var e2eServices = []e2eService{
 type e2eSidecar struct {
 	api  tvv1.TokenVaultServiceClient
 	http *httptest.Server
+	skew *atomic.Int64 // added to the vault's clock
 }
 
 func startE2ESidecar(t *testing.T, hs *httptest.Server, p providers.Provider) *e2eSidecar {
@@ -117,7 +118,9 @@ func startE2ESidecar(t *testing.T, hs *httptest.Server, p providers.Provider) *e
 		t.Fatal(err)
 	}
 	name := p.Info().Name
-	v, err := vault.Open(ctx, vault.Config{Store: st, Keyring: kr, Providers: map[string]vault.Provider{name: server.AdaptProvider(p)}})
+	skew := new(atomic.Int64)
+	v, err := vault.Open(ctx, vault.Config{Store: st, Keyring: kr, Providers: map[string]vault.Provider{name: server.AdaptProvider(p)},
+		Now: func() time.Time { return time.Now().Add(time.Duration(skew.Load())) }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -144,7 +147,7 @@ func startE2ESidecar(t *testing.T, hs *httptest.Server, p providers.Provider) *e
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	return &e2eSidecar{api: tvv1.NewTokenVaultServiceClient(conn), http: hs}
+	return &e2eSidecar{api: tvv1.NewTokenVaultServiceClient(conn), http: hs, skew: skew}
 }
 
 func TestProvidersE2E(t *testing.T) {
@@ -227,8 +230,9 @@ func TestProvidersE2E(t *testing.T) {
 				t.Errorf("Metadata[host] = %q; want the flow's host %s", c.Metadata["host"], fake.URL())
 			}
 
-			// Each credential: a token, then a refresh (asking for longer
-			// than the fake's tokens live), leaving the others alone.
+			// Each credential: a token, then a forced refresh (once the
+			// vault's clock is past the 2 s in which forced refreshes share
+			// the last one), leaving the others alone.
 			tokens := map[string]string{}
 			for _, cred := range svc.credentials {
 				got, err := sc.api.GetAccessToken(ctx, &tvv1.GetAccessTokenRequest{ConnectionId: c.ConnectionId, Credential: cred})
@@ -241,13 +245,14 @@ func TestProvidersE2E(t *testing.T) {
 				tokens[cred] = got.AccessToken
 			}
 			for i, cred := range svc.credentials {
+				sc.skew.Add(int64(3 * time.Second))
 				got, err := sc.api.GetAccessToken(ctx, &tvv1.GetAccessTokenRequest{ConnectionId: c.ConnectionId, Credential: cred,
-					MinValidFor: durationpb.New(time.Hour)})
+					ForceRefresh: true})
 				if err != nil {
-					t.Fatalf("GetAccessToken(%q, min 1h) = %v", cred, err)
+					t.Fatalf("GetAccessToken(%q, forced) = %v", cred, err)
 				}
 				if got.AccessToken == tokens[cred] || !fake.IsActive(got.AccessToken) {
-					t.Fatalf("GetAccessToken(%q, min 1h) gave the old or a dead token; want a refreshed one", cred)
+					t.Fatalf("GetAccessToken(%q, forced) gave the old or a dead token; want a refreshed one", cred)
 				}
 				if st := fake.Stats(); st.Refreshes != i+1 || st.ReuseDetections != 0 {
 					t.Errorf("fake stats after refreshing %q = %+v; want %d refreshes, no reuse", cred, st, i+1)

@@ -22,7 +22,9 @@ type TokenRequest struct {
 	// Credential names the token; "" is the primary one.
 	Credential string
 	// MinValid is how long the token must stay valid; 0 is the configured
-	// default (Config.DefaultMinValid).
+	// default (Config.DefaultMinValid). It is capped at a quarter of the
+	// token's lifetime, at least 10 s (see MaxMarginFraction), so that no
+	// caller makes the vault refresh on every read.
 	MinValid time.Duration
 	// Force refreshes at the provider even if the token is still valid
 	// (the caller saw it rejected). Forced refreshes within a short window
@@ -51,7 +53,7 @@ func (v *Vault) AccessToken(ctx context.Context, req TokenRequest) (Token, Token
 	now := v.now()
 	r := e.res.Load()
 	if !force && r.status == StatusActive {
-		if t := r.token(credential); t != nil && t.validFor(now, minValid) {
+		if t := r.token(credential); t != nil && t.validFor(now, t.margin(minValid)) {
 			e.lastUsed.Store(now.UnixNano())
 			return t.out(), e.info(r, t), nil
 		}
@@ -138,7 +140,7 @@ func (v *Vault) refresh(ctx context.Context, e *entry, credential string, minVal
 	if t == nil {
 		return Token{}, nil, fmt.Errorf("%w: no credential %q", ErrInvalidArgument, credential)
 	}
-	if t.ValidFor(now, minValid) && (!force || now.Sub(t.IssuedAt) < forceDebounce) {
+	if t.ValidFor(now, t.margin(minValid)) && (!force || now.Sub(t.IssuedAt) < forceDebounce) {
 		return *t, c, nil // someone refreshed while we waited
 	}
 	if t.RefreshToken == "" {

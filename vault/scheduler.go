@@ -250,7 +250,10 @@ func refreshWindow(issued, end time.Time, p RefreshPolicy, j float64) (at, lates
 		life = end.Sub(issued)
 	}
 	spread := time.Duration(j * p.Jitter * float64(life))
-	latest = end.Add(-p.MinValid)
+	// Before a read would refresh it (margin.go): a token shorter than
+	// four times MinValid is refreshed a quarter of its life ahead, not at
+	// every MinInterval.
+	latest = end.Add(-fitMargin(p.MinValid, life))
 	at = end.Add(-time.Duration(p.Ahead*float64(life)) - spread)
 	if limit := latest.Add(-spread); at.After(limit) {
 		at = limit // short lifetimes: still jittered, under the MinValid cap

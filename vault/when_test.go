@@ -58,9 +58,13 @@ func TestNextPlan(t *testing.T) {
 		{"12h token", conn(12*time.Hour, true), vault.RefreshPolicy{}, false, 0, 0, ref, 9 * time.Hour, ""},
 		{"policy ahead 0.5", conn(time.Hour, true), vault.RefreshPolicy{Ahead: 0.5}, false, 0, 0, ref, 30 * time.Minute, ""},
 		// Short lifetimes: never later than MinValid (5m) before expiry,
-		// never sooner than MinInterval (10s) after issue.
-		{"8m token capped by min_valid", conn(8*time.Minute, true), vault.RefreshPolicy{}, false, 0, 0, ref, 3 * time.Minute, ""},
-		{"8m token capped, full jitter", conn(8*time.Minute, true), vault.RefreshPolicy{}, false, 0, 1, ref, 3*time.Minute - 48*time.Second, ""},
+		// as fitted to the token (a quarter of its life, at least 10 s:
+		// margin.go), never sooner than MinInterval (10s) after issue.
+		{"8m token", conn(8*time.Minute, true), vault.RefreshPolicy{}, false, 0, 0, ref, 6 * time.Minute, ""},
+		{"8m token, full jitter", conn(8*time.Minute, true), vault.RefreshPolicy{}, false, 0, 1, ref, 6*time.Minute - 48*time.Second, ""},
+		{"5m token (Keycloak's default)", conn(5*time.Minute, true), vault.RefreshPolicy{}, false, 0, 0, ref, 3*time.Minute + 45*time.Second, ""},
+		{"30s token: 10 s floor of the margin", conn(30*time.Second, true), vault.RefreshPolicy{}, false, 0, 0, ref, 20 * time.Second, ""},
+		{"30s token, full jitter", conn(30*time.Second, true), vault.RefreshPolicy{}, false, 0, 1, ref, 17 * time.Second, ""},
 		{"3s token floored at min interval", conn(3*time.Second, true), vault.RefreshPolicy{}, false, 0, 0, ref, 10 * time.Second, ""},
 		// States.
 		{"needs_reauth", with(conn(time.Hour, true), func(c *vault.Connection) { c.Status = vault.StatusNeedsReauth }), vault.RefreshPolicy{}, false, 0, 0, none, 0, ""},
@@ -147,7 +151,8 @@ func TestNextPlan_Bounds(t *testing.T) {
 		j := r.Float64()
 		c := conn(life, true)
 		p := vault.NextPlan(c, vault.RefreshPolicy{}, false, now, j)
-		exp, minValid, floor := t0.Add(life), 5*time.Minute, t0.Add(10*time.Second)
+		exp, floor := t0.Add(life), t0.Add(10*time.Second)
+		minValid := min(5*time.Minute, max(life/4, 10*time.Second)) // fitted to the token
 		switch {
 		case p.Action != ref:
 			t.Fatalf("life %v now %v: NextPlan = %s; want a refresh", life, now.Sub(t0), planString(p))

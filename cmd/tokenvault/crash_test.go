@@ -80,9 +80,13 @@ func TestCrash_KilledMidRefresh(t *testing.T) {
 			p := sc.start(tc.point)
 			id, tok0 := sc.connect(p)
 
-			// Trigger a refresh: a token valid for an hour more than the
-			// fake's lifetime allows. The sidecar dies inside it.
-			_, err := p.api.GetAccessToken(sc.ctx, &tvv1.GetAccessTokenRequest{ConnectionId: id, MinValidFor: durationpb.New(time.Hour)})
+			// Trigger a refresh: a forced one, once the token is older
+			// than the 2 s within which forced refreshes share the last
+			// one (asking for more validity than the token has no longer
+			// refreshes: the margin fits the token). The sidecar dies
+			// inside it.
+			time.Sleep(2*time.Second + 100*time.Millisecond)
+			_, err := p.api.GetAccessToken(sc.ctx, &tvv1.GetAccessTokenRequest{ConnectionId: id, ForceRefresh: true})
 			if err == nil {
 				t.Fatalf("GetAccessToken returned; want the sidecar killed at %s", tc.point)
 			}
