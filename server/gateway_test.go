@@ -360,3 +360,53 @@ func TestGateway_OpenAPIDocumentsEveryRoute(t *testing.T) {
 		}
 	}
 }
+
+// TestGateway_WatchEventsOverConnect: the stream REST cannot carry is
+// served by the Connect protocol's streaming (enveloped JSON messages),
+// with the same access check.
+func TestGateway_WatchEventsOverConnect(t *testing.T) {
+	e := newEnv(t, providertest.Options{})
+	id := e.connectLabel("alice", "")
+	base := "http://" + e.serveAPI()
+	body := []byte(`{"afterSequence":"0"}`)
+	env := append([]byte{0, 0, 0, 0, byte(len(body))}, body...)
+	watch := func(key string) (*http.Response, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		t.Cleanup(cancel)
+		req, _ := http.NewRequestWithContext(ctx, "POST", base+"/tokenvault.v1.TokenVaultService/WatchEvents", strings.NewReader(string(env)))
+		req.Header.Set("Content-Type", "application/connect+json")
+		if key != "" {
+			req.Header.Set("Authorization", "Bearer "+testKeys[key])
+		}
+		return http.DefaultClient.Do(req)
+	}
+	resp, err := watch("app")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	head := make([]byte, 5)
+	if _, err := io.ReadFull(resp.Body, head); err != nil {
+		t.Fatalf("first frame: %v (status %d)", err, resp.StatusCode)
+	}
+	n := int(head[1])<<24 | int(head[2])<<16 | int(head[3])<<8 | int(head[4])
+	msg := make([]byte, n)
+	if _, err := io.ReadFull(resp.Body, msg); err != nil {
+		t.Fatal(err)
+	}
+	if head[0] != 0 || !strings.Contains(string(msg), `"connection.created"`) || !strings.Contains(string(msg), id) {
+		t.Errorf("first frame %x %s; want the connection.created event of %s", head, msg, id)
+	}
+
+	// Without a key the stream ends at once with UNAUTHENTICATED in its
+	// end-of-stream frame.
+	resp, err = watch("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	all, _ := io.ReadAll(resp.Body)
+	if len(all) < 5 || all[0]&2 == 0 || !strings.Contains(string(all), "unauthenticated") {
+		t.Errorf("without a key: %x %s; want an end-of-stream frame with unauthenticated", all[:min(5, len(all))], all)
+	}
+}
