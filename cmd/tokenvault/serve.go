@@ -232,7 +232,7 @@ func serve(ctx context.Context, args []string, env func(string) string, stdout, 
 	go func() { defer close(hooksDone); hooks.Run(bgCtx) }()
 	defer func() { stopBG(); <-hooksDone }() // webhook deliveries, and the outbox sweep
 	log.Info("tokenvault serving",
-		slog.String("grpc", gl.Addr().String()), slog.String("http", hl.Addr().String()),
+		slog.String("grpc", gl.Addr().String()), slog.String("json_gateway", gl.Addr().String()), slog.String("http", hl.Addr().String()),
 		slog.String("public_url", cfg.PublicURL), slog.Int("connections", v.Len()),
 		slog.Int("providers", len(provs)), slog.Bool("dev", f.dev))
 	if f.dev {
@@ -240,10 +240,10 @@ func serve(ctx context.Context, args []string, env func(string) string, stdout, 
 		// never to the log.
 		log.Warn("dev mode: API keys generated into the data dir; never use them in production",
 			slog.String("application", devKeyPaths[0]), slog.String("operator", devKeyPaths[1]))
-		fmt.Fprintf(stdout, "tokenvault dev mode\n  gRPC:     %s\n  callback: %s/oauth/callback/{provider}\n  sandbox provider: %s/sandbox/\n  metrics:  %s/metrics\n"+
+		fmt.Fprintf(stdout, "tokenvault dev mode\n  gRPC:     %s (and JSON over HTTP/1.1: %s)\n  callback: %s/oauth/callback/{provider}\n  sandbox provider: %s/sandbox/\n  metrics:  %s/metrics\n"+
 			"  application API key: %s   (%s)\n  operator API key:    %s   (%s)\n"+
 			"  try: export TOKENVAULT_API_KEY=$(cat %s)\n       grpcurl -plaintext -H \"authorization: Bearer $TOKENVAULT_API_KEY\" -d '{\"owner\":\"alice\",\"provider\":\"sandbox\"}' %s tokenvault.v1.TokenVaultService/StartConnect\n",
-			gl.Addr(), cfg.PublicURL, cfg.PublicURL, httpBase,
+			gl.Addr(), curlHint(gl.Addr()), cfg.PublicURL, cfg.PublicURL, httpBase,
 			devKeys[0].Key, devKeyPaths[0], devKeys[1].Key, devKeyPaths[1], devKeyPaths[1], gl.Addr())
 	}
 	if f.readyFile != "" {
@@ -255,6 +255,14 @@ func serve(ctx context.Context, args []string, env func(string) string, stdout, 
 	err = srv.Serve(ctx, gl, hl, 10*time.Second)
 	log.Info("tokenvault stopped")
 	return err
+}
+
+// curlHint is a curl command for the JSON gateway on the API listener a.
+func curlHint(a net.Addr) string {
+	if a.Network() == "unix" {
+		return "curl --unix-socket " + a.String() + " http://tokenvault/v1/providers"
+	}
+	return "curl http://" + a.String() + "/v1/providers"
 }
 
 // background resolves interrupted refreshes left by a crash, then runs
