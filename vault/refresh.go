@@ -150,6 +150,9 @@ func (v *Vault) refresh(ctx context.Context, e *entry, credential string, minVal
 		if grantExpired(c.Grant, now) {
 			return Token{}, nil, v.expireLocked(ctx, e, c, now)
 		}
+		if force && t.ValidFor(now, 0) {
+			return v.forceUnrefreshable(ctx, e, c, t, now)
+		}
 		return Token{}, nil, &ProviderError{Kind: ErrReauthRequired, Code: "no_refresh_token"}
 	}
 	if now.Before(c.NextRetryAt) {
@@ -160,6 +163,29 @@ func (v *Vault) refresh(ctx context.Context, e *entry, credential string, minVal
 		return Token{}, nil, &ProviderError{Kind: ErrUnavailable, Code: c.LastError, RetryAfter: c.NextRetryAt.Sub(now)}
 	}
 	return v.refreshLocked(ctx, e, c, credential)
+}
+
+// forceUnrefreshable answers a forced refresh of t, a token that cannot be
+// refreshed (GitHub OAuth Apps, Slack without rotation) and has not
+// expired: the caller saw it rejected, so the provider is asked whether the
+// grant still lives, if it can say (a Validator). Live: t, as it is. Dead:
+// the connection goes to needs_reauth with the provider's reason and its
+// event, and every caller after gets ErrReauthRequired. A provider that
+// cannot validate leaves t as the best there is. Forced calls within
+// forceDebounce of the last validation share it. The caller holds e.mu
+// and has re-read c.
+func (v *Vault) forceUnrefreshable(ctx context.Context, e *entry, c *Connection, t *Token, now time.Time) (Token, *Connection, error) {
+	p, err := v.provider(c.Provider)
+	if err != nil {
+		return Token{}, nil, err
+	}
+	if _, ok := p.(Validator); !ok || now.Sub(c.LastValidatedAt) < forceDebounce {
+		return *t, c, nil
+	}
+	if _, err := v.validateLocked(ctx, ctx, e, c, 0); err != nil {
+		return Token{}, nil, err
+	}
+	return *t, c, nil
 }
 
 // grantExpired reports whether every credential of g has expired by now
