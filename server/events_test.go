@@ -321,7 +321,7 @@ func TestWebhookMetrics(t *testing.T) {
 	var body string
 	for range 500 {
 		rec := httptest.NewRecorder()
-		srv.HTTPHandler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
+		srv.MetricsHandler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
 		b, _ := io.ReadAll(rec.Body)
 		if body = string(b); strings.Contains(body, `tokenvault_webhook_deliveries_total{endpoint="app",outcome="delivered"} 1`) &&
 			strings.Contains(body, `tokenvault_webhook_backlog{endpoint="app"} 0`) {

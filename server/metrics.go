@@ -15,7 +15,7 @@ import (
 )
 
 // Metrics are the sidecar's Prometheus metrics, served at /metrics on the
-// HTTP listener. Labels are providers, outcomes and credential-free
+// metrics listener. Labels are providers, outcomes and credential-free
 // reasons: never an owner, a connection id or anything secret.
 //
 //	tokenvault_token_reads_total{provider,code}           GetAccessToken calls by outcome

@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -16,7 +17,9 @@ import (
 
 func scrape(t *testing.T, e *env) string {
 	t.Helper()
-	resp, err := http.Get(e.http.URL + "/metrics")
+	ms := httptest.NewServer(e.srv.MetricsHandler())
+	defer ms.Close()
+	resp, err := http.Get(ms.URL + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -129,7 +129,7 @@ func startE2ESidecar(t *testing.T, hs *httptest.Server, p providers.Provider) *e
 		t.Fatal(err)
 	}
 	srv := server.New(server.Config{Vault: v, Providers: []providers.Info{p.Info()}, Auth: auth})
-	hs.Config.Handler = srv.HTTPHandler()
+	hs.Config.Handler = srv.PublicHandler()
 	hs.Start()
 	t.Cleanup(hs.Close)
 

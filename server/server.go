@@ -1,9 +1,17 @@
 // Package server serves a vault over gRPC (TokenVaultService, AdminService,
-// health, reflection) and HTTP (the OAuth callback, health, metrics, and in
-// dev mode the sandbox provider). Every call passes the access check of
-// auth.go (credential, role, rate limit, provider limit) before its handler,
-// and audited calls are recorded (audit.Log). It is the one place
-// domain errors become gRPC statuses.
+// health, reflection) and HTTP, on listeners split by audience:
+//
+//   - the API (gRPC, and the JSON gateway for HTTP/1.1 clients): loopback
+//     or a unix socket, every call authenticated;
+//   - public (HTTP): what browsers reach through an ingress, the OAuth
+//     callback (and in dev mode the sandbox provider), nothing else;
+//   - health (HTTP and gRPC health on one port): /healthz, /readyz and
+//     grpc.health.v1 for the kubelet;
+//   - metrics (HTTP): /metrics for Prometheus.
+//
+// Every call passes the access check of auth.go (credential, role, rate
+// limit, provider limit) before its handler, and audited calls are recorded
+// (audit.Log). It is the one place domain errors become gRPC statuses.
 package server
 
 import (
@@ -48,9 +56,14 @@ type Config struct {
 	// MaxConcurrentStreams bounds concurrent calls per connection; default
 	// 1000.
 	MaxConcurrentStreams uint32
-	// ExtraHTTP, if set, is mounted on the HTTP listener under its pattern
-	// (dev mode mounts the sandbox provider this way).
+	// ExtraHTTP, if set, is mounted on the public listener under its
+	// pattern (dev mode mounts the sandbox provider this way). Only what a
+	// browser must reach belongs there.
 	ExtraHTTP map[string]http.Handler
+	// Ready lists what /readyz checks, in order (health.go). The server
+	// adds none of its own beyond "not shutting down": cmd wires the store
+	// and the keyring, and a store shared by replicas adds its own.
+	Ready []ReadyCheck
 	// GRPCOptions are appended to the server's options (tests, benchmarks).
 	GRPCOptions []grpc.ServerOption
 	// Register, if set, registers further services on the gRPC server
@@ -67,8 +80,8 @@ type Config struct {
 	// Audit, if set, records audited calls (see the access table) and
 	// connect callbacks, and serves AdminService.ListAuditEvents.
 	Audit *audit.Log
-	// Metrics, if set, counts calls and is served at /metrics on the HTTP
-	// listener.
+	// Metrics, if set, counts calls and is served at /metrics on the
+	// metrics listener (AddMetricsListener).
 	Metrics *Metrics
 	// Webhooks, if set, has its delivery counters exported with Metrics
 	// (events.go).
@@ -88,9 +101,15 @@ type Server struct {
 	log    *slog.Logger
 	grpc   *grpc.Server
 	health *health.Server
-	http   *http.Server
+	public *http.Server // the OAuth callback and ExtraHTTP, for browsers
 	api    *http.Server // the JSON gateway on the API listeners (gateway.go)
 	extra  []net.Listener
+
+	healthHTTP *http.Server // /healthz, /readyz and grpc.health.v1 (health.go)
+	healthGRPC *grpc.Server // the health service alone, served through healthHTTP
+	healthL    []net.Listener
+	metrics    *http.Server
+	metricsL   []net.Listener
 
 	stopping chan struct{} // closed when Serve starts to stop: ends WatchEvents streams
 	stopOnce sync.Once
@@ -181,36 +200,15 @@ func New(cfg Config) *Server {
 		cfg.Register(s.grpc)
 	}
 
-	mux := http.NewServeMux()
-	cb := &callbackHandler{v: cfg.Vault, log: s.log, audit: cfg.Audit, failures: &failureBudget{}, now: cfg.Now}
+	s.public = newHTTPServer(s.publicMux(), s.log)
+	s.healthGRPC = grpc.NewServer(grpc.MaxRecvMsgSize(4<<10), grpc.MaxHeaderListSize(8<<10), grpc.ConnectionTimeout(10*time.Second))
+	healthpb.RegisterHealthServer(s.healthGRPC, s.health)
+	s.healthHTTP = newHealthHTTPServer(s.healthHandler(), s.log)
+	metricsMux := http.NewServeMux()
 	if cfg.Metrics != nil {
-		if err := cfg.Metrics.Register(prometheus.NewCounterFunc(prometheus.CounterOpts{
-			Name: "tokenvault_callback_failures_total",
-			Help: "OAuth callbacks that failed (forged or spent state, denied consent, provider errors), all counted even when not logged one by one.",
-		}, func() float64 { return float64(cb.failures.Total()) })); err != nil {
-			s.log.Warn("callback metrics not registered", slog.String("err", err.Error()))
-		}
+		metricsMux.Handle("GET /metrics", cfg.Metrics.Handler())
 	}
-	mux.Handle("GET /oauth/callback/{provider}", cb)
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		fmt.Fprintln(w, "ok")
-	})
-	if cfg.Metrics != nil {
-		mux.Handle("GET /metrics", cfg.Metrics.Handler())
-	}
-	for pattern, h := range cfg.ExtraHTTP {
-		mux.Handle(pattern, h)
-	}
-	s.http = &http.Server{
-		Handler:           mux,
-		ReadHeaderTimeout: 10 * time.Second,
-		ReadTimeout:       30 * time.Second,
-		WriteTimeout:      60 * time.Second,
-		IdleTimeout:       2 * time.Minute,
-		MaxHeaderBytes:    64 << 10,
-		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
-	}
+	s.metrics = newHTTPServer(metricsMux, s.log)
 	gw, err := newGateway(s.grpc, cfg.MaxRecvMsgSize)
 	if err != nil {
 		panic(err) // http_rules.yaml is compiled in; its tests keep it valid
@@ -231,22 +229,75 @@ func New(cfg Config) *Server {
 // GRPC returns the gRPC server, for tests that serve it on bufconn.
 func (s *Server) GRPC() *grpc.Server { return s.grpc }
 
-// HTTPHandler returns the HTTP listener's handler.
-func (s *Server) HTTPHandler() http.Handler { return s.http.Handler }
+// publicMux is the public listener's routes: what browsers reach through
+// the application's ingress, and nothing else. Handlers a browser needs
+// (the connect pages) are added here; anything for operators, probes or
+// scrapers goes on another listener.
+func (s *Server) publicMux() *http.ServeMux {
+	mux := http.NewServeMux()
+	cb := &callbackHandler{v: s.cfg.Vault, log: s.log, audit: s.cfg.Audit, failures: &failureBudget{}, now: s.cfg.Now}
+	if s.cfg.Metrics != nil {
+		if err := s.cfg.Metrics.Register(prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "tokenvault_callback_failures_total",
+			Help: "OAuth callbacks that failed (forged or spent state, denied consent, provider errors), all counted even when not logged one by one.",
+		}, func() float64 { return float64(cb.failures.Total()) })); err != nil {
+			s.log.Warn("callback metrics not registered", slog.String("err", err.Error()))
+		}
+	}
+	mux.Handle("GET /oauth/callback/{provider}", cb)
+	for pattern, h := range s.cfg.ExtraHTTP {
+		mux.Handle(pattern, h)
+	}
+	return mux
+}
+
+// newHTTPServer bounds what a client may hold of a listener.
+func newHTTPServer(h http.Handler, log *slog.Logger) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      60 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+}
+
+// PublicHandler returns the public listener's handler (OAuth callback,
+// ExtraHTTP).
+func (s *Server) PublicHandler() http.Handler { return s.public.Handler }
+
+// HealthHandler returns the health listener's handler: /healthz, /readyz,
+// and grpc.health.v1 for HTTP/2 requests of content type application/grpc.
+func (s *Server) HealthHandler() http.Handler { return s.healthHTTP.Handler }
+
+// MetricsHandler returns the metrics listener's handler (/metrics).
+func (s *Server) MetricsHandler() http.Handler { return s.metrics.Handler }
 
 // AddGRPCListener makes Serve serve gRPC on l too (the unix socket whose
 // peers are identified by uid). Call it before Serve.
 func (s *Server) AddGRPCListener(l net.Listener) { s.extra = append(s.extra, l) }
 
-// Serve serves the API on gl (and the listeners added by AddGRPCListener)
-// and HTTP on hl until ctx is done, then stops gracefully: in-flight calls
-// get up to grace to finish before they are cut. An API listener serves
-// gRPC and, to clients that speak HTTP/1.1, the JSON gateway (gateway.go).
-func (s *Server) Serve(ctx context.Context, gl, hl net.Listener, grace time.Duration) error {
+// AddHealthListener makes Serve serve the health listener's handler on l:
+// HTTP/1.1 and cleartext HTTP/2 (h2c, for gRPC health probes). Call it
+// before Serve.
+func (s *Server) AddHealthListener(l net.Listener) { s.healthL = append(s.healthL, l) }
+
+// AddMetricsListener makes Serve serve /metrics on l. Call it before Serve.
+func (s *Server) AddMetricsListener(l net.Listener) { s.metricsL = append(s.metricsL, l) }
+
+// Serve serves the API on gl (and the listeners added by AddGRPCListener),
+// the public HTTP routes on pl, and the health and metrics listeners added
+// before, until ctx is done; then it stops gracefully: /readyz fails at
+// once, and in-flight calls get up to grace to finish before they are cut.
+// An API listener serves gRPC and, to clients that speak HTTP/1.1, the JSON
+// gateway (gateway.go).
+func (s *Server) Serve(ctx context.Context, gl, pl net.Listener, grace time.Duration) error {
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	s.health.SetServingStatus(tvv1.TokenVaultService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 	apis := append([]net.Listener{gl}, s.extra...)
-	errc := make(chan error, 1+2*len(apis))
+	errc := make(chan error, 1+2*len(apis)+len(s.healthL)+len(s.metricsL))
 	var wg sync.WaitGroup
 	for _, l := range apis {
 		h2, h1 := splitListener(l, 10*time.Second)
@@ -264,13 +315,22 @@ func (s *Server) Serve(ctx context.Context, gl, hl net.Listener, grace time.Dura
 			}
 		}()
 	}
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		if err := s.http.Serve(hl); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			errc <- fmt.Errorf("http: %w", err)
-		}
-	}()
+	serveHTTP := func(name string, hs *http.Server, l net.Listener) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := hs.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				errc <- fmt.Errorf("%s: %w", name, err)
+			}
+		}()
+	}
+	serveHTTP("public", s.public, pl)
+	for _, l := range s.healthL {
+		serveHTTP("health", s.healthHTTP, l)
+	}
+	for _, l := range s.metricsL {
+		serveHTTP("metrics", s.metrics, l)
+	}
 	var err error
 	select {
 	case <-ctx.Done():
@@ -280,7 +340,8 @@ func (s *Server) Serve(ctx context.Context, gl, hl net.Listener, grace time.Dura
 	s.health.Shutdown()
 	sctx, cancel := context.WithTimeout(context.Background(), grace)
 	defer cancel()
-	_ = s.http.Shutdown(sctx)
+	_ = s.public.Shutdown(sctx)
+	_ = s.metrics.Shutdown(sctx)
 	_ = s.api.Shutdown(sctx)
 	done := make(chan struct{})
 	go func() { s.grpc.GracefulStop(); close(done) }()
@@ -289,6 +350,9 @@ func (s *Server) Serve(ctx context.Context, gl, hl net.Listener, grace time.Dura
 	case <-sctx.Done():
 		s.grpc.Stop()
 	}
+	// Last, so probes see "not ready" while the rest drains.
+	s.healthGRPC.Stop() // ends Watch streams, which would hold the shutdown
+	_ = s.healthHTTP.Shutdown(sctx)
 	wg.Wait()
 	for _, l := range apis {
 		l.Close() // the split's accept loop; its halves are closed

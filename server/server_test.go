@@ -45,13 +45,13 @@ type env struct {
 	api     tvv1.TokenVaultServiceClient
 	admin   tvv1.AdminServiceClient
 	conn    *grpc.ClientConn
-	http    *httptest.Server
+	http    *httptest.Server // the public listener
+	srv     *server.Server
 	v       *vault.Vault
 	store   vault.Store
 	audit   *audit.Log
 	metrics *server.Metrics
 	lis     *bufconn.Listener
-	srv     *server.Server
 }
 
 // testKeys are the env's API keys, by name.
@@ -159,7 +159,7 @@ func newEnvWith(t *testing.T, fo providertest.Options, edit func(*providers.OAut
 	srv := server.New(server.Config{Vault: e.v, Providers: []providers.Info{p.Info()},
 		Auth: testAuth(t), Audit: e.audit, Metrics: e.metrics, Now: e.clock.Now})
 	e.srv = srv
-	e.http.Config.Handler = srv.HTTPHandler()
+	e.http.Config.Handler = srv.PublicHandler()
 	e.http.Start()
 	t.Cleanup(e.http.Close)
 

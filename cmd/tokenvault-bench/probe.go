@@ -139,7 +139,8 @@ func probeOnce(bin string, s probeSetup, seedPath, keyPath, fakeAddr string, set
 	if err != nil {
 		return r, err
 	}
-	args := []string{"serve", "--grpc-addr", grpcAddr, "--http-addr", httpAddr, "--data-dir", data, "--log-level", "error"}
+	args := []string{"serve", "--grpc-addr", grpcAddr, "--public-addr", httpAddr, "--health-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0",
+		"--data-dir", data, "--log-level", "error"}
 	if s.dev {
 		args = append(args, "--dev")
 	} else {

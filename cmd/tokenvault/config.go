@@ -20,14 +20,25 @@ import (
 // Config is the YAML configuration of `tokenvault serve`. Secrets are never
 // in it: they are named by file or environment variable.
 type Config struct {
-	// GRPCAddr is where the gRPC API listens: host:port or unix:///path.
+	// GRPCAddr is where the gRPC API listens: a loopback host:port or
+	// unix:///path, never anything else.
 	GRPCAddr string `yaml:"grpc_addr"`
-	// HTTPAddr is where the OAuth callback (and health) listens.
+	// PublicAddr is the public HTTP listener: the OAuth callback and what
+	// else browsers reach through the application's ingress.
+	PublicAddr string `yaml:"public_addr"`
+	// HealthAddr serves /healthz, /readyz and gRPC health (the kubelet's
+	// probes); MetricsAddr serves /metrics.
+	HealthAddr  string `yaml:"health_addr"`
+	MetricsAddr string `yaml:"metrics_addr"`
+	// HTTPAddr is the deprecated name of PublicAddr, from when one HTTP
+	// listener served the callback, /healthz and /metrics.
 	HTTPAddr string `yaml:"http_addr"`
-	// PublicURL is the HTTP listener's address as browsers see it (through
-	// the application's ingress); redirect URLs are built on it.
+	// PublicURL is the public listener's address as browsers see it
+	// (through the application's ingress); redirect URLs are built on it.
 	PublicURL string `yaml:"public_url"`
-	// AllowNonLoopback permits listening on addresses other than loopback.
+	// AllowNonLoopback permits the public, health and metrics listeners to
+	// listen on addresses other than loopback (a pod's IP). The API never
+	// does.
 	AllowNonLoopback bool `yaml:"allow_non_loopback"`
 	// DataDir holds the bbolt file (tokenvault.db).
 	DataDir string `yaml:"data_dir"`
@@ -214,6 +225,16 @@ func checkLoopback(addr string, allow bool) error {
 	ip := net.ParseIP(host)
 	if ip == nil || !ip.IsLoopback() {
 		return fmt.Errorf("listen address %q is not loopback; set allow_non_loopback (or --allow-non-loopback) to serve beyond this host", addr)
+	}
+	return nil
+}
+
+// checkAPIAddr refuses an API address that is neither loopback nor a unix
+// socket, whatever allow_non_loopback says: the token API is for the
+// containers of the pod, and nothing else may reach it.
+func checkAPIAddr(addr string) error {
+	if err := checkLoopback(addr, false); err != nil {
+		return fmt.Errorf("grpc_addr %q: the token API listens only on loopback or a unix socket (allow_non_loopback opens the public, health and metrics listeners, never the API)", addr)
 	}
 	return nil
 }

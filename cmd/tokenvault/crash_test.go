@@ -246,7 +246,8 @@ func (sc *crashScenario) start(failpoint string) *sidecarProc {
 	readyFile := filepath.Join(sc.dir, "ready.json")
 	os.Remove(readyFile)
 	cmd := exec.Command(sc.bin, "serve", "--config", filepath.Join(sc.dir, "config.yaml"),
-		"--grpc-addr", "127.0.0.1:0", "--http-addr", sc.httpAddr, "--ready-file", readyFile, "--log-level", "debug")
+		"--grpc-addr", "127.0.0.1:0", "--public-addr", sc.httpAddr, "--health-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0",
+		"--ready-file", readyFile, "--log-level", "debug")
 	for _, kv := range os.Environ() {
 		if !strings.HasPrefix(kv, "TOKENVAULT_") {
 			cmd.Env = append(cmd.Env, kv)

@@ -46,9 +46,11 @@ func (s *syncBuffer) String() string {
 }
 
 type ready struct {
-	GRPCAddr  string `json:"grpc_addr"`
-	HTTPAddr  string `json:"http_addr"`
-	PublicURL string `json:"public_url"`
+	GRPCAddr    string `json:"grpc_addr"`
+	PublicAddr  string `json:"public_addr"`
+	HealthAddr  string `json:"health_addr"`
+	MetricsAddr string `json:"metrics_addr"`
+	PublicURL   string `json:"public_url"`
 	// The dev mode's API keys, read from its data dir (not from the ready
 	// file, which holds no secret).
 	AppKey, OperatorKey string      `json:"-"`
@@ -80,7 +82,8 @@ func startDev(t *testing.T, extra ...string) (ready, *syncBuffer) {
 	}
 	stdout := &syncBuffer{}
 	args := append([]string{"serve", "--dev", "--data-dir", dataDir,
-		"--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--ready-file", readyFile}, extra...)
+		"--grpc-addr", "127.0.0.1:0", "--public-addr", "127.0.0.1:0",
+		"--health-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0", "--ready-file", readyFile}, extra...)
 	go func() { done <- Main(ctx, args, func(string) string { return "" }, stdout, logs) }()
 	var stopOnce sync.Once
 	stop := func() {
@@ -280,7 +283,7 @@ func TestE2E_Dev(t *testing.T) {
 	if tok2.AccessToken == tok1.AccessToken || !tok2.ExpireTime.AsTime().After(time.Now()) {
 		t.Errorf("after expiry got %q expiring %v; want a new, unexpired token", tok2.AccessToken, tok2.ExpireTime.AsTime())
 	}
-	if !userinfoOK(t, r.HTTPAddr, tok2.AccessToken) {
+	if !userinfoOK(t, r.PublicAddr, tok2.AccessToken) {
 		t.Error("the sandbox does not accept the refreshed token")
 	}
 
@@ -293,7 +296,7 @@ func TestE2E_Dev(t *testing.T) {
 	if out := runCLI(t, r.GRPCAddr, "connections", "revoke", id, "--reason", "e2e"); !strings.Contains(out, "revoked "+id) {
 		t.Errorf("revoke printed %q", out)
 	}
-	if userinfoOK(t, r.HTTPAddr, tok2.AccessToken) {
+	if userinfoOK(t, r.PublicAddr, tok2.AccessToken) {
 		t.Error("the sandbox still accepts the token after revocation")
 	}
 	got, err := api.GetConnection(ctx, &tvv1.GetConnectionRequest{ConnectionId: id})
@@ -364,8 +367,8 @@ func TestE2E_Dev(t *testing.T) {
 		t.Errorf("the denied revoke is not in the audit:\n%s", out)
 	}
 
-	// Metrics are served on the HTTP listener.
-	mresp, err := http.Get("http://" + r.HTTPAddr + "/metrics")
+	// Metrics are served on the metrics listener.
+	mresp, err := http.Get("http://" + r.MetricsAddr + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -560,7 +563,8 @@ audit:
 	done := make(chan int, 1)
 	readyFile := filepath.Join(dir, "ready.json")
 	go func() {
-		done <- Main(ctx, []string{"serve", "--config", cfgPath, "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--ready-file", readyFile}, env, io.Discard, logs)
+		done <- Main(ctx, []string{"serve", "--config", cfgPath, "--grpc-addr", "127.0.0.1:0", "--public-addr", "127.0.0.1:0",
+			"--health-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0", "--ready-file", readyFile}, env, io.Discard, logs)
 	}()
 	defer func() {
 		cancel()

@@ -7,6 +7,8 @@
 //	tokenvault keys rotate
 //	tokenvault audit [flags]
 //	tokenvault store migrate --from FILE --to CONFIG [--force]
+//	tokenvault health [--addr HOST:PORT] [--live]
+//	tokenvault version
 package main
 
 import (
@@ -37,10 +39,13 @@ Usage:
   tokenvault keys rotate
   tokenvault audit [--connection ID] [--caller C] [--method M] [--limit N] [-o json]
   tokenvault store migrate --from FILE --to CONFIG [--force]   copy a bbolt store to etcd
+  tokenvault health [--addr HOST:PORT] [--live]      exit 0 if the sidecar is ready (alive)
+  tokenvault version
 
 Operator commands talk to a running sidecar at --addr (default
 $TOKENVAULT_ADDR or 127.0.0.1:7070) and present the API key in
---api-key-file or $TOKENVAULT_API_KEY. Run 'tokenvault COMMAND -h' for flags.
+--api-key-file or $TOKENVAULT_API_KEY. 'health' asks the health listener at
+--addr (default $TOKENVAULT_HEALTH_ADDR or 127.0.0.1:7072). Run 'tokenvault COMMAND -h' for flags.
 `
 
 // Main runs the command line args and returns the process exit code. It is
@@ -65,6 +70,10 @@ func Main(ctx context.Context, args []string, env func(string) string, stdout, s
 		err = auditCmd(ctx, args[1:], env, stdout)
 	case "store":
 		err = storeCmd(ctx, args[1:], env, stdout, stderr)
+	case "health":
+		err = healthCmd(ctx, args[1:], env, stdout, stderr)
+	case "version", "--version":
+		err = versionCmd(args[1:], stdout)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return 0

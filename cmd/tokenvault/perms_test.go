@@ -94,7 +94,7 @@ func TestServe_RefusesOpenMasterKey(t *testing.T) {
 	// Bounded: a sidecar that starts anyway stops after a few seconds.
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	code := Main(ctx, []string{"serve", "--config", cfgPath, "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"},
+	code := Main(ctx, []string{"serve", "--config", cfgPath, "--grpc-addr", "127.0.0.1:0", "--public-addr", "127.0.0.1:0", "--health-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0"},
 		func(string) string { return "" }, io.Discard, &stderr)
 	if code == 0 || !strings.Contains(stderr.String(), keyPath) || !strings.Contains(stderr.String(), "too open") {
 		t.Errorf("serve with a 0644 master key = %d, %q; want a refusal naming the file", code, stderr.String())

@@ -42,9 +42,10 @@ func tuneGC(env func(string) string) {
 }
 
 type serveFlags struct {
-	config, grpcAddr, httpAddr, publicURL, dataDir, logLevel, readyFile, masterKeyFile string
-	dev, allowNonLoopback                                                              bool
-	devTokenLifetime                                                                   time.Duration
+	config, grpcAddr, publicAddr, healthAddr, metricsAddr, httpAddr string
+	publicURL, dataDir, logLevel, readyFile, masterKeyFile          string
+	dev, allowNonLoopback                                           bool
+	devTokenLifetime                                                time.Duration
 }
 
 func serve(ctx context.Context, args []string, env func(string) string, stdout, stderr io.Writer) error {
@@ -53,9 +54,12 @@ func serve(ctx context.Context, args []string, env func(string) string, stdout, 
 	var f serveFlags
 	fs.StringVar(&f.config, "config", "", "YAML config file")
 	fs.BoolVar(&f.dev, "dev", false, "dev mode: no config needed; local data dir, generated master key, built-in sandbox provider")
-	fs.StringVar(&f.grpcAddr, "grpc-addr", "", "gRPC listen address (host:port or unix:///path; default 127.0.0.1:7070)")
-	fs.StringVar(&f.httpAddr, "http-addr", "", "HTTP (OAuth callback) listen address (default 127.0.0.1:7071)")
-	fs.StringVar(&f.publicURL, "public-url", "", "the HTTP listener's URL as browsers reach it (default http://<http-addr>)")
+	fs.StringVar(&f.grpcAddr, "grpc-addr", "", "gRPC API listen address, loopback or unix:///path (default "+defaultGRPCAddr+")")
+	fs.StringVar(&f.publicAddr, "public-addr", "", "public HTTP listen address: the OAuth callback, for browsers (default "+defaultPublicAddr+")")
+	fs.StringVar(&f.healthAddr, "health-addr", "", "health listen address: /healthz, /readyz, gRPC health (default "+defaultHealthAddr+")")
+	fs.StringVar(&f.metricsAddr, "metrics-addr", "", "metrics listen address: /metrics (default "+defaultMetricsAddr+")")
+	fs.StringVar(&f.httpAddr, "http-addr", "", "deprecated: use --public-addr")
+	fs.StringVar(&f.publicURL, "public-url", "", "the public listener's URL as browsers reach it (default http://<public-addr>)")
 	fs.StringVar(&f.dataDir, "data-dir", "", "directory of the bbolt file (dev default .tokenvault-dev)")
 	fs.StringVar(&f.masterKeyFile, "master-key-file", "", "file holding the 32-byte master key (or set $TOKENVAULT_MASTER_KEY)")
 	fs.BoolVar(&f.allowNonLoopback, "allow-non-loopback", false, "allow listening on non-loopback addresses")
@@ -80,8 +84,10 @@ func serve(ctx context.Context, args []string, env func(string) string, stdout, 
 		return errors.New("no --config given; run 'tokenvault serve --dev' to try it with no configuration")
 	}
 	// Flags override the file.
-	cfg.GRPCAddr = cmp.Or(f.grpcAddr, cfg.GRPCAddr, "127.0.0.1:7070")
-	cfg.HTTPAddr = cmp.Or(f.httpAddr, cfg.HTTPAddr, "127.0.0.1:7071")
+	deprecated, err := resolveListeners(cfg, f)
+	if err != nil {
+		return err
+	}
 	cfg.PublicURL = cmp.Or(f.publicURL, cfg.PublicURL)
 	cfg.DataDir = cmp.Or(f.dataDir, cfg.DataDir)
 	cfg.MasterKeyFile = cmp.Or(f.masterKeyFile, cfg.MasterKeyFile)
@@ -101,12 +107,17 @@ func serve(ctx context.Context, args []string, env func(string) string, stdout, 
 		return fmt.Errorf("log_level: %w", err)
 	}
 	log := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: level}))
+	if deprecated != "" {
+		log.Warn(deprecated)
+	}
 
-	if err := checkLoopback(cfg.GRPCAddr, cfg.AllowNonLoopback); err != nil {
+	if err := checkAPIAddr(cfg.GRPCAddr); err != nil {
 		return err
 	}
-	if err := checkLoopback(cfg.HTTPAddr, cfg.AllowNonLoopback); err != nil {
-		return err
+	for _, a := range []string{cfg.PublicAddr, cfg.HealthAddr, cfg.MetricsAddr} {
+		if err := checkLoopback(a, cfg.AllowNonLoopback); err != nil {
+			return err
+		}
 	}
 	if cfg.DataDir != "" {
 		if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
@@ -136,11 +147,21 @@ func serve(ctx context.Context, args []string, env func(string) string, stdout, 
 		return fmt.Errorf("grpc listen: %w", err)
 	}
 	defer gl.Close()
-	hl, err := listen(cfg.HTTPAddr)
+	hl, err := listen(cfg.PublicAddr)
 	if err != nil {
-		return fmt.Errorf("http listen: %w", err)
+		return fmt.Errorf("public listen: %w", err)
 	}
 	defer hl.Close()
+	healthL, err := listen(cfg.HealthAddr)
+	if err != nil {
+		return fmt.Errorf("health listen: %w", err)
+	}
+	defer healthL.Close()
+	metricsL, err := listen(cfg.MetricsAddr)
+	if err != nil {
+		return fmt.Errorf("metrics listen: %w", err)
+	}
+	defer metricsL.Close()
 	httpBase := "http://" + hl.Addr().String()
 	cfg.PublicURL = strings.TrimSuffix(cmp.Or(cfg.PublicURL, httpBase), "/")
 
@@ -208,7 +229,9 @@ func serve(ctx context.Context, args []string, env func(string) string, stdout, 
 		return err
 	}
 	srv := server.New(server.Config{Vault: v, Providers: infos, Logger: log, ExtraHTTP: extraHTTP,
-		Auth: auth, Audit: auditLog, Metrics: metrics, Webhooks: hooks})
+		Auth: auth, Audit: auditLog, Metrics: metrics, Webhooks: hooks, Ready: readyChecks(store, kr)})
+	srv.AddHealthListener(healthL)
+	srv.AddMetricsListener(metricsL)
 	if us := cfg.Auth.UnixSocket; us != nil && us.Path != "" {
 		ul, err := listenUnixSocket(us)
 		if err != nil {
@@ -232,7 +255,8 @@ func serve(ctx context.Context, args []string, env func(string) string, stdout, 
 	go func() { defer close(hooksDone); hooks.Run(bgCtx) }()
 	defer func() { stopBG(); <-hooksDone }() // webhook deliveries, and the outbox sweep
 	log.Info("tokenvault serving",
-		slog.String("grpc", gl.Addr().String()), slog.String("json_gateway", gl.Addr().String()), slog.String("http", hl.Addr().String()),
+		slog.String("grpc", gl.Addr().String()), slog.String("json_gateway", gl.Addr().String()), slog.String("public", hl.Addr().String()),
+		slog.String("health", healthL.Addr().String()), slog.String("metrics", metricsL.Addr().String()),
 		slog.String("public_url", cfg.PublicURL), slog.Int("connections", v.Len()),
 		slog.Int("providers", len(provs)), slog.Bool("dev", f.dev))
 	if f.dev {
@@ -240,14 +264,15 @@ func serve(ctx context.Context, args []string, env func(string) string, stdout, 
 		// never to the log.
 		log.Warn("dev mode: API keys generated into the data dir; never use them in production",
 			slog.String("application", devKeyPaths[0]), slog.String("operator", devKeyPaths[1]))
-		fmt.Fprintf(stdout, "tokenvault dev mode\n  gRPC:     %s (and JSON over HTTP/1.1: %s)\n  callback: %s/oauth/callback/{provider}\n  sandbox provider: %s/sandbox/\n  metrics:  %s/metrics\n"+
+		fmt.Fprintf(stdout, "tokenvault dev mode\n  gRPC:     %s (and JSON over HTTP/1.1: %s)\n  callback: %s/oauth/callback/{provider}\n  sandbox provider: %s/sandbox/\n  metrics:  http://%s/metrics\n  health:   http://%s/readyz\n"+
 			"  application API key: %s   (%s)\n  operator API key:    %s   (%s)\n"+
 			"  try: export TOKENVAULT_API_KEY=$(cat %s)\n       grpcurl -plaintext -H \"authorization: Bearer $TOKENVAULT_API_KEY\" -d '{\"owner\":\"alice\",\"provider\":\"sandbox\"}' %s tokenvault.v1.TokenVaultService/StartConnect\n",
-			gl.Addr(), curlHint(gl.Addr()), cfg.PublicURL, cfg.PublicURL, httpBase,
+			gl.Addr(), curlHint(gl.Addr()), cfg.PublicURL, cfg.PublicURL, metricsL.Addr(), healthL.Addr(),
 			devKeys[0].Key, devKeyPaths[0], devKeys[1].Key, devKeyPaths[1], devKeyPaths[1], gl.Addr())
 	}
 	if f.readyFile != "" {
-		b, _ := json.Marshal(map[string]string{"grpc_addr": gl.Addr().String(), "http_addr": hl.Addr().String(), "public_url": cfg.PublicURL})
+		b, _ := json.Marshal(map[string]string{"grpc_addr": gl.Addr().String(), "public_addr": hl.Addr().String(),
+			"health_addr": healthL.Addr().String(), "metrics_addr": metricsL.Addr().String(), "public_url": cfg.PublicURL})
 		if err := os.WriteFile(f.readyFile, b, 0o600); err != nil {
 			return fmt.Errorf("ready file: %w", err)
 		}
@@ -263,6 +288,67 @@ func curlHint(a net.Addr) string {
 		return "curl --unix-socket " + a.String() + " http://tokenvault/v1/providers"
 	}
 	return "curl http://" + a.String() + "/v1/providers"
+}
+
+// The listeners' default addresses: all loopback.
+const (
+	defaultGRPCAddr    = "127.0.0.1:7070"
+	defaultPublicAddr  = "127.0.0.1:7071"
+	defaultHealthAddr  = "127.0.0.1:7072"
+	defaultMetricsAddr = "127.0.0.1:7073"
+)
+
+// resolveListeners sets cfg's listen addresses from the flags, the file and
+// the defaults, in that order. The deprecated http_addr (--http-addr) stands
+// for public_addr; resolveListeners then returns the message to log, and
+// refuses both names at once.
+func resolveListeners(cfg *Config, f serveFlags) (deprecated string, err error) {
+	if f.httpAddr != "" {
+		if f.publicAddr != "" {
+			return "", errors.New("--http-addr and --public-addr both set: --http-addr is the deprecated name of --public-addr; keep only --public-addr")
+		}
+		f.publicAddr = f.httpAddr
+		deprecated = "--http-addr"
+	}
+	if cfg.HTTPAddr != "" {
+		if cfg.PublicAddr != "" {
+			return "", errors.New("config: http_addr and public_addr both set: http_addr is the deprecated name of public_addr; keep only public_addr")
+		}
+		cfg.PublicAddr = cfg.HTTPAddr
+		deprecated = cmp.Or(deprecated, "http_addr")
+	}
+	cfg.GRPCAddr = cmp.Or(f.grpcAddr, cfg.GRPCAddr, defaultGRPCAddr)
+	cfg.PublicAddr = cmp.Or(f.publicAddr, cfg.PublicAddr, defaultPublicAddr)
+	cfg.HealthAddr = cmp.Or(f.healthAddr, cfg.HealthAddr, defaultHealthAddr)
+	cfg.MetricsAddr = cmp.Or(f.metricsAddr, cfg.MetricsAddr, defaultMetricsAddr)
+	if deprecated != "" {
+		deprecated = fmt.Sprintf("%s is deprecated and will be removed: it now sets public_addr (--public-addr), the OAuth callback's listener, which serves nothing else. "+
+			"/healthz and /readyz moved to health_addr (%s) and /metrics to metrics_addr (%s): point probes and scrapers there",
+			deprecated, cfg.HealthAddr, cfg.MetricsAddr)
+	}
+	return deprecated, nil
+}
+
+// readyChecks are what /readyz checks: the store answers a read, and the
+// keyring's data keys are loaded. A store shared by replicas (etcd) adds
+// its reachability here.
+func readyChecks(store vault.Store, kr *seal.Keyring) []server.ReadyCheck {
+	return []server.ReadyCheck{
+		{Name: "store", Check: func(ctx context.Context) error {
+			// An absent key: any answer but "not found" means the store
+			// cannot serve.
+			if _, _, err := store.Get(ctx, "readyz/probe"); err != nil && !errors.Is(err, vault.ErrNotFound) {
+				return fmt.Errorf("store read: %w", err)
+			}
+			return nil
+		}},
+		{Name: "keyring", Check: func(context.Context) error {
+			if kr.Term() == 0 {
+				return errors.New("no data key loaded")
+			}
+			return nil
+		}},
+	}
 }
 
 // background resolves interrupted refreshes left by a crash, then runs

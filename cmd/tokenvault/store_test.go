@@ -95,7 +95,7 @@ func TestServe_EtcdUnreachable(t *testing.T) {
 	done := make(chan int, 1)
 	go func() {
 		done <- Main(context.Background(), []string{"serve", "--dev", "--config", cfg, "--data-dir", filepath.Join(dir, "data"),
-			"--grpc-addr", grpcAddr, "--http-addr", "127.0.0.1:0", "--ready-file", readyFile}, func(string) string { return "" }, &out, &errb)
+			"--grpc-addr", grpcAddr, "--public-addr", "127.0.0.1:0", "--health-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0", "--ready-file", readyFile}, func(string) string { return "" }, &out, &errb)
 	}()
 	select {
 	case code := <-done:

@@ -169,7 +169,7 @@ func TestE2E_WebhookAndWatchEvents(t *testing.T) {
 	}
 	var metrics string
 	for range 200 {
-		resp, err := http.Get("http://" + r.HTTPAddr + "/metrics")
+		resp, err := http.Get("http://" + r.MetricsAddr + "/metrics")
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -125,7 +125,8 @@ func Start(t *testing.T, opts Options) *Stack {
 	dataDir, readyFile := filepath.Join(dir, "data"), filepath.Join(dir, "ready.json")
 	ctx, cancel := context.WithCancel(context.Background())
 	cmd := exec.CommandContext(ctx, bin, "serve", "--dev", "--config", cfgPath, "--data-dir", dataDir,
-		"--grpc-addr", "127.0.0.1:0", "--http-addr", httpAddr, "--ready-file", readyFile, "--log-level", "warn")
+		"--grpc-addr", "127.0.0.1:0", "--public-addr", httpAddr, "--health-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0",
+		"--ready-file", readyFile, "--log-level", "warn")
 	cmd.Env = env
 	logs := &syncBuffer{}
 	cmd.Stderr = logs
