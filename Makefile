@@ -22,7 +22,14 @@ NODE_CLIENT   := client/node
 NODE_EXAMPLE  := examples/node-slack-notify
 PROTOC_GEN_ES := $(NODE_CLIENT)/node_modules/.bin/protoc-gen-es
 
-.PHONY: run test lint vet generate check-generated tools bench build clean node-test browser test-deps
+# The image's binary: static (no cgo), no build paths, the version stamped.
+# The Dockerfile builds with this target, so the tested binary is the one
+# shipped.
+VERSION       ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo devel)
+IMAGE_OUT     ?= $(BIN)/image/tokenvault
+IMAGE_LDFLAGS := -s -w -X main.version=$(VERSION)
+
+.PHONY: run test lint vet generate check-generated tools bench build clean node-test browser test-deps image-binary
 
 ## run: the sidecar in dev mode (no config; sandbox provider built in)
 run:
@@ -31,6 +38,10 @@ run:
 ## build: the tokenvault binary into .bin/
 build:
 	$(GO) build -o $(BIN)/tokenvault ./cmd/tokenvault
+
+## image-binary: the binary the container image ships, built as the Dockerfile builds it
+image-binary:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(IMAGE_LDFLAGS)' -o $(IMAGE_OUT) ./cmd/tokenvault
 
 ## test: everything CI checks: lint, generated code current, race tests
 ## (the connect page's tests drive Debian's chromium, and the JSON gateway's
