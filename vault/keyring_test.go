@@ -64,6 +64,9 @@ func (s *ringStore) Apply(ctx context.Context, ops ...vault.Op) ([]uint64, error
 			return nil, errors.New("ringStore: empty or repeated key")
 		}
 		seen[op.Key] = true
+		if op.Check && op.IfRev < 0 {
+			return nil, errors.New("ringStore: check without a revision")
+		}
 		if op.IfRev >= 0 && s.recs[op.Key].rev != uint64(op.IfRev) {
 			return nil, vault.ErrConflict
 		}
@@ -71,6 +74,9 @@ func (s *ringStore) Apply(ctx context.Context, ops ...vault.Op) ([]uint64, error
 	s.seq++
 	revs := make([]uint64, len(ops))
 	for i, op := range ops {
+		if op.Check {
+			continue
+		}
 		if op.Delete {
 			delete(s.recs, op.Key)
 			continue

@@ -58,6 +58,10 @@ type Op struct {
 	// IfRev, if >= 0, is the revision Key must have for Apply to succeed
 	// (0: Key must be absent). -1 (AnyRev) writes unconditionally.
 	IfRev int64
+	// Check makes the op a compare only: Apply succeeds only if Key has
+	// revision IfRev (which must be >= 0), and writes nothing to Key; its
+	// revision in Apply's result is 0. It fences a write: a Fence's Op.
+	Check bool
 }
 
 // AnyRev as Op.IfRev writes whatever the key's current revision.

@@ -228,6 +228,9 @@ func (s *Store) Apply(ctx context.Context, ops ...vault.Op) ([]uint64, error) {
 		}
 		var rev uint64
 		for i, op := range ops {
+			if op.Check {
+				continue // compared above, nothing to write
+			}
 			if op.Delete {
 				if err := b.Delete([]byte(op.Key)); err != nil {
 					return err
@@ -270,6 +273,9 @@ func checkOps(ops []vault.Op) error {
 	for _, op := range ops {
 		if op.Key == "" {
 			return errors.New("empty key")
+		}
+		if op.Check && op.IfRev < 0 {
+			return fmt.Errorf("check of %q without a revision", op.Key)
 		}
 	}
 	if len(ops) <= 16 {

@@ -218,6 +218,9 @@ func (s *Store) apply(ctx context.Context, extra []clientv3.Cmp, ops []vault.Op)
 			// An absent key compares as mod_revision 0.
 			cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(k), "=", op.IfRev))
 		}
+		if op.Check {
+			continue // a compare only
+		}
 		if op.Delete {
 			thens = append(thens, clientv3.OpDelete(k))
 		} else {
@@ -236,7 +239,7 @@ func (s *Store) apply(ctx context.Context, extra []clientv3.Cmp, ops []vault.Op)
 		return nil, vault.ErrConflict
 	}
 	for i, op := range ops {
-		if !op.Delete {
+		if !op.Delete && !op.Check {
 			revs[i] = uint64(resp.Header.Revision)
 		}
 	}
@@ -252,6 +255,9 @@ func (s *Store) checkOps(ops []vault.Op) error {
 	for _, op := range ops {
 		if op.Key == "" {
 			return errors.New("empty key")
+		}
+		if op.Check && op.IfRev < 0 {
+			return fmt.Errorf("check of %q without a revision", op.Key)
 		}
 		if _, dup := seen[op.Key]; dup {
 			return fmt.Errorf("key %q given twice", op.Key)

@@ -38,6 +38,7 @@ func Run(t *testing.T, open func(t *testing.T) vault.Store) {
 		{"Apply_MultiOp", testApplyMultiOp},
 		{"Apply_Delete", testApplyDelete},
 		{"Apply_DuplicateKey", testApplyDuplicateKey},
+		{"Apply_Check", testApplyCheck},
 		{"Apply_ConcurrentCAS", testApplyConcurrentCAS},
 		{"Revisions_Increase", testRevisionsIncrease},
 		{"Revisions_NotReusedAfterDelete", testRevisionsNotReusedAfterDelete},
@@ -103,7 +104,10 @@ func opsString(ops []vault.Op) string {
 			b.WriteString(", ")
 		}
 		verb := "put"
-		if op.Delete {
+		switch {
+		case op.Check:
+			verb = "check"
+		case op.Delete:
 			verb = "delete"
 		}
 		fmt.Fprintf(&b, "%s %q if %d", verb, op.Key, op.IfRev)
@@ -544,4 +548,36 @@ func testCloseTwice(t *testing.T, st vault.Store) {
 	if err := st.Close(); err != nil {
 		t.Fatalf("second Close() = %v; want nil", err)
 	}
+}
+
+// testApplyCheck: a compare-only op gates the others and writes nothing.
+func testApplyCheck(t *testing.T, st vault.Store) {
+	ctx := t.Context()
+	fence := mustApply(t, st, put("lock/k", "holder"))[0]
+	check := func(rev uint64) vault.Op { return vault.Op{Key: "lock/k", Check: true, IfRev: int64(rev)} }
+	revs := mustApply(t, st, put("conn/1", "v1"), check(fence))
+	if revs[1] != 0 {
+		t.Errorf("Apply(put, check) revision of the check = %d; want 0", revs[1])
+	}
+	wantValue(t, st, "lock/k", "holder", fence) // not rewritten
+	wantValue(t, st, "conn/1", "v1", revs[0])
+	// The fence moves on (another holder): the check fails, nothing is written.
+	mustApply(t, st, put("lock/k", "other holder"))
+	ops := []vault.Op{put("conn/1", "v2"), check(fence)}
+	if _, err := st.Apply(ctx, ops...); !errors.Is(err, vault.ErrConflict) {
+		t.Fatalf("Apply(%s) with a moved fence = %v; want ErrConflict", opsString(ops), err)
+	}
+	wantValue(t, st, "conn/1", "v1", revs[0])
+	// Gone altogether (released, expired): the same.
+	mustApply(t, st, vault.Op{Key: "lock/k", Delete: true, IfRev: vault.AnyRev})
+	if _, err := st.Apply(ctx, ops...); !errors.Is(err, vault.ErrConflict) {
+		t.Fatalf("Apply(%s) with the fence gone = %v; want ErrConflict", opsString(ops), err)
+	}
+	wantValue(t, st, "conn/1", "v1", revs[0])
+	// A check needs a revision.
+	bad := []vault.Op{put("conn/1", "v3"), {Key: "lock/k", Check: true, IfRev: vault.AnyRev}}
+	if _, err := st.Apply(ctx, bad...); err == nil {
+		t.Errorf("Apply(%s) = nil; want an error (a check without a revision)", opsString(bad))
+	}
+	wantValue(t, st, "conn/1", "v1", revs[0])
 }
