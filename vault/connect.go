@@ -202,9 +202,18 @@ func (v *Vault) saveGrant(ctx context.Context, st connectState, g Grant) (*Conne
 		}
 		c.transition(now, StatusActive, "")
 		e := newEntry(c)
+		// Follow, seeing the new record, leaves it to this flow to add.
+		v.mu.Lock()
+		v.creating[c.ID] = true
+		v.mu.Unlock()
 		e.mu.Lock()
 		err = v.commit(ctx, e, nil, c, Op{Key: ik, Value: []byte(c.ID), IfRev: int64(identRev)})
 		e.mu.Unlock()
+		if err != nil {
+			v.mu.Lock()
+			delete(v.creating, c.ID)
+			v.mu.Unlock()
+		}
 		if errors.Is(err, ErrConflict) {
 			continue // a concurrent flow for the same identity won; join it
 		}
@@ -212,6 +221,7 @@ func (v *Vault) saveGrant(ctx context.Context, st connectState, g Grant) (*Conne
 			return nil, false, err
 		}
 		v.mu.Lock()
+		delete(v.creating, c.ID)
 		v.addEntry(e)
 		i, _ := slices.BinarySearch(v.ids, c.ID)
 		v.ids = slices.Insert(v.ids, i, c.ID)

@@ -200,23 +200,41 @@ func (v *Vault) applyWithEvents(ctx context.Context, evs []Event, ops []Op) ([]u
 	o := &v.events
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	seq := o.last
-	for i := range evs {
-		seq++
-		evs[i].Sequence = seq
-		evs[i].ID = "evt_" + strings.ToLower(rand.Text())
-		key := eventKey(seq)
-		plain, err := json.Marshal(&evs[i])
-		if err != nil {
-			return nil, fmt.Errorf("vault: encode event: %w", err)
+	base := slices.Clip(ops)
+	var (
+		seq  uint64
+		revs []uint64
+		err  error
+	)
+	for attempt := 0; ; attempt++ {
+		seq = o.last
+		ops := base
+		for i := range evs {
+			seq++
+			evs[i].Sequence = seq
+			evs[i].ID = "evt_" + strings.ToLower(rand.Text())
+			key := eventKey(seq)
+			plain, err := json.Marshal(&evs[i])
+			if err != nil {
+				return nil, fmt.Errorf("vault: encode event: %w", err)
+			}
+			sealed, err := v.kr.Seal(key, plain)
+			if err != nil {
+				return nil, fmt.Errorf("vault: seal event: %w", err)
+			}
+			ops = append(ops, Op{Key: key, Value: sealed, IfRev: 0})
 		}
-		sealed, err := v.kr.Seal(key, plain)
-		if err != nil {
-			return nil, fmt.Errorf("vault: seal event: %w", err)
+		revs, err = v.store.Apply(ctx, ops...)
+		// Sharing the Store, another replica may have taken the next
+		// sequences: catch up with them and number these after them, so
+		// that every replica's events are in one order.
+		if errors.Is(err, ErrConflict) && v.shared && attempt < 5 {
+			if moved, cerr := v.catchUpEventsLocked(ctx); cerr == nil && moved {
+				continue
+			}
 		}
-		ops = append(ops, Op{Key: key, Value: sealed, IfRev: 0})
+		break
 	}
-	revs, err := v.store.Apply(ctx, ops...)
 	if err != nil {
 		return nil, err
 	}

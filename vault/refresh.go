@@ -126,8 +126,11 @@ const forceDebounce = 2 * time.Second
 // refresh is the critical section of DESIGN.md: lock, re-read, mark, call,
 // commit, publish.
 func (v *Vault) refresh(ctx context.Context, e *entry, credential string, minValid time.Duration, force bool) (Token, *Connection, error) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
+	unlock, err := v.lockRecord(ctx, e)
+	if err != nil {
+		return Token{}, nil, err
+	}
+	defer unlock()
 	c, err := v.reload(ctx, e)
 	if err != nil {
 		return Token{}, nil, err
@@ -232,10 +235,30 @@ func (v *Vault) refreshLocked(ctx context.Context, e *entry, c *Connection, cred
 		return Token{}, nil, err
 	}
 	v.failpoint(FailpointBeforeProviderCall)
-	// 2. The provider call (paced, if the Scheduler started it).
-	sendGate(ctx, c.Provider)
+	// 2. The provider call (paced, if the Scheduler started it). Under a
+	// fence across processes, right before it: the fence must outlive the
+	// call, which is bounded accordingly. The provider cannot check a
+	// fence; this margin is what keeps a paused or cut-off replica from
+	// presenting a refresh token another one already used.
+	callCtx := ctx
+	if e.fence != nil {
+		if err := v.checkFence(ctx, e, v.cfg.FencedCallTimeout); err != nil {
+			v.fencedOut(ctx, e, c.Provider, "before the provider call", err)
+			// Nothing was presented. The marker stays: whoever holds the
+			// fence next retries the refresh token once, and the provider,
+			// which never saw it, accepts it.
+			if t := marked.Grant.Token(credential); t != nil && t.ValidFor(v.now(), 0) {
+				return *t, marked, nil
+			}
+			return Token{}, nil, &ProviderError{Kind: ErrUnavailable, Code: "fence_lost"}
+		}
+		var cancel context.CancelFunc
+		callCtx, cancel = context.WithTimeout(ctx, v.cfg.FencedCallTimeout)
+		defer cancel()
+	}
+	sendGate(callCtx, c.Provider)
 	called := v.now()
-	g, perr := p.Refresh(ctx, marked.Grant.clone(), credential)
+	g, perr := p.Refresh(callCtx, marked.Grant.clone(), credential)
 	v.failpoint(FailpointAfterProviderAnswer)
 	now := v.now()
 	if v.cfg.OnRefresh != nil {
@@ -304,7 +327,25 @@ func (v *Vault) refreshLocked(ctx context.Context, e *entry, c *Connection, cred
 	next.LastRefreshedAt = now
 	next.Failures, next.LastError, next.NextRetryAt = 0, "", time.Time{}
 	keep := next.clone() // commit changes next
-	if err := v.commit(ctx, e, marked, next); err != nil {
+	err = v.commit(ctx, e, marked, next)
+	if errors.Is(err, ErrConflict) && e.fence != nil {
+		if ferr := e.fence.Check(ctx, 0); ferr != nil {
+			// Another replica may hold the connection now: write nothing.
+			// The grant is kept unseen; a later holder of the fence
+			// commits it only over the very record it was refreshed from.
+			v.fencedOut(ctx, e, c.Provider, "after the provider answered", ferr)
+			v.unsaved.Store(e.id, keep)
+			return Token{}, nil, &ProviderError{Kind: ErrUnavailable, Code: "fence_lost"}
+		}
+		// Still ours; another replica wrote the record meanwhile (a
+		// last-used time, a re-seal): put the grant over what it wrote.
+		if merged, merr := v.mergeRefreshed(ctx, e, marked, keep); merr == nil {
+			next, err = merged, nil
+		} else {
+			err = merr
+		}
+	}
+	if err != nil {
 		// The provider may have retired the stored refresh token: keep
 		// the grant it issued, unseen, for the next writer to commit,
 		// rather than burn the connection on a full disk.
@@ -319,6 +360,29 @@ func (v *Vault) refreshLocked(ctx context.Context, e *entry, c *Connection, cred
 		return Token{}, nil, &ProviderError{Kind: ErrUnavailable, Code: "credential_missing_after_refresh"}
 	}
 	return *t, next, nil
+}
+
+// mergeRefreshed commits refreshed's grant over e's record as another
+// writer left it after marked, provided the record still carries marked's
+// in-flight marker (nobody resolved this refresh meanwhile). The caller
+// holds e.mu and e's fence.
+func (v *Vault) mergeRefreshed(ctx context.Context, e *entry, marked, refreshed *Connection) (*Connection, error) {
+	cur, err := v.read(ctx, e)
+	if err != nil {
+		return nil, err
+	}
+	if cur.InFlight == nil || !cur.InFlight.StartedAt.Equal(marked.InFlight.StartedAt) || cur.Status != StatusActive {
+		return nil, fmt.Errorf("vault: refresh of %s resolved by another writer meanwhile: %w", e.id, ErrConflict)
+	}
+	next := cur.clone()
+	next.Grant = refreshed.Grant
+	next.InFlight = nil
+	next.LastRefreshedAt = refreshed.LastRefreshedAt
+	next.Failures, next.LastError, next.NextRetryAt = 0, "", time.Time{}
+	if err := v.commit(ctx, e, cur, next); err != nil {
+		return nil, err
+	}
+	return next, nil
 }
 
 // Refresh refreshes the named credential of connection id now, through the

@@ -804,8 +804,11 @@ func (v *Vault) refreshPlanned(ctx context.Context, e *entry, credential string,
 func (v *Vault) withRecord(ctx context.Context, e *entry, fn func(rctx context.Context, c *Connection) (bool, error)) (bool, error) {
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), v.cfg.RefreshTimeout)
 	defer cancel()
-	e.mu.Lock()
-	defer e.mu.Unlock()
+	unlock, err := v.lockRecord(rctx, e)
+	if err != nil {
+		return false, err
+	}
+	defer unlock()
 	c, err := v.reload(rctx, e)
 	if err != nil {
 		return false, err

@@ -57,6 +57,10 @@ type Config struct {
 	DefaultMinValid time.Duration
 	// RefreshTimeout bounds one provider refresh call; default 30 seconds.
 	RefreshTimeout time.Duration
+	// FencedCallTimeout bounds a provider refresh call made under a fence
+	// across processes (a Store that is a Fencer); default 10 seconds. The
+	// fence's lease must outlive it: it is checked right before the call.
+	FencedCallTimeout time.Duration
 	Logger         *slog.Logger
 	// Now is the clock; default time.Now.
 	Now func() time.Time
@@ -110,6 +114,10 @@ type Vault struct {
 	// (see reload) and never served before. An entry is read and written
 	// only under its connection's lock.
 	unsaved sync.Map
+
+	// What keeps several processes sharing the Store apart and in step
+	// (replicas.go).
+	followState
 }
 
 // entry is the in-memory state of one connection: its identity, which
@@ -125,6 +133,7 @@ type entry struct {
 	rev      uint64 // store revision of res; guarded by mu
 	lastUsed atomic.Int64
 	item     *schedItem // the Scheduler's; guarded by Scheduler.mu
+	fence    Fence      // held across processes, if any; guarded by mu
 }
 
 // placement is where a connection belongs: its tenant and provider, shared
@@ -147,6 +156,7 @@ func Open(ctx context.Context, cfg Config) (*Vault, error) {
 	cfg.StateTTL = cmp.Or(cfg.StateTTL, 10*time.Minute)
 	cfg.DefaultMinValid = cmp.Or(cfg.DefaultMinValid, 5*time.Minute)
 	cfg.RefreshTimeout = cmp.Or(cfg.RefreshTimeout, 30*time.Second)
+	cfg.FencedCallTimeout = cmp.Or(cfg.FencedCallTimeout, 10*time.Second)
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -167,8 +177,19 @@ func Open(ctx context.Context, cfg Config) (*Vault, error) {
 		entries: make(map[string]*entry),
 		byOwner: make(map[ownerKey][]*entry),
 	}
+	v.creating = map[string]bool{}
+	v.fencer, _ = cfg.Store.(Fencer)
 	if err := v.openOutbox(ctx); err != nil {
 		return nil, err
+	}
+	if w, ok := cfg.Store.(Watcher); ok {
+		// Follow resumes from here: what changes while the connections
+		// load is applied again, and skipped where already loaded.
+		rev, err := w.Revision(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("vault: open: %w", err)
+		}
+		v.watchFrom, v.shared = rev, true
 	}
 	all, err := v.loadConnections(ctx)
 	if err != nil {
@@ -240,6 +261,7 @@ func (v *Vault) commit(ctx context.Context, e *entry, prev, next *Connection, ex
 		return fmt.Errorf("vault: seal %s: %w", next.ID, err)
 	}
 	ops := append([]Op{{Key: key, Value: sealed, IfRev: int64(e.rev)}}, extra...)
+	ops = e.fenceOps(ops) // under a fence, only while it holds
 	revs, err := v.applyWithEvents(ctx, evs, ops)
 	if err != nil {
 		return fmt.Errorf("vault: write %s: %w", next.ID, err)

@@ -2,12 +2,13 @@ package etcd
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
+
+	"github.com/tokenvault/tokenvault/vault"
 )
 
 // DefaultLockTTL is the lease TTL of a lock when Options.LockTTL is zero:
@@ -17,7 +18,7 @@ const DefaultLockTTL = 15 * time.Second
 // ErrLockLost is returned by Lock.Check when the lock is no longer held, or
 // will not be held for as long as asked (its lease runs out sooner, or
 // cannot be checked).
-var ErrLockLost = errors.New("etcd: lock lost")
+var ErrLockLost = fmt.Errorf("etcd: lock lost: %w", vault.ErrFenceLost)
 
 // lockPrefix is where locks live, under the store's prefix.
 const lockPrefix = "lock/"
@@ -137,3 +138,6 @@ func (s *Store) revoke(id clientv3.LeaseID) {
 	defer cancel()
 	s.cli.Revoke(ctx, id) // on failure the lease runs out by itself
 }
+
+// LockTTL returns the lease TTL of the store's locks.
+func (s *Store) LockTTL() time.Duration { return s.opts.LockTTL }

@@ -8,24 +8,18 @@ import (
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/tokenvault/tokenvault/vault"
 )
 
 // ErrCompacted is returned by Watch when the history it was asked to
 // resume from has been compacted away: the caller must read the current
 // state again (Scan) and watch from its revision.
-var ErrCompacted = errors.New("etcd: watched history compacted")
+var ErrCompacted = fmt.Errorf("etcd: %w", vault.ErrCompacted)
 
-// A Change is one write of a key, as Watch reports it.
-type Change struct {
-	// Key is relative to the store's prefix.
-	Key string
-	// Value is the new value (nil for a delete); it is the caller's.
-	Value []byte
-	// Rev is the key's new revision (for a delete, the revision of the
-	// delete itself).
-	Rev     uint64
-	Deleted bool
-}
+// A Change is one write of a key, as Watch reports it: its Key is relative
+// to the store's prefix, its Value the caller's.
+type Change = vault.Change
 
 // Revision returns the cluster's current revision: every write so far has
 // a revision at most this, and Watch(after = it) reports every later one.
