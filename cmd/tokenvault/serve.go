@@ -211,7 +211,7 @@ func serve(ctx context.Context, args []string, env func(string) string, stdout, 
 		ReturnTo: cfg.ReturnTo, DefaultReturnTo: cfg.DefaultReturnTo,
 		StateTTL: cfg.StateTTL, DefaultMinValid: cfg.DefaultMinValid, Logger: log,
 		RefreshPolicies: refreshPolicies(cfg), Failpoint: failpoint(env, log),
-		OnRefresh: metrics.ObserveRefresh,
+		OnRefresh: metrics.ObserveRefresh, FencedCallTimeout: fencedCallTimeout(store),
 	})
 	if err != nil {
 		return err
@@ -250,6 +250,9 @@ func serve(ctx context.Context, args []string, env func(string) string, stdout, 
 	bgCtx, stopBG := context.WithCancel(ctx)
 	bgDone := make(chan struct{})
 	go func() { defer close(bgDone); background(bgCtx, v, log) }()
+	followDone := make(chan struct{})
+	go func() { defer close(followDone); v.Follow(bgCtx) }() // the other replicas' writes, on etcd
+	defer func() { stopBG(); <-followDone }()
 	defer func() { stopBG(); <-bgDone }() // refreshes under way commit before the store closes
 	hooksDone := make(chan struct{})
 	go func() { defer close(hooksDone); hooks.Run(bgCtx) }()

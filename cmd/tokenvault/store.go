@@ -43,6 +43,11 @@ type StoreConfig struct {
 	// MaxRequestBytes is the cluster's --max-request-bytes (default
 	// 1.5 MiB, etcd's default): larger writes are refused before sending.
 	MaxRequestBytes int `yaml:"max_request_bytes"`
+	// LockTTL is how long a replica's hold on a connection's refresh
+	// outlives the replica if it dies or loses the cluster (default 30s,
+	// whole seconds, at least 6s). A provider refresh call under it is
+	// bounded by a third of it.
+	LockTTL time.Duration `yaml:"lock_ttl"`
 }
 
 // StoreTLSConfig names the files of a TLS client.
@@ -57,6 +62,10 @@ type StoreTLSConfig struct {
 
 // defaultStorePrefix is the etcd key prefix when none is configured.
 const defaultStorePrefix = "tokenvault/"
+
+// defaultLockTTL: with it a provider call under a lock is bounded by 10s
+// (fencedCallTimeout).
+const defaultLockTTL = 30 * time.Second
 
 // openStore opens the configured store: the bbolt file in dataDir, or the
 // etcd cluster. An unreachable cluster is an error naming its endpoints.
@@ -98,6 +107,9 @@ func etcdOptions(sc *StoreConfig, env func(string) string) (etcd.Options, error)
 			return etcd.Options{}, fmt.Errorf("store: endpoint %q is https: set store.tls.ca_file", ep)
 		}
 	}
+	if sc.LockTTL != 0 && sc.LockTTL < 6*time.Second {
+		return etcd.Options{}, fmt.Errorf("store: lock_ttl %v: want at least 6s", sc.LockTTL)
+	}
 	if sc.DialTimeout < 0 || sc.RequestTimeout < 0 || sc.MaxRequestBytes < 0 {
 		return etcd.Options{}, errors.New("store: timeouts and max_request_bytes must not be negative")
 	}
@@ -107,6 +119,7 @@ func etcdOptions(sc *StoreConfig, env func(string) string) (etcd.Options, error)
 		DialTimeout:     sc.DialTimeout,
 		RequestTimeout:  sc.RequestTimeout,
 		MaxRequestBytes: sc.MaxRequestBytes,
+		LockTTL:         cmp.Or(sc.LockTTL, defaultLockTTL),
 	}
 	if t := sc.TLS; t != nil {
 		if (t.CertFile == "") != (t.KeyFile == "") {
@@ -132,4 +145,17 @@ func etcdOptions(sc *StoreConfig, env func(string) string) (etcd.Options, error)
 		return etcd.Options{}, errors.New("store: a password is set without a username")
 	}
 	return opts, nil
+}
+
+// fencedCallTimeout bounds a provider refresh call made under a replica's
+// lock on etcd: a third of the lock's TTL. The lease is renewed every
+// third of its TTL, so it has at least two thirds left when the call
+// starts: the call, a second's margin and the TTL's rounding to seconds fit
+// for any TTL of 6s or more. 0 (the vault's default) for bbolt, where
+// nothing is fenced.
+func fencedCallTimeout(st vault.Store) time.Duration {
+	if es, ok := st.(*etcd.Store); ok {
+		return es.LockTTL() / 3
+	}
+	return 0
 }
