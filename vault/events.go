@@ -295,7 +295,7 @@ func (v *Vault) Events(ctx context.Context, after uint64, limit int) ([]Event, e
 }
 
 func (v *Vault) decodeEvent(key string, sealed []byte) (Event, error) {
-	plain, err := v.kr.Open(key, sealed)
+	plain, err := v.openShared(key, sealed)
 	if err != nil {
 		return Event{}, fmt.Errorf("vault: open %s: %w", key, err)
 	}

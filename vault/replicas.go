@@ -8,6 +8,8 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
+
+	"github.com/tokenvault/tokenvault/vault/seal"
 )
 
 // What a Store shared by several processes (several replicas of the
@@ -162,6 +164,12 @@ func (v *Vault) Follow(ctx context.Context) error {
 			var evs []Event
 			for _, c := range cs {
 				switch {
+				case c.Key == seal.KeyringKey:
+					// Keys rotated by another replica: records sealed
+					// under the new term follow this change.
+					if err := v.kr.Reload(ctx); err != nil {
+						v.log.LogAttrs(ctx, slog.LevelError, "could not read the keyring another replica rotated", slog.String("err", err.Error()))
+					}
 				case strings.HasPrefix(c.Key, connPrefix):
 					v.applyChange(ctx, c)
 				case strings.HasPrefix(c.Key, eventPrefix) && !c.Deleted:
@@ -356,4 +364,23 @@ func (v *Vault) noteEventsLocked(evs []Event) {
 	for s := range o.subs {
 		s.offer(fresh)
 	}
+}
+
+// openShared opens a sealed value. Sharing the Store, a value another
+// replica sealed under a key term this one has not loaded yet (keys
+// rotated there a moment ago) opens after reading the keyring again, once.
+func (v *Vault) openShared(key string, sealed []byte) ([]byte, error) {
+	plain, err := v.kr.Open(key, sealed)
+	if err == nil || !v.shared {
+		return plain, err
+	}
+	if term, terr := seal.TermOf(sealed); terr != nil || term <= v.kr.Term() {
+		return plain, err // not a newer term: reading the keyring will not help
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if rerr := v.kr.Reload(ctx); rerr != nil {
+		return plain, err
+	}
+	return v.kr.Open(key, sealed)
 }

@@ -207,7 +207,7 @@ func Open(ctx context.Context, cfg Config) (*Vault, error) {
 }
 
 func (v *Vault) decode(key string, sealed []byte) (*Connection, error) {
-	plain, err := v.kr.Open(key, sealed)
+	plain, err := v.openShared(key, sealed)
 	if err != nil {
 		return nil, fmt.Errorf("vault: open %s: %w", key, err)
 	}

@@ -332,3 +332,31 @@ func drain(ch chan string) []string {
 	}
 }
 
+
+// Keys rotated on one replica while every replica serves: the others read
+// the new keyring as soon as a record sealed under the new term reaches
+// them, and keep serving, refreshing and following.
+func TestReplicas_RotateKeys_WhileServing(t *testing.T) {
+	c := etcdtest.Start(t, 1)
+	clk := &testClock{t: time.Date(2026, 12, 4, 12, 0, 0, 0, time.UTC)}
+	p := &rotatingProvider{lifetime: time.Hour, now: clk.Now, live: map[string]bool{}}
+	rs := startReplicas(t, c, 2, p, clk, etcd.Options{}, vault.Config{})
+	conn := connectOn(t, rs[0], rs, "alice")
+	clk.Add(3 * time.Second)
+	term, n, err := rs[0].v.RotateKeys(t.Context())
+	if err != nil || n == 0 {
+		t.Fatalf("RotateKeys = %d, %d, %v; want a new term, records re-sealed", term, n, err)
+	}
+	// Replica 1 refreshes the connection, whose record is now sealed under
+	// a term it did not have.
+	tok, _, err := rs[1].v.AccessToken(t.Context(), vault.TokenRequest{ID: conn.ID, Force: true})
+	if err != nil {
+		t.Fatalf("AccessToken on the other replica after the rotation = %v", err)
+	}
+	waitFor(t, "replica 0 to follow replica 1's refresh", func() bool {
+		got, _, err := rs[0].v.AccessToken(t.Context(), vault.TokenRequest{ID: conn.ID, MinValid: time.Second})
+		return err == nil && got.AccessToken == tok.AccessToken
+	})
+	// A connection created on replica 0 under the new term reaches 1.
+	connectOn(t, rs[0], rs, "bob")
+}
