@@ -84,7 +84,9 @@ func TestStore_Apply_TooLarge(t *testing.T) {
 		{"refused by the cluster", 8 * etcd.DefaultMaxRequestBytes},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			st := openStore(t, etcd.Options{Endpoints: c.Endpoints(), Prefix: "big/" + tt.name + "/", MaxRequestBytes: tt.limit})
+			// A generous request timeout: 1.5 MB through -race on a busy
+			// machine takes seconds.
+			st := openStore(t, etcd.Options{Endpoints: c.Endpoints(), Prefix: "big/" + tt.name + "/", MaxRequestBytes: tt.limit, RequestTimeout: time.Minute})
 			ops := []vault.Op{
 				{Key: "small", Value: []byte("fits"), IfRev: vault.AnyRev},
 				{Key: "conn/big", Value: big, IfRev: vault.AnyRev},
