@@ -135,7 +135,7 @@ func startReplicas(t *testing.T, c *etcdtest.Cluster, n int, p *rotatingProvider
 
 // connectOn runs a connect flow on r and waits until every replica has
 // the connection.
-func connectOn(t *testing.T, r *replica, all []*replica, owner string) *vault.Connection {
+func connectOn(t testing.TB, r *replica, all []*replica, owner string) *vault.Connection {
 	t.Helper()
 	u, _, err := r.v.StartConnect(t.Context(), vault.ConnectRequest{Owner: owner, Provider: "fake"})
 	if err != nil {
@@ -155,7 +155,7 @@ func connectOn(t *testing.T, r *replica, all []*replica, owner string) *vault.Co
 	return res.Connection
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
+func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
 		if cond() {
@@ -304,8 +304,19 @@ func TestReplicas_Follow(t *testing.T) {
 	t.Logf("propagation of a refreshed token to another replica over %d refreshes: p50 %v, p99 %v, max %v",
 		len(delays), delays[len(delays)/2], delays[len(delays)*99/100], delays[len(delays)-1])
 
+	// Events: a subscriber on replica 0 sees what replica 2 writes, in
+	// one order with replica 0's own.
+	last, _ := rs[0].v.LastEventSequence()
+	sub := rs[0].v.Subscribe(last, 16)
+	defer sub.Close()
 	if _, err := rs[2].v.Revoke(t.Context(), conn.ID, ""); err != nil {
 		t.Fatal(err)
+	}
+	ectx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	ev, err := sub.Next(ectx)
+	cancel()
+	if err != nil || ev.Type != vault.EventRevoked || ev.Sequence != last+1 {
+		t.Errorf("replica 0's subscriber got %+v, %v; want the revocation replica 2 wrote, sequence %d", ev.Type, err, last+1)
 	}
 	waitFor(t, "the revocation on replica 0", func() bool {
 		_, _, err := rs[0].v.AccessToken(t.Context(), vault.TokenRequest{ID: conn.ID})
