@@ -61,7 +61,7 @@ type Config struct {
 	// across processes (a Store that is a Fencer); default 10 seconds. The
 	// fence's lease must outlive it: it is checked right before the call.
 	FencedCallTimeout time.Duration
-	Logger         *slog.Logger
+	Logger            *slog.Logger
 	// Now is the clock; default time.Now.
 	Now func() time.Time
 	// OnRefresh, if set, is told the outcome (RefreshOK, ...) and duration

@@ -33,20 +33,20 @@ import (
 // replicaSet is several real sidecar processes sharing one etcd cluster,
 // against one strict fake authorization server.
 type replicaSet struct {
-	t     *testing.T
-	ctx   context.Context
-	bin   string
-	dir   string
-	etcd  *etcdtest.Cluster
-	fake  *providertest.Server
-	mk    string
-	http  []string // each replica's fixed HTTP address
+	t    *testing.T
+	ctx  context.Context
+	bin  string
+	dir  string
+	etcd *etcdtest.Cluster
+	fake *providertest.Server
+	mk   string
+	http []string // each replica's fixed HTTP address
 	// ingress is every replica's public URL, as an application's ingress
 	// would be; it forwards to replica route.
 	ingress *httptest.Server
 	route   atomic.Int32
-	procs []*replicaProc
-	logs  []*syncBuffer
+	procs   []*replicaProc
+	logs    []*syncBuffer
 }
 
 type replicaProc struct {

@@ -343,7 +343,6 @@ func drain(ch chan string) []string {
 	}
 }
 
-
 // Keys rotated on one replica while every replica serves: the others read
 // the new keyring as soon as a record sealed under the new term reaches
 // them, and keep serving, refreshing and following.
