@@ -249,10 +249,8 @@ func (v *Vault) applyChange(ctx context.Context, ch Change) {
 	}
 	if ch.Deleted {
 		v.mu.Lock()
-		if e, ok := v.entries[id]; ok {
-			delete(v.entries, id)
-			k := ownerKey{e.owner, e.provider}
-			v.byOwner[k] = slices.DeleteFunc(v.byOwner[k], func(o *entry) bool { return o == e })
+		if _, ok := v.entries[id]; ok {
+			v.removeEntry(id)
 			if i, found := slices.BinarySearch(v.ids, id); found {
 				v.ids = slices.Delete(v.ids, i, i+1)
 			}
