@@ -29,7 +29,7 @@ VERSION       ?= $(shell git describe --tags --always --dirty 2>/dev/null || ech
 IMAGE_OUT     ?= $(BIN)/image/tokenvault
 IMAGE_LDFLAGS := -s -w -X main.version=$(VERSION)
 
-.PHONY: run test lint vet generate check-generated tools bench build clean node-test browser test-deps image-binary
+.PHONY: run test lint vet generate check-generated tools bench build clean node-test browser test-deps image-binary deploy-test
 
 ## run: the sidecar in dev mode (no config; sandbox provider built in)
 run:
@@ -48,6 +48,13 @@ image-binary:
 ## curl and openssl, which test-deps installs)
 test: lint check-generated browser node-test test-deps
 	TOKENVAULT_BIN=$(BIN)/tokenvault $(GO) test -race -count=1 -timeout 20m ./...
+	$(MAKE) deploy-test
+
+## deploy-test: the Kubernetes manifests rendered (kustomize's Go API) and every
+## object strictly decoded into its k8s.io/api type and checked; a module of its
+## own (deploy/go.mod), so the Kubernetes libraries stay out of the sidecar's
+deploy-test:
+	cd deploy && $(GO) test -count=1 -timeout 10m ./...
 
 ## test-deps: the Debian tools tests drive as the README does, where missing:
 ## curl (the JSON gateway walkthrough) and openssl (the shell webhook verifier)
@@ -96,6 +103,7 @@ lint: tools vet
 
 vet:
 	$(GO) vet ./...
+	cd deploy && $(GO) vet ./...
 
 generate: tools
 	$(BUF) generate
