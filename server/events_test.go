@@ -173,7 +173,8 @@ func TestWatchEvents_Errors(t *testing.T) {
 func TestWatchEvents_SlowSubscriberEndsAndResumes(t *testing.T) {
 	server.SetWatchBuffer(t, 16) // before any stream starts
 	e := newEnv(t, providertest.Options{})
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	// Bounds only the wait: making the events takes minutes on a loaded machine.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	// The smallest windows gRPC allows, so the transport holds few events.
 	conn, err := grpc.NewClient("passthrough:///bufnet",
@@ -191,9 +192,13 @@ func TestWatchEvents_SlowSubscriberEndsAndResumes(t *testing.T) {
 	}
 	// Not reading: the window and the server's write quota (64 KiB each)
 	// and the buffer of 16 events fill up well before this many events.
-	const total = 1000
+	// Each event carries its fields at their longest (about 1.7 KiB), so
+	// about a hundred do (with short fields it took some 760).
+	const total = 300
+	long := func(i, n int) string { return fmt.Sprintf("%d-%s", i, strings.Repeat("x", n))[:n] }
 	for i := range total {
-		e.connectFast(fmt.Sprint("owner", i))
+		e.connectFast(vault.ConnectRequest{Owner: long(i, 256), Tenant: long(i, 256),
+			Label: long(i, 128), Purpose: long(i, 1024)})
 	}
 	var last uint64
 	for {
@@ -225,11 +230,12 @@ func TestWatchEvents_SlowSubscriberEndsAndResumes(t *testing.T) {
 	}
 }
 
-// connectFast stores a connection through the vault's own flow against the
-// fake, without gRPC, to make events quickly.
-func (e *env) connectFast(owner string) {
+// connectFast stores a connection to acme through the vault's own flow
+// against the fake, without gRPC, to make events quickly.
+func (e *env) connectFast(req vault.ConnectRequest) {
 	e.t.Helper()
-	u, _, err := e.v.StartConnect(context.Background(), vault.ConnectRequest{Owner: owner, Provider: "acme"})
+	req.Provider = "acme"
+	u, _, err := e.v.StartConnect(context.Background(), req)
 	if err != nil {
 		e.t.Fatal(err)
 	}
