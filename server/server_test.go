@@ -39,7 +39,7 @@ import (
 // Every call needs a credential: api and admin use the operator key; dial
 // makes clients with the others (testKeys).
 type env struct {
-	t       *testing.T
+	t       testing.TB
 	clock   *clock
 	fake    *providertest.Server
 	api     tvv1.TokenVaultServiceClient
@@ -65,7 +65,7 @@ var testKeys = map[string]string{
 	"not-a-key": "tvk_test_unknown_key_000000000",
 }
 
-func testAuth(t *testing.T) *server.Auth {
+func testAuth(t testing.TB) *server.Auth {
 	t.Helper()
 	a, err := server.NewAuth([]server.APIKey{
 		{Name: "ops", Key: testKeys["ops"], Access: server.Access{Role: server.RoleOperator}},
@@ -109,13 +109,13 @@ func (e *env) dial(name string) *grpc.ClientConn {
 	return conn
 }
 
-func newEnv(t *testing.T, fo providertest.Options) *env {
+func newEnv(t testing.TB, fo providertest.Options) *env {
 	t.Helper()
 	return newEnvWith(t, fo, nil)
 }
 
 // newEnvWith is newEnv with the provider's configuration edited.
-func newEnvWith(t *testing.T, fo providertest.Options, edit func(*providers.OAuth2Config)) *env {
+func newEnvWith(t testing.TB, fo providertest.Options, edit func(*providers.OAuth2Config)) *env {
 	t.Helper()
 	e := &env{t: t, clock: &clock{t: time.Now()}, metrics: server.NewMetrics()}
 	fo.Now = e.clock.Now
