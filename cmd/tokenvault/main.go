@@ -2,6 +2,7 @@
 //
 //	tokenvault serve [--dev] [--config FILE] [flags]
 //	tokenvault connections list|get|revoke|validate [flags]
+//	tokenvault connect OWNER PROVIDER [flags]
 //	tokenvault token CONNECTION_ID [flags]
 //	tokenvault token --owner OWNER --provider PROVIDER [--label LABEL] [flags]
 //	tokenvault keys rotate
@@ -34,6 +35,7 @@ Usage:
   tokenvault connections get CONNECTION_ID [-o json]
   tokenvault connections revoke CONNECTION_ID [--reason R]
   tokenvault connections validate CONNECTION_ID [-o json]
+  tokenvault connect OWNER PROVIDER [--scopes S,S] [--return-to URL] [--label L]   print a URL to connect
   tokenvault token CONNECTION_ID [--min-valid 5m] [--force] [--credential NAME]
   tokenvault token --owner OWNER --provider PROVIDER [--label LABEL] [--tenant TENANT] [...]
   tokenvault keys rotate
@@ -62,6 +64,8 @@ func Main(ctx context.Context, args []string, env func(string) string, stdout, s
 		err = serve(ctx, args[1:], env, stdout, stderr)
 	case "connections":
 		err = connectionsCmd(ctx, args[1:], env, stdout)
+	case "connect":
+		err = connectCmd(ctx, args[1:], env, stdout)
 	case "token":
 		err = tokenCmd(ctx, args[1:], env, stdout)
 	case "keys":
