@@ -15,6 +15,8 @@ GRPC_GATEWAY_VERSION       := v2.34.0
 # grpcurl drives the running sidecar in cmd/tokenvault/grpcurl_test.go, as
 # an operator would.
 GRPCURL_VERSION            := v1.9.4
+# helm lints and renders deploy/helm/tokenvault (make deploy-test).
+HELM_VERSION               := v4.3.2
 # The Node.js client's generator (protoc-gen-es), its compiler and its
 # runtime come from client/node's lock file.
 NPM           ?= npm
@@ -50,11 +52,17 @@ test: lint check-generated browser node-test test-deps
 	TOKENVAULT_BIN=$(BIN)/tokenvault $(GO) test -race -count=1 -timeout 20m ./...
 	$(MAKE) deploy-test
 
-## deploy-test: the Kubernetes manifests rendered (kustomize's Go API) and every
-## object strictly decoded into its k8s.io/api type and checked; a module of its
-## own (deploy/go.mod), so the Kubernetes libraries stay out of the sidecar's
-deploy-test:
-	cd deploy && $(GO) test -count=1 -timeout 10m ./...
+## deploy-test: the Kubernetes manifests (kustomize's Go API) and the Helm chart
+## (the pinned helm: lint, template) rendered, every object strictly decoded into
+## its k8s.io/api type and checked; a module of its own (deploy/go.mod), so the
+## Kubernetes libraries stay out of the sidecar's
+deploy-test: $(BIN)/helm
+	cd deploy && TOKENVAULT_HELM=$(BIN)/helm $(GO) test -count=1 -timeout 10m ./...
+
+# helm lints and renders the chart in deploy-test (built from the module
+# proxy: about 9 CPU-minutes cold, once per machine).
+$(BIN)/helm:
+	GOBIN=$(BIN) $(GO) install helm.sh/helm/v4/cmd/helm@$(HELM_VERSION)
 
 ## test-deps: the Debian tools tests drive as the README does, where missing:
 ## curl (the JSON gateway walkthrough) and openssl (the shell webhook verifier)
