@@ -54,7 +54,8 @@ export async function startSidecar(opts: SidecarOptions = {}): Promise<Sidecar> 
   const dataDir = opts.dataDir ?? join(dir, "data");
   const readyFile = join(dir, "ready.json");
   const args = ["serve", "--dev", "--data-dir", dataDir, "--grpc-addr", opts.grpcAddr ?? "127.0.0.1:0",
-    "--http-addr", "127.0.0.1:0", "--ready-file", readyFile, "--log-level", "warn"];
+    "--public-addr", "127.0.0.1:0", "--health-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0",
+    "--ready-file", readyFile, "--log-level", "warn"];
   if (opts.config !== undefined) {
     const path = join(dir, "config.yaml");
     await writeFile(path, opts.config, { mode: 0o600 });
