@@ -409,6 +409,9 @@ const (
 	opRefresh   = "refresh"
 	opRevoke    = "revoke"
 	opValidate  = "validate"
+	// opMigrate trades a credential for another of the same grant (Slack's
+	// oauth.v2.exchange); unlike opExchange, a rejection blames the grant.
+	opMigrate = "migrate"
 )
 
 // tokenError classifies a failed answer of a token endpoint (or of any

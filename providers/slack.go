@@ -68,6 +68,7 @@ var slackErrors = map[string]Class{
 	"missing_scope":           ClassReauth,
 	"no_permission":           ClassReauth,
 	"team_access_not_granted": ClassReauth,
+	"invalid_token":           ClassReauth, // oauth.v2.exchange: the legacy token is dead
 	// The access token expired; the grant may be live: refresh.
 	"token_expired": ClassTransient,
 	"ratelimited":   ClassTransient,
@@ -88,11 +89,13 @@ var slackErrors = map[string]Class{
 	"not_authed":                       ClassConfig,
 	"pkce_not_allowed":                 ClassConfig, // we sent PKCE to an app without it
 	"no_scopes":                        ClassConfig,
+	"token_rotation_not_enabled":       ClassConfig, // oauth.v2.exchange before rotation was turned on
 	// This code or this user cannot complete the install.
 	"invalid_code":                        ClassInvalidRequest,
 	"invalid_code_verifier":               ClassInvalidRequest,
 	"cannot_install_an_org_installed_app": ClassInvalidRequest,
 	"user_email_unverified":               ClassInvalidRequest,
+	"token_already_exchanged":             ClassInvalidRequest, // oauth.v2.exchange, a spent legacy token
 }
 
 // NewSlack returns the Slack provider. cfg.Scopes are the default bot
@@ -402,4 +405,48 @@ func (p *Slack) bearerCall(ctx context.Context, op, method, token string) (*http
 	}
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	return p.send(ctx, op, req)
+}
+
+// ErrNothingToExchange is returned by ExchangeLegacy for a grant whose
+// credentials all rotate already.
+var ErrNothingToExchange = errors.New("providers: no non-expiring token to exchange")
+
+// ExchangeLegacy trades each non-expiring credential of g (a token issued
+// before the app turned token rotation on) for a rotating one at
+// oauth.v2.exchange, and returns the whole updated grant. Credentials that
+// already rotate are kept as they are, so a grant exchanged before returns
+// ErrNothingToExchange and nothing is sent. The legacy token is sent once;
+// Slack answers token_already_exchanged if it was spent, and
+// token_rotation_not_enabled (a configuration error) if the app has not
+// turned rotation on.
+func (p *Slack) ExchangeLegacy(ctx context.Context, g Grant) (Grant, error) {
+	out := cloneGrant(g)
+	exchanged := 0
+	for i, t := range g.Tokens {
+		if t.RefreshToken != "" || !t.Expiry.IsZero() || t.AccessToken == "" {
+			continue
+		}
+		now := p.cfg.Now()
+		form := url.Values{"token": {t.AccessToken}}
+		res, err := p.post(ctx, opMigrate, p.opts["api_base"]+"/oauth.v2.exchange", form, p.clientAuth(AuthStyleInParams))
+		if err != nil {
+			return Grant{}, err
+		}
+		tr, err := p.read(opMigrate, res)
+		if err != nil {
+			return Grant{}, err
+		}
+		if tr.AccessToken == "" || tr.RefreshToken == "" {
+			return Grant{}, p.classify(opMigrate, res, "", slackErrors)
+		}
+		nt := refreshedToken(t, tr, now)
+		nt.TokenType = "Bearer"
+		out.Tokens[i] = nt
+		exchanged++
+	}
+	if exchanged == 0 {
+		return Grant{}, ErrNothingToExchange
+	}
+	out.Scopes = slackScopes(out)
+	return out, nil
 }

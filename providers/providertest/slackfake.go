@@ -35,6 +35,7 @@ func (s *Service) slackRoutes(mux *http.ServeMux) {
 		s.authorizeReq(w, r, bot, user)
 	})
 	mux.HandleFunc("POST /api/oauth.v2.access", s.slackAccess)
+	mux.HandleFunc("POST /api/oauth.v2.exchange", s.slackExchange)
 	mux.HandleFunc("POST /api/auth.revoke", func(w http.ResponseWriter, r *http.Request) {
 		s.mu.Lock()
 		defer s.mu.Unlock()
