@@ -114,6 +114,65 @@ func (ConnectionStatus) EnumDescriptor() ([]byte, []int) {
 	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{0}
 }
 
+// ImportOutcome is what happened to one imported record.
+type ImportOutcome int32
+
+const (
+	ImportOutcome_IMPORT_OUTCOME_UNSPECIFIED ImportOutcome = 0
+	ImportOutcome_IMPORT_OUTCOME_IMPORTED    ImportOutcome = 1
+	// A connection with the same (owner, provider, label) exists.
+	ImportOutcome_IMPORT_OUTCOME_DUPLICATE ImportOutcome = 2
+	// The record is invalid; reason says why.
+	ImportOutcome_IMPORT_OUTCOME_REFUSED ImportOutcome = 3
+	// dry_run: the record would be imported.
+	ImportOutcome_IMPORT_OUTCOME_VALID ImportOutcome = 4
+)
+
+// Enum value maps for ImportOutcome.
+var (
+	ImportOutcome_name = map[int32]string{
+		0: "IMPORT_OUTCOME_UNSPECIFIED",
+		1: "IMPORT_OUTCOME_IMPORTED",
+		2: "IMPORT_OUTCOME_DUPLICATE",
+		3: "IMPORT_OUTCOME_REFUSED",
+		4: "IMPORT_OUTCOME_VALID",
+	}
+	ImportOutcome_value = map[string]int32{
+		"IMPORT_OUTCOME_UNSPECIFIED": 0,
+		"IMPORT_OUTCOME_IMPORTED":    1,
+		"IMPORT_OUTCOME_DUPLICATE":   2,
+		"IMPORT_OUTCOME_REFUSED":     3,
+		"IMPORT_OUTCOME_VALID":       4,
+	}
+)
+
+func (x ImportOutcome) Enum() *ImportOutcome {
+	p := new(ImportOutcome)
+	*p = x
+	return p
+}
+
+func (x ImportOutcome) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ImportOutcome) Descriptor() protoreflect.EnumDescriptor {
+	return file_tokenvault_v1_tokenvault_proto_enumTypes[1].Descriptor()
+}
+
+func (ImportOutcome) Type() protoreflect.EnumType {
+	return &file_tokenvault_v1_tokenvault_proto_enumTypes[1]
+}
+
+func (x ImportOutcome) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ImportOutcome.Descriptor instead.
+func (ImportOutcome) EnumDescriptor() ([]byte, []int) {
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{1}
+}
+
 // Connection is one end user's grant at one provider, without token material.
 type Connection struct {
 	state        protoimpl.MessageState `protogen:"open.v1"`
@@ -149,7 +208,16 @@ type Connection struct {
 	Generation uint64 `protobuf:"varint,20,opt,name=generation,proto3" json:"generation,omitempty"`
 	// The names of the connection's credentials; "" is the primary one. Slack
 	// connections may also have "user".
-	Credentials   []string `protobuf:"bytes,21,rep,name=credentials,proto3" json:"credentials,omitempty"`
+	Credentials []string `protobuf:"bytes,21,rep,name=credentials,proto3" json:"credentials,omitempty"`
+	// The application's own labels on this connection (bounded: at most 32
+	// keys, keys up to 64 bytes, values up to 256 bytes).
+	AppMetadata map[string]string `protobuf:"bytes,22,rep,name=app_metadata,json=appMetadata,proto3" json:"app_metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// The credential (API key name, or "uid:<n>" on the unix socket) that
+	// created the connection: the owning application.
+	CreatedBy string `protobuf:"bytes,23,opt,name=created_by,json=createdBy,proto3" json:"created_by,omitempty"`
+	// True if the connection was brought in by ImportConnections rather
+	// than by a connect flow.
+	Imported      bool `protobuf:"varint,24,opt,name=imported,proto3" json:"imported,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -329,6 +397,27 @@ func (x *Connection) GetCredentials() []string {
 		return x.Credentials
 	}
 	return nil
+}
+
+func (x *Connection) GetAppMetadata() map[string]string {
+	if x != nil {
+		return x.AppMetadata
+	}
+	return nil
+}
+
+func (x *Connection) GetCreatedBy() string {
+	if x != nil {
+		return x.CreatedBy
+	}
+	return ""
+}
+
+func (x *Connection) GetImported() bool {
+	if x != nil {
+		return x.Imported
+	}
+	return false
 }
 
 // ConnectionSelector names a connection by its owner and provider instead
@@ -610,7 +699,10 @@ type StartConnectRequest struct {
 	Label    string `protobuf:"bytes,6,opt,name=label,proto3" json:"label,omitempty"`
 	Purpose  string `protobuf:"bytes,7,opt,name=purpose,proto3" json:"purpose,omitempty"`
 	// Provider options for this flow (e.g. Salesforce "host", Slack "team").
-	Options       map[string]string `protobuf:"bytes,8,rep,name=options,proto3" json:"options,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Options map[string]string `protobuf:"bytes,8,rep,name=options,proto3" json:"options,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// Application metadata to set on the connection the flow creates (or
+	// to merge into the one it reconnects).
+	AppMetadata   map[string]string `protobuf:"bytes,9,rep,name=app_metadata,json=appMetadata,proto3" json:"app_metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -697,6 +789,13 @@ func (x *StartConnectRequest) GetPurpose() string {
 func (x *StartConnectRequest) GetOptions() map[string]string {
 	if x != nil {
 		return x.Options
+	}
+	return nil
+}
+
+func (x *StartConnectRequest) GetAppMetadata() map[string]string {
+	if x != nil {
+		return x.AppMetadata
 	}
 	return nil
 }
@@ -861,8 +960,11 @@ type ListConnectionsRequest struct {
 	Status   ConnectionStatus `protobuf:"varint,3,opt,name=status,proto3,enum=tokenvault.v1.ConnectionStatus" json:"status,omitempty"`
 	Tenant   string           `protobuf:"bytes,4,opt,name=tenant,proto3" json:"tenant,omitempty"`
 	// At most 1000; default 100.
-	PageSize      int32  `protobuf:"varint,5,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
-	PageToken     string `protobuf:"bytes,6,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	PageSize  int32  `protobuf:"varint,5,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	PageToken string `protobuf:"bytes,6,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	// Only connections carrying every one of these application metadata
+	// pairs.
+	AppMetadata   map[string]string `protobuf:"bytes,7,rep,name=app_metadata,json=appMetadata,proto3" json:"app_metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -937,6 +1039,13 @@ func (x *ListConnectionsRequest) GetPageToken() string {
 		return x.PageToken
 	}
 	return ""
+}
+
+func (x *ListConnectionsRequest) GetAppMetadata() map[string]string {
+	if x != nil {
+		return x.AppMetadata
+	}
+	return nil
 }
 
 type ListConnectionsResponse struct {
@@ -1108,6 +1217,328 @@ func (x *RevokeConnectionResponse) GetProviderError() string {
 	return ""
 }
 
+type UpdateConnectionRequest struct {
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	ConnectionId string                 `protobuf:"bytes,1,opt,name=connection_id,json=connectionId,proto3" json:"connection_id,omitempty"`
+	// Application metadata to set (added, or replacing the value of a key).
+	SetAppMetadata map[string]string `protobuf:"bytes,2,rep,name=set_app_metadata,json=setAppMetadata,proto3" json:"set_app_metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// Application metadata keys to remove. A key may not be both set and
+	// removed.
+	RemoveAppMetadata []string `protobuf:"bytes,3,rep,name=remove_app_metadata,json=removeAppMetadata,proto3" json:"remove_app_metadata,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *UpdateConnectionRequest) Reset() {
+	*x = UpdateConnectionRequest{}
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateConnectionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateConnectionRequest) ProtoMessage() {}
+
+func (x *UpdateConnectionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateConnectionRequest.ProtoReflect.Descriptor instead.
+func (*UpdateConnectionRequest) Descriptor() ([]byte, []int) {
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *UpdateConnectionRequest) GetConnectionId() string {
+	if x != nil {
+		return x.ConnectionId
+	}
+	return ""
+}
+
+func (x *UpdateConnectionRequest) GetSetAppMetadata() map[string]string {
+	if x != nil {
+		return x.SetAppMetadata
+	}
+	return nil
+}
+
+func (x *UpdateConnectionRequest) GetRemoveAppMetadata() []string {
+	if x != nil {
+		return x.RemoveAppMetadata
+	}
+	return nil
+}
+
+type UpdateConnectionResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Connection    *Connection            `protobuf:"bytes,1,opt,name=connection,proto3" json:"connection,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateConnectionResponse) Reset() {
+	*x = UpdateConnectionResponse{}
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateConnectionResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateConnectionResponse) ProtoMessage() {}
+
+func (x *UpdateConnectionResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateConnectionResponse.ProtoReflect.Descriptor instead.
+func (*UpdateConnectionResponse) Descriptor() ([]byte, []int) {
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *UpdateConnectionResponse) GetConnection() *Connection {
+	if x != nil {
+		return x.Connection
+	}
+	return nil
+}
+
+type DeleteConnectionRequest struct {
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	ConnectionId string                 `protobuf:"bytes,1,opt,name=connection_id,json=connectionId,proto3" json:"connection_id,omitempty"`
+	// Why, for the audit and the event (e.g. "user_closed_account").
+	Reason        string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteConnectionRequest) Reset() {
+	*x = DeleteConnectionRequest{}
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteConnectionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteConnectionRequest) ProtoMessage() {}
+
+func (x *DeleteConnectionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteConnectionRequest.ProtoReflect.Descriptor instead.
+func (*DeleteConnectionRequest) Descriptor() ([]byte, []int) {
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *DeleteConnectionRequest) GetConnectionId() string {
+	if x != nil {
+		return x.ConnectionId
+	}
+	return ""
+}
+
+func (x *DeleteConnectionRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+type DeleteConnectionResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// True if the grant was revoked at the provider (or was dead already).
+	ProviderRevoked bool `protobuf:"varint,1,opt,name=provider_revoked,json=providerRevoked,proto3" json:"provider_revoked,omitempty"`
+	// Why revocation at the provider failed, if it did; the record is
+	// deleted regardless.
+	ProviderError string `protobuf:"bytes,2,opt,name=provider_error,json=providerError,proto3" json:"provider_error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteConnectionResponse) Reset() {
+	*x = DeleteConnectionResponse{}
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteConnectionResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteConnectionResponse) ProtoMessage() {}
+
+func (x *DeleteConnectionResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteConnectionResponse.ProtoReflect.Descriptor instead.
+func (*DeleteConnectionResponse) Descriptor() ([]byte, []int) {
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *DeleteConnectionResponse) GetProviderRevoked() bool {
+	if x != nil {
+		return x.ProviderRevoked
+	}
+	return false
+}
+
+func (x *DeleteConnectionResponse) GetProviderError() string {
+	if x != nil {
+		return x.ProviderError
+	}
+	return ""
+}
+
+type DeleteOwnerRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Owner         string                 `protobuf:"bytes,1,opt,name=owner,proto3" json:"owner,omitempty"`
+	Reason        string                 `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteOwnerRequest) Reset() {
+	*x = DeleteOwnerRequest{}
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteOwnerRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteOwnerRequest) ProtoMessage() {}
+
+func (x *DeleteOwnerRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteOwnerRequest.ProtoReflect.Descriptor instead.
+func (*DeleteOwnerRequest) Descriptor() ([]byte, []int) {
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *DeleteOwnerRequest) GetOwner() string {
+	if x != nil {
+		return x.Owner
+	}
+	return ""
+}
+
+func (x *DeleteOwnerRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+type DeleteOwnerResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The connections deleted.
+	ConnectionIds []string `protobuf:"bytes,1,rep,name=connection_ids,json=connectionIds,proto3" json:"connection_ids,omitempty"`
+	// How many of them could not be revoked at the provider (they are
+	// deleted all the same).
+	ProviderFailures int32 `protobuf:"varint,2,opt,name=provider_failures,json=providerFailures,proto3" json:"provider_failures,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *DeleteOwnerResponse) Reset() {
+	*x = DeleteOwnerResponse{}
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteOwnerResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteOwnerResponse) ProtoMessage() {}
+
+func (x *DeleteOwnerResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteOwnerResponse.ProtoReflect.Descriptor instead.
+func (*DeleteOwnerResponse) Descriptor() ([]byte, []int) {
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *DeleteOwnerResponse) GetConnectionIds() []string {
+	if x != nil {
+		return x.ConnectionIds
+	}
+	return nil
+}
+
+func (x *DeleteOwnerResponse) GetProviderFailures() int32 {
+	if x != nil {
+		return x.ProviderFailures
+	}
+	return 0
+}
+
 type ValidateConnectionRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	ConnectionId  string                 `protobuf:"bytes,1,opt,name=connection_id,json=connectionId,proto3" json:"connection_id,omitempty"`
@@ -1117,7 +1548,7 @@ type ValidateConnectionRequest struct {
 
 func (x *ValidateConnectionRequest) Reset() {
 	*x = ValidateConnectionRequest{}
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[12]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1129,7 +1560,7 @@ func (x *ValidateConnectionRequest) String() string {
 func (*ValidateConnectionRequest) ProtoMessage() {}
 
 func (x *ValidateConnectionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[12]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1142,7 +1573,7 @@ func (x *ValidateConnectionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ValidateConnectionRequest.ProtoReflect.Descriptor instead.
 func (*ValidateConnectionRequest) Descriptor() ([]byte, []int) {
-	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{12}
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ValidateConnectionRequest) GetConnectionId() string {
@@ -1164,7 +1595,7 @@ type ValidateConnectionResponse struct {
 
 func (x *ValidateConnectionResponse) Reset() {
 	*x = ValidateConnectionResponse{}
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[13]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1176,7 +1607,7 @@ func (x *ValidateConnectionResponse) String() string {
 func (*ValidateConnectionResponse) ProtoMessage() {}
 
 func (x *ValidateConnectionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[13]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1189,7 +1620,7 @@ func (x *ValidateConnectionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ValidateConnectionResponse.ProtoReflect.Descriptor instead.
 func (*ValidateConnectionResponse) Descriptor() ([]byte, []int) {
-	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{13}
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ValidateConnectionResponse) GetConnection() *Connection {
@@ -1214,7 +1645,7 @@ type ListProvidersRequest struct {
 
 func (x *ListProvidersRequest) Reset() {
 	*x = ListProvidersRequest{}
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[14]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1226,7 +1657,7 @@ func (x *ListProvidersRequest) String() string {
 func (*ListProvidersRequest) ProtoMessage() {}
 
 func (x *ListProvidersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[14]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1239,7 +1670,7 @@ func (x *ListProvidersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListProvidersRequest.ProtoReflect.Descriptor instead.
 func (*ListProvidersRequest) Descriptor() ([]byte, []int) {
-	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{14}
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{20}
 }
 
 type ListProvidersResponse struct {
@@ -1251,7 +1682,7 @@ type ListProvidersResponse struct {
 
 func (x *ListProvidersResponse) Reset() {
 	*x = ListProvidersResponse{}
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[15]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1263,7 +1694,7 @@ func (x *ListProvidersResponse) String() string {
 func (*ListProvidersResponse) ProtoMessage() {}
 
 func (x *ListProvidersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[15]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1276,7 +1707,7 @@ func (x *ListProvidersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListProvidersResponse.ProtoReflect.Descriptor instead.
 func (*ListProvidersResponse) Descriptor() ([]byte, []int) {
-	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{15}
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ListProvidersResponse) GetProviders() []*Provider {
@@ -1309,7 +1740,7 @@ type Provider struct {
 
 func (x *Provider) Reset() {
 	*x = Provider{}
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[16]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1321,7 +1752,7 @@ func (x *Provider) String() string {
 func (*Provider) ProtoMessage() {}
 
 func (x *Provider) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[16]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1334,7 +1765,7 @@ func (x *Provider) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Provider.ProtoReflect.Descriptor instead.
 func (*Provider) Descriptor() ([]byte, []int) {
-	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{16}
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *Provider) GetName() string {
@@ -1407,6 +1838,563 @@ func (x *Provider) GetSupportsValidation() bool {
 	return false
 }
 
+// ImportedCredential is one credential of an imported grant.
+type ImportedCredential struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "" for the primary credential; Slack's user token is "user".
+	Name         string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	AccessToken  string `protobuf:"bytes,2,opt,name=access_token,json=accessToken,proto3" json:"access_token,omitempty"`
+	RefreshToken string `protobuf:"bytes,3,opt,name=refresh_token,json=refreshToken,proto3" json:"refresh_token,omitempty"`
+	// When the access token expires; unset: it does not. An expiry already
+	// past is refused unless a refresh token comes with it.
+	ExpireTime    *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=expire_time,json=expireTime,proto3" json:"expire_time,omitempty"`
+	TokenType     string                 `protobuf:"bytes,5,opt,name=token_type,json=tokenType,proto3" json:"token_type,omitempty"`
+	Scopes        []string               `protobuf:"bytes,6,rep,name=scopes,proto3" json:"scopes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ImportedCredential) Reset() {
+	*x = ImportedCredential{}
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ImportedCredential) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ImportedCredential) ProtoMessage() {}
+
+func (x *ImportedCredential) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ImportedCredential.ProtoReflect.Descriptor instead.
+func (*ImportedCredential) Descriptor() ([]byte, []int) {
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *ImportedCredential) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ImportedCredential) GetAccessToken() string {
+	if x != nil {
+		return x.AccessToken
+	}
+	return ""
+}
+
+func (x *ImportedCredential) GetRefreshToken() string {
+	if x != nil {
+		return x.RefreshToken
+	}
+	return ""
+}
+
+func (x *ImportedCredential) GetExpireTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpireTime
+	}
+	return nil
+}
+
+func (x *ImportedCredential) GetTokenType() string {
+	if x != nil {
+		return x.TokenType
+	}
+	return ""
+}
+
+func (x *ImportedCredential) GetScopes() []string {
+	if x != nil {
+		return x.Scopes
+	}
+	return nil
+}
+
+// ImportedConnection is one grant to import.
+type ImportedConnection struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Owner    string                 `protobuf:"bytes,1,opt,name=owner,proto3" json:"owner,omitempty"`
+	Tenant   string                 `protobuf:"bytes,2,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	Provider string                 `protobuf:"bytes,3,opt,name=provider,proto3" json:"provider,omitempty"`
+	Label    string                 `protobuf:"bytes,4,opt,name=label,proto3" json:"label,omitempty"`
+	Purpose  string                 `protobuf:"bytes,5,opt,name=purpose,proto3" json:"purpose,omitempty"`
+	// Provider account fields (Slack team_id, Salesforce instance_url, ...),
+	// as the provider's connect flow would have stored them.
+	Metadata map[string]string `protobuf:"bytes,6,rep,name=metadata,proto3" json:"metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// The provider account's readable id (a Slack team id, a GitHub login).
+	Account     string                `protobuf:"bytes,7,opt,name=account,proto3" json:"account,omitempty"`
+	Credentials []*ImportedCredential `protobuf:"bytes,8,rep,name=credentials,proto3" json:"credentials,omitempty"`
+	AppMetadata map[string]string     `protobuf:"bytes,9,rep,name=app_metadata,json=appMetadata,proto3" json:"app_metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// Scopes the application had asked for; empty: the granted ones.
+	RequestedScopes []string `protobuf:"bytes,10,rep,name=requested_scopes,json=requestedScopes,proto3" json:"requested_scopes,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *ImportedConnection) Reset() {
+	*x = ImportedConnection{}
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ImportedConnection) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ImportedConnection) ProtoMessage() {}
+
+func (x *ImportedConnection) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ImportedConnection.ProtoReflect.Descriptor instead.
+func (*ImportedConnection) Descriptor() ([]byte, []int) {
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *ImportedConnection) GetOwner() string {
+	if x != nil {
+		return x.Owner
+	}
+	return ""
+}
+
+func (x *ImportedConnection) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *ImportedConnection) GetProvider() string {
+	if x != nil {
+		return x.Provider
+	}
+	return ""
+}
+
+func (x *ImportedConnection) GetLabel() string {
+	if x != nil {
+		return x.Label
+	}
+	return ""
+}
+
+func (x *ImportedConnection) GetPurpose() string {
+	if x != nil {
+		return x.Purpose
+	}
+	return ""
+}
+
+func (x *ImportedConnection) GetMetadata() map[string]string {
+	if x != nil {
+		return x.Metadata
+	}
+	return nil
+}
+
+func (x *ImportedConnection) GetAccount() string {
+	if x != nil {
+		return x.Account
+	}
+	return ""
+}
+
+func (x *ImportedConnection) GetCredentials() []*ImportedCredential {
+	if x != nil {
+		return x.Credentials
+	}
+	return nil
+}
+
+func (x *ImportedConnection) GetAppMetadata() map[string]string {
+	if x != nil {
+		return x.AppMetadata
+	}
+	return nil
+}
+
+func (x *ImportedConnection) GetRequestedScopes() []string {
+	if x != nil {
+		return x.RequestedScopes
+	}
+	return nil
+}
+
+type ImportConnectionsRequest struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Connections []*ImportedConnection  `protobuf:"bytes,1,rep,name=connections,proto3" json:"connections,omitempty"`
+	// Validate and report without writing anything.
+	DryRun bool `protobuf:"varint,2,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	// Ask the provider once per imported grant (validate, or refresh where
+	// it cannot validate); a dead grant is imported as NEEDS_REAUTH.
+	Verify        bool `protobuf:"varint,3,opt,name=verify,proto3" json:"verify,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ImportConnectionsRequest) Reset() {
+	*x = ImportConnectionsRequest{}
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ImportConnectionsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ImportConnectionsRequest) ProtoMessage() {}
+
+func (x *ImportConnectionsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ImportConnectionsRequest.ProtoReflect.Descriptor instead.
+func (*ImportConnectionsRequest) Descriptor() ([]byte, []int) {
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *ImportConnectionsRequest) GetConnections() []*ImportedConnection {
+	if x != nil {
+		return x.Connections
+	}
+	return nil
+}
+
+func (x *ImportConnectionsRequest) GetDryRun() bool {
+	if x != nil {
+		return x.DryRun
+	}
+	return false
+}
+
+func (x *ImportConnectionsRequest) GetVerify() bool {
+	if x != nil {
+		return x.Verify
+	}
+	return false
+}
+
+type ImportResult struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The record's position in the request, from 0.
+	Index   int32         `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
+	Outcome ImportOutcome `protobuf:"varint,2,opt,name=outcome,proto3,enum=tokenvault.v1.ImportOutcome" json:"outcome,omitempty"`
+	// The new connection (IMPORTED) or the existing one (DUPLICATE).
+	ConnectionId string `protobuf:"bytes,3,opt,name=connection_id,json=connectionId,proto3" json:"connection_id,omitempty"`
+	// Why it was refused, or "invalid_grant" etc. when verify found the
+	// grant dead. Never holds token material.
+	Reason string `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	// The connection's status after import (NEEDS_REAUTH when verify found
+	// the grant dead).
+	Status        ConnectionStatus `protobuf:"varint,5,opt,name=status,proto3,enum=tokenvault.v1.ConnectionStatus" json:"status,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ImportResult) Reset() {
+	*x = ImportResult{}
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ImportResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ImportResult) ProtoMessage() {}
+
+func (x *ImportResult) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ImportResult.ProtoReflect.Descriptor instead.
+func (*ImportResult) Descriptor() ([]byte, []int) {
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *ImportResult) GetIndex() int32 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *ImportResult) GetOutcome() ImportOutcome {
+	if x != nil {
+		return x.Outcome
+	}
+	return ImportOutcome_IMPORT_OUTCOME_UNSPECIFIED
+}
+
+func (x *ImportResult) GetConnectionId() string {
+	if x != nil {
+		return x.ConnectionId
+	}
+	return ""
+}
+
+func (x *ImportResult) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *ImportResult) GetStatus() ConnectionStatus {
+	if x != nil {
+		return x.Status
+	}
+	return ConnectionStatus_CONNECTION_STATUS_UNSPECIFIED
+}
+
+type ImportConnectionsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Results       []*ImportResult        `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ImportConnectionsResponse) Reset() {
+	*x = ImportConnectionsResponse{}
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ImportConnectionsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ImportConnectionsResponse) ProtoMessage() {}
+
+func (x *ImportConnectionsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ImportConnectionsResponse.ProtoReflect.Descriptor instead.
+func (*ImportConnectionsResponse) Descriptor() ([]byte, []int) {
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *ImportConnectionsResponse) GetResults() []*ImportResult {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
+type ExchangeLegacyTokensRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Provider      string                 `protobuf:"bytes,1,opt,name=provider,proto3" json:"provider,omitempty"`
+	DryRun        bool                   `protobuf:"varint,2,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExchangeLegacyTokensRequest) Reset() {
+	*x = ExchangeLegacyTokensRequest{}
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExchangeLegacyTokensRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExchangeLegacyTokensRequest) ProtoMessage() {}
+
+func (x *ExchangeLegacyTokensRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExchangeLegacyTokensRequest.ProtoReflect.Descriptor instead.
+func (*ExchangeLegacyTokensRequest) Descriptor() ([]byte, []int) {
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *ExchangeLegacyTokensRequest) GetProvider() string {
+	if x != nil {
+		return x.Provider
+	}
+	return ""
+}
+
+func (x *ExchangeLegacyTokensRequest) GetDryRun() bool {
+	if x != nil {
+		return x.DryRun
+	}
+	return false
+}
+
+type ExchangeResult struct {
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	ConnectionId string                 `protobuf:"bytes,1,opt,name=connection_id,json=connectionId,proto3" json:"connection_id,omitempty"`
+	// "exchanged", "skipped" (rotating already, or not active), "would_exchange"
+	// (dry_run) or "failed".
+	Outcome string `protobuf:"bytes,2,opt,name=outcome,proto3" json:"outcome,omitempty"`
+	// Why it failed (the provider's error code), or why it was skipped.
+	Reason        string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExchangeResult) Reset() {
+	*x = ExchangeResult{}
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExchangeResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExchangeResult) ProtoMessage() {}
+
+func (x *ExchangeResult) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExchangeResult.ProtoReflect.Descriptor instead.
+func (*ExchangeResult) Descriptor() ([]byte, []int) {
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *ExchangeResult) GetConnectionId() string {
+	if x != nil {
+		return x.ConnectionId
+	}
+	return ""
+}
+
+func (x *ExchangeResult) GetOutcome() string {
+	if x != nil {
+		return x.Outcome
+	}
+	return ""
+}
+
+func (x *ExchangeResult) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+type ExchangeLegacyTokensResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Results       []*ExchangeResult      `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExchangeLegacyTokensResponse) Reset() {
+	*x = ExchangeLegacyTokensResponse{}
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExchangeLegacyTokensResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExchangeLegacyTokensResponse) ProtoMessage() {}
+
+func (x *ExchangeLegacyTokensResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExchangeLegacyTokensResponse.ProtoReflect.Descriptor instead.
+func (*ExchangeLegacyTokensResponse) Descriptor() ([]byte, []int) {
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *ExchangeLegacyTokensResponse) GetResults() []*ExchangeResult {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
 type RotateKeysRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -1415,7 +2403,7 @@ type RotateKeysRequest struct {
 
 func (x *RotateKeysRequest) Reset() {
 	*x = RotateKeysRequest{}
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[17]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1427,7 +2415,7 @@ func (x *RotateKeysRequest) String() string {
 func (*RotateKeysRequest) ProtoMessage() {}
 
 func (x *RotateKeysRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[17]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1440,7 +2428,7 @@ func (x *RotateKeysRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateKeysRequest.ProtoReflect.Descriptor instead.
 func (*RotateKeysRequest) Descriptor() ([]byte, []int) {
-	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{17}
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{31}
 }
 
 type RotateKeysResponse struct {
@@ -1455,7 +2443,7 @@ type RotateKeysResponse struct {
 
 func (x *RotateKeysResponse) Reset() {
 	*x = RotateKeysResponse{}
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[18]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1467,7 +2455,7 @@ func (x *RotateKeysResponse) String() string {
 func (*RotateKeysResponse) ProtoMessage() {}
 
 func (x *RotateKeysResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[18]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1480,7 +2468,7 @@ func (x *RotateKeysResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateKeysResponse.ProtoReflect.Descriptor instead.
 func (*RotateKeysResponse) Descriptor() ([]byte, []int) {
-	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{18}
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *RotateKeysResponse) GetTerm() uint32 {
@@ -1503,7 +2491,8 @@ type Event struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	EventId string                 `protobuf:"bytes,1,opt,name=event_id,json=eventId,proto3" json:"event_id,omitempty"`
 	// "connection.created", "connection.reconnected", "connection.needs_reauth",
-	// "connection.recovered", "connection.revoked", "connection.scopes_changed".
+	// "connection.recovered", "connection.revoked", "connection.scopes_changed",
+	// "connection.deleted".
 	Type string `protobuf:"bytes,2,opt,name=type,proto3" json:"type,omitempty"`
 	// Position in the sidecar's event log; increases by one per event.
 	Sequence uint64 `protobuf:"varint,3,opt,name=sequence,proto3" json:"sequence,omitempty"`
@@ -1513,14 +2502,16 @@ type Event struct {
 	// The connection after the change, without token material.
 	Connection *Connection `protobuf:"bytes,6,opt,name=connection,proto3" json:"connection,omitempty"`
 	// Why, e.g. "invalid_grant" for connection.needs_reauth.
-	Reason        string `protobuf:"bytes,7,opt,name=reason,proto3" json:"reason,omitempty"`
+	Reason string `protobuf:"bytes,7,opt,name=reason,proto3" json:"reason,omitempty"`
+	// True on the connection.created event of an imported connection.
+	Imported      bool `protobuf:"varint,8,opt,name=imported,proto3" json:"imported,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[19]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1532,7 +2523,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[19]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1545,7 +2536,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{19}
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *Event) GetEventId() string {
@@ -1597,6 +2588,13 @@ func (x *Event) GetReason() string {
 	return ""
 }
 
+func (x *Event) GetImported() bool {
+	if x != nil {
+		return x.Imported
+	}
+	return false
+}
+
 type WatchEventsRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	AfterSequence uint64                 `protobuf:"varint,1,opt,name=after_sequence,json=afterSequence,proto3" json:"after_sequence,omitempty"`
@@ -1608,7 +2606,7 @@ type WatchEventsRequest struct {
 
 func (x *WatchEventsRequest) Reset() {
 	*x = WatchEventsRequest{}
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[20]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1620,7 +2618,7 @@ func (x *WatchEventsRequest) String() string {
 func (*WatchEventsRequest) ProtoMessage() {}
 
 func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[20]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1633,7 +2631,7 @@ func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEventsRequest.ProtoReflect.Descriptor instead.
 func (*WatchEventsRequest) Descriptor() ([]byte, []int) {
-	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{20}
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *WatchEventsRequest) GetAfterSequence() uint64 {
@@ -1659,7 +2657,7 @@ type WatchEventsResponse struct {
 
 func (x *WatchEventsResponse) Reset() {
 	*x = WatchEventsResponse{}
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[21]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1671,7 +2669,7 @@ func (x *WatchEventsResponse) String() string {
 func (*WatchEventsResponse) ProtoMessage() {}
 
 func (x *WatchEventsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[21]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1684,7 +2682,7 @@ func (x *WatchEventsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEventsResponse.ProtoReflect.Descriptor instead.
 func (*WatchEventsResponse) Descriptor() ([]byte, []int) {
-	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{21}
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *WatchEventsResponse) GetEvent() *Event {
@@ -1718,7 +2716,7 @@ type AuditEvent struct {
 
 func (x *AuditEvent) Reset() {
 	*x = AuditEvent{}
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[22]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1730,7 +2728,7 @@ func (x *AuditEvent) String() string {
 func (*AuditEvent) ProtoMessage() {}
 
 func (x *AuditEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[22]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1743,7 +2741,7 @@ func (x *AuditEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditEvent.ProtoReflect.Descriptor instead.
 func (*AuditEvent) Descriptor() ([]byte, []int) {
-	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{22}
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *AuditEvent) GetAuditId() string {
@@ -1824,7 +2822,7 @@ type ListAuditEventsRequest struct {
 
 func (x *ListAuditEventsRequest) Reset() {
 	*x = ListAuditEventsRequest{}
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[23]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1836,7 +2834,7 @@ func (x *ListAuditEventsRequest) String() string {
 func (*ListAuditEventsRequest) ProtoMessage() {}
 
 func (x *ListAuditEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[23]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1849,7 +2847,7 @@ func (x *ListAuditEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAuditEventsRequest.ProtoReflect.Descriptor instead.
 func (*ListAuditEventsRequest) Descriptor() ([]byte, []int) {
-	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{23}
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *ListAuditEventsRequest) GetConnectionId() string {
@@ -1897,7 +2895,7 @@ type ListAuditEventsResponse struct {
 
 func (x *ListAuditEventsResponse) Reset() {
 	*x = ListAuditEventsResponse{}
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[24]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1909,7 +2907,7 @@ func (x *ListAuditEventsResponse) String() string {
 func (*ListAuditEventsResponse) ProtoMessage() {}
 
 func (x *ListAuditEventsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[24]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1922,7 +2920,7 @@ func (x *ListAuditEventsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAuditEventsResponse.ProtoReflect.Descriptor instead.
 func (*ListAuditEventsResponse) Descriptor() ([]byte, []int) {
-	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{24}
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *ListAuditEventsResponse) GetEvents() []*AuditEvent {
@@ -1943,7 +2941,7 @@ var File_tokenvault_v1_tokenvault_proto protoreflect.FileDescriptor
 
 const file_tokenvault_v1_tokenvault_proto_rawDesc = "" +
 	"\n" +
-	"\x1etokenvault/v1/tokenvault.proto\x12\rtokenvault.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf8\a\n" +
+	"\x1etokenvault/v1/tokenvault.proto\x12\rtokenvault.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc2\t\n" +
 	"\n" +
 	"Connection\x12#\n" +
 	"\rconnection_id\x18\x01 \x01(\tR\fconnectionId\x12\x14\n" +
@@ -1971,8 +2969,15 @@ const file_tokenvault_v1_tokenvault_proto_rawDesc = "" +
 	"\n" +
 	"generation\x18\x14 \x01(\x04R\n" +
 	"generation\x12 \n" +
-	"\vcredentials\x18\x15 \x03(\tR\vcredentials\x1a;\n" +
+	"\vcredentials\x18\x15 \x03(\tR\vcredentials\x12M\n" +
+	"\fapp_metadata\x18\x16 \x03(\v2*.tokenvault.v1.Connection.AppMetadataEntryR\vappMetadata\x12\x1d\n" +
+	"\n" +
+	"created_by\x18\x17 \x01(\tR\tcreatedBy\x12\x1a\n" +
+	"\bimported\x18\x18 \x01(\bR\bimported\x1a;\n" +
 	"\rMetadataEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a>\n" +
+	"\x10AppMetadataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"t\n" +
 	"\x12ConnectionSelector\x12\x14\n" +
@@ -2001,7 +3006,7 @@ const file_tokenvault_v1_tokenvault_proto_rawDesc = "" +
 	"\bprovider\x18\b \x01(\tR\bprovider\x1a;\n" +
 	"\rMetadataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xcb\x02\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xe3\x03\n" +
 	"\x13StartConnectRequest\x12\x14\n" +
 	"\x05owner\x18\x01 \x01(\tR\x05owner\x12\x16\n" +
 	"\x06tenant\x18\x02 \x01(\tR\x06tenant\x12\x1a\n" +
@@ -2010,8 +3015,12 @@ const file_tokenvault_v1_tokenvault_proto_rawDesc = "" +
 	"\treturn_to\x18\x05 \x01(\tR\breturnTo\x12\x14\n" +
 	"\x05label\x18\x06 \x01(\tR\x05label\x12\x18\n" +
 	"\apurpose\x18\a \x01(\tR\apurpose\x12I\n" +
-	"\aoptions\x18\b \x03(\v2/.tokenvault.v1.StartConnectRequest.OptionsEntryR\aoptions\x1a:\n" +
+	"\aoptions\x18\b \x03(\v2/.tokenvault.v1.StartConnectRequest.OptionsEntryR\aoptions\x12V\n" +
+	"\fapp_metadata\x18\t \x03(\v23.tokenvault.v1.StartConnectRequest.AppMetadataEntryR\vappMetadata\x1a:\n" +
 	"\fOptionsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a>\n" +
+	"\x10AppMetadataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x80\x01\n" +
 	"\x14StartConnectResponse\x12+\n" +
@@ -2024,7 +3033,7 @@ const file_tokenvault_v1_tokenvault_proto_rawDesc = "" +
 	"\x15GetConnectionResponse\x129\n" +
 	"\n" +
 	"connection\x18\x01 \x01(\v2\x19.tokenvault.v1.ConnectionR\n" +
-	"connection\"\xd7\x01\n" +
+	"connection\"\xf2\x02\n" +
 	"\x16ListConnectionsRequest\x12\x14\n" +
 	"\x05owner\x18\x01 \x01(\tR\x05owner\x12\x1a\n" +
 	"\bprovider\x18\x02 \x01(\tR\bprovider\x127\n" +
@@ -2032,7 +3041,11 @@ const file_tokenvault_v1_tokenvault_proto_rawDesc = "" +
 	"\x06tenant\x18\x04 \x01(\tR\x06tenant\x12\x1b\n" +
 	"\tpage_size\x18\x05 \x01(\x05R\bpageSize\x12\x1d\n" +
 	"\n" +
-	"page_token\x18\x06 \x01(\tR\tpageToken\"~\n" +
+	"page_token\x18\x06 \x01(\tR\tpageToken\x12Y\n" +
+	"\fapp_metadata\x18\a \x03(\v26.tokenvault.v1.ListConnectionsRequest.AppMetadataEntryR\vappMetadata\x1a>\n" +
+	"\x10AppMetadataEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"~\n" +
 	"\x17ListConnectionsResponse\x12;\n" +
 	"\vconnections\x18\x01 \x03(\v2\x19.tokenvault.v1.ConnectionR\vconnections\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"V\n" +
@@ -2044,7 +3057,30 @@ const file_tokenvault_v1_tokenvault_proto_rawDesc = "" +
 	"connection\x18\x01 \x01(\v2\x19.tokenvault.v1.ConnectionR\n" +
 	"connection\x12)\n" +
 	"\x10provider_revoked\x18\x02 \x01(\bR\x0fproviderRevoked\x12%\n" +
-	"\x0eprovider_error\x18\x03 \x01(\tR\rproviderError\"@\n" +
+	"\x0eprovider_error\x18\x03 \x01(\tR\rproviderError\"\x97\x02\n" +
+	"\x17UpdateConnectionRequest\x12#\n" +
+	"\rconnection_id\x18\x01 \x01(\tR\fconnectionId\x12d\n" +
+	"\x10set_app_metadata\x18\x02 \x03(\v2:.tokenvault.v1.UpdateConnectionRequest.SetAppMetadataEntryR\x0esetAppMetadata\x12.\n" +
+	"\x13remove_app_metadata\x18\x03 \x03(\tR\x11removeAppMetadata\x1aA\n" +
+	"\x13SetAppMetadataEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"U\n" +
+	"\x18UpdateConnectionResponse\x129\n" +
+	"\n" +
+	"connection\x18\x01 \x01(\v2\x19.tokenvault.v1.ConnectionR\n" +
+	"connection\"V\n" +
+	"\x17DeleteConnectionRequest\x12#\n" +
+	"\rconnection_id\x18\x01 \x01(\tR\fconnectionId\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"l\n" +
+	"\x18DeleteConnectionResponse\x12)\n" +
+	"\x10provider_revoked\x18\x01 \x01(\bR\x0fproviderRevoked\x12%\n" +
+	"\x0eprovider_error\x18\x02 \x01(\tR\rproviderError\"B\n" +
+	"\x12DeleteOwnerRequest\x12\x14\n" +
+	"\x05owner\x18\x01 \x01(\tR\x05owner\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"i\n" +
+	"\x13DeleteOwnerResponse\x12%\n" +
+	"\x0econnection_ids\x18\x01 \x03(\tR\rconnectionIds\x12+\n" +
+	"\x11provider_failures\x18\x02 \x01(\x05R\x10providerFailures\"@\n" +
 	"\x19ValidateConnectionRequest\x12#\n" +
 	"\rconnection_id\x18\x01 \x01(\tR\fconnectionId\"k\n" +
 	"\x1aValidateConnectionResponse\x129\n" +
@@ -2066,11 +3102,59 @@ const file_tokenvault_v1_tokenvault_proto_rawDesc = "" +
 	"\tclient_id\x18\b \x01(\tR\bclientId\x12!\n" +
 	"\fredirect_url\x18\t \x01(\tR\vredirectUrl\x12/\n" +
 	"\x13supports_validation\x18\n" +
-	" \x01(\bR\x12supportsValidation\"\x13\n" +
+	" \x01(\bR\x12supportsValidation\"\xe4\x01\n" +
+	"\x12ImportedCredential\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12!\n" +
+	"\faccess_token\x18\x02 \x01(\tR\vaccessToken\x12#\n" +
+	"\rrefresh_token\x18\x03 \x01(\tR\frefreshToken\x12;\n" +
+	"\vexpire_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"expireTime\x12\x1d\n" +
+	"\n" +
+	"token_type\x18\x05 \x01(\tR\ttokenType\x12\x16\n" +
+	"\x06scopes\x18\x06 \x03(\tR\x06scopes\"\xb9\x04\n" +
+	"\x12ImportedConnection\x12\x14\n" +
+	"\x05owner\x18\x01 \x01(\tR\x05owner\x12\x16\n" +
+	"\x06tenant\x18\x02 \x01(\tR\x06tenant\x12\x1a\n" +
+	"\bprovider\x18\x03 \x01(\tR\bprovider\x12\x14\n" +
+	"\x05label\x18\x04 \x01(\tR\x05label\x12\x18\n" +
+	"\apurpose\x18\x05 \x01(\tR\apurpose\x12K\n" +
+	"\bmetadata\x18\x06 \x03(\v2/.tokenvault.v1.ImportedConnection.MetadataEntryR\bmetadata\x12\x18\n" +
+	"\aaccount\x18\a \x01(\tR\aaccount\x12C\n" +
+	"\vcredentials\x18\b \x03(\v2!.tokenvault.v1.ImportedCredentialR\vcredentials\x12U\n" +
+	"\fapp_metadata\x18\t \x03(\v22.tokenvault.v1.ImportedConnection.AppMetadataEntryR\vappMetadata\x12)\n" +
+	"\x10requested_scopes\x18\n" +
+	" \x03(\tR\x0frequestedScopes\x1a;\n" +
+	"\rMetadataEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a>\n" +
+	"\x10AppMetadataEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x90\x01\n" +
+	"\x18ImportConnectionsRequest\x12C\n" +
+	"\vconnections\x18\x01 \x03(\v2!.tokenvault.v1.ImportedConnectionR\vconnections\x12\x17\n" +
+	"\adry_run\x18\x02 \x01(\bR\x06dryRun\x12\x16\n" +
+	"\x06verify\x18\x03 \x01(\bR\x06verify\"\xd2\x01\n" +
+	"\fImportResult\x12\x14\n" +
+	"\x05index\x18\x01 \x01(\x05R\x05index\x126\n" +
+	"\aoutcome\x18\x02 \x01(\x0e2\x1c.tokenvault.v1.ImportOutcomeR\aoutcome\x12#\n" +
+	"\rconnection_id\x18\x03 \x01(\tR\fconnectionId\x12\x16\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason\x127\n" +
+	"\x06status\x18\x05 \x01(\x0e2\x1f.tokenvault.v1.ConnectionStatusR\x06status\"R\n" +
+	"\x19ImportConnectionsResponse\x125\n" +
+	"\aresults\x18\x01 \x03(\v2\x1b.tokenvault.v1.ImportResultR\aresults\"R\n" +
+	"\x1bExchangeLegacyTokensRequest\x12\x1a\n" +
+	"\bprovider\x18\x01 \x01(\tR\bprovider\x12\x17\n" +
+	"\adry_run\x18\x02 \x01(\bR\x06dryRun\"g\n" +
+	"\x0eExchangeResult\x12#\n" +
+	"\rconnection_id\x18\x01 \x01(\tR\fconnectionId\x12\x18\n" +
+	"\aoutcome\x18\x02 \x01(\tR\aoutcome\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\"W\n" +
+	"\x1cExchangeLegacyTokensResponse\x127\n" +
+	"\aresults\x18\x01 \x03(\v2\x1d.tokenvault.v1.ExchangeResultR\aresults\"\x13\n" +
 	"\x11RotateKeysRequest\"F\n" +
 	"\x12RotateKeysResponse\x12\x12\n" +
 	"\x04term\x18\x01 \x01(\rR\x04term\x12\x1c\n" +
-	"\trewrapped\x18\x02 \x01(\x03R\trewrapped\"\x86\x02\n" +
+	"\trewrapped\x18\x02 \x01(\x03R\trewrapped\"\xa2\x02\n" +
 	"\x05Event\x12\x19\n" +
 	"\bevent_id\x18\x01 \x01(\tR\aeventId\x12\x12\n" +
 	"\x04type\x18\x02 \x01(\tR\x04type\x12\x1a\n" +
@@ -2080,7 +3164,8 @@ const file_tokenvault_v1_tokenvault_proto_rawDesc = "" +
 	"\n" +
 	"connection\x18\x06 \x01(\v2\x19.tokenvault.v1.ConnectionR\n" +
 	"connection\x12\x16\n" +
-	"\x06reason\x18\a \x01(\tR\x06reason\"Q\n" +
+	"\x06reason\x18\a \x01(\tR\x06reason\x12\x1a\n" +
+	"\bimported\x18\b \x01(\bR\bimported\"Q\n" +
 	"\x12WatchEventsRequest\x12%\n" +
 	"\x0eafter_sequence\x18\x01 \x01(\x04R\rafterSequence\x12\x14\n" +
 	"\x05types\x18\x02 \x03(\tR\x05types\"A\n" +
@@ -2111,20 +3196,31 @@ const file_tokenvault_v1_tokenvault_proto_rawDesc = "" +
 	"\x1dCONNECTION_STATUS_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18CONNECTION_STATUS_ACTIVE\x10\x01\x12\"\n" +
 	"\x1eCONNECTION_STATUS_NEEDS_REAUTH\x10\x02\x12\x1d\n" +
-	"\x19CONNECTION_STATUS_REVOKED\x10\x032\x8d\x06\n" +
+	"\x19CONNECTION_STATUS_REVOKED\x10\x03*\xa0\x01\n" +
+	"\rImportOutcome\x12\x1e\n" +
+	"\x1aIMPORT_OUTCOME_UNSPECIFIED\x10\x00\x12\x1b\n" +
+	"\x17IMPORT_OUTCOME_IMPORTED\x10\x01\x12\x1c\n" +
+	"\x18IMPORT_OUTCOME_DUPLICATE\x10\x02\x12\x1a\n" +
+	"\x16IMPORT_OUTCOME_REFUSED\x10\x03\x12\x18\n" +
+	"\x14IMPORT_OUTCOME_VALID\x10\x042\xad\b\n" +
 	"\x11TokenVaultService\x12]\n" +
 	"\x0eGetAccessToken\x12$.tokenvault.v1.GetAccessTokenRequest\x1a%.tokenvault.v1.GetAccessTokenResponse\x12W\n" +
 	"\fStartConnect\x12\".tokenvault.v1.StartConnectRequest\x1a#.tokenvault.v1.StartConnectResponse\x12Z\n" +
 	"\rGetConnection\x12#.tokenvault.v1.GetConnectionRequest\x1a$.tokenvault.v1.GetConnectionResponse\x12`\n" +
 	"\x0fListConnections\x12%.tokenvault.v1.ListConnectionsRequest\x1a&.tokenvault.v1.ListConnectionsResponse\x12c\n" +
 	"\x10RevokeConnection\x12&.tokenvault.v1.RevokeConnectionRequest\x1a'.tokenvault.v1.RevokeConnectionResponse\x12i\n" +
-	"\x12ValidateConnection\x12(.tokenvault.v1.ValidateConnectionRequest\x1a).tokenvault.v1.ValidateConnectionResponse\x12Z\n" +
+	"\x12ValidateConnection\x12(.tokenvault.v1.ValidateConnectionRequest\x1a).tokenvault.v1.ValidateConnectionResponse\x12c\n" +
+	"\x10UpdateConnection\x12&.tokenvault.v1.UpdateConnectionRequest\x1a'.tokenvault.v1.UpdateConnectionResponse\x12c\n" +
+	"\x10DeleteConnection\x12&.tokenvault.v1.DeleteConnectionRequest\x1a'.tokenvault.v1.DeleteConnectionResponse\x12T\n" +
+	"\vDeleteOwner\x12!.tokenvault.v1.DeleteOwnerRequest\x1a\".tokenvault.v1.DeleteOwnerResponse\x12Z\n" +
 	"\rListProviders\x12#.tokenvault.v1.ListProvidersRequest\x1a$.tokenvault.v1.ListProvidersResponse\x12V\n" +
-	"\vWatchEvents\x12!.tokenvault.v1.WatchEventsRequest\x1a\".tokenvault.v1.WatchEventsResponse0\x012\xc3\x01\n" +
+	"\vWatchEvents\x12!.tokenvault.v1.WatchEventsRequest\x1a\".tokenvault.v1.WatchEventsResponse0\x012\x9c\x03\n" +
 	"\fAdminService\x12Q\n" +
 	"\n" +
 	"RotateKeys\x12 .tokenvault.v1.RotateKeysRequest\x1a!.tokenvault.v1.RotateKeysResponse\x12`\n" +
-	"\x0fListAuditEvents\x12%.tokenvault.v1.ListAuditEventsRequest\x1a&.tokenvault.v1.ListAuditEventsResponseBCZAgithub.com/tokenvault/tokenvault/proto/tokenvault/v1;tokenvaultv1b\x06proto3"
+	"\x0fListAuditEvents\x12%.tokenvault.v1.ListAuditEventsRequest\x1a&.tokenvault.v1.ListAuditEventsResponse\x12f\n" +
+	"\x11ImportConnections\x12'.tokenvault.v1.ImportConnectionsRequest\x1a(.tokenvault.v1.ImportConnectionsResponse\x12o\n" +
+	"\x14ExchangeLegacyTokens\x12*.tokenvault.v1.ExchangeLegacyTokensRequest\x1a+.tokenvault.v1.ExchangeLegacyTokensResponseBCZAgithub.com/tokenvault/tokenvault/proto/tokenvault/v1;tokenvaultv1b\x06proto3"
 
 var (
 	file_tokenvault_v1_tokenvault_proto_rawDescOnce sync.Once
@@ -2138,93 +3234,138 @@ func file_tokenvault_v1_tokenvault_proto_rawDescGZIP() []byte {
 	return file_tokenvault_v1_tokenvault_proto_rawDescData
 }
 
-var file_tokenvault_v1_tokenvault_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_tokenvault_v1_tokenvault_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
+var file_tokenvault_v1_tokenvault_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_tokenvault_v1_tokenvault_proto_msgTypes = make([]protoimpl.MessageInfo, 48)
 var file_tokenvault_v1_tokenvault_proto_goTypes = []any{
-	(ConnectionStatus)(0),              // 0: tokenvault.v1.ConnectionStatus
-	(*Connection)(nil),                 // 1: tokenvault.v1.Connection
-	(*ConnectionSelector)(nil),         // 2: tokenvault.v1.ConnectionSelector
-	(*GetAccessTokenRequest)(nil),      // 3: tokenvault.v1.GetAccessTokenRequest
-	(*GetAccessTokenResponse)(nil),     // 4: tokenvault.v1.GetAccessTokenResponse
-	(*StartConnectRequest)(nil),        // 5: tokenvault.v1.StartConnectRequest
-	(*StartConnectResponse)(nil),       // 6: tokenvault.v1.StartConnectResponse
-	(*GetConnectionRequest)(nil),       // 7: tokenvault.v1.GetConnectionRequest
-	(*GetConnectionResponse)(nil),      // 8: tokenvault.v1.GetConnectionResponse
-	(*ListConnectionsRequest)(nil),     // 9: tokenvault.v1.ListConnectionsRequest
-	(*ListConnectionsResponse)(nil),    // 10: tokenvault.v1.ListConnectionsResponse
-	(*RevokeConnectionRequest)(nil),    // 11: tokenvault.v1.RevokeConnectionRequest
-	(*RevokeConnectionResponse)(nil),   // 12: tokenvault.v1.RevokeConnectionResponse
-	(*ValidateConnectionRequest)(nil),  // 13: tokenvault.v1.ValidateConnectionRequest
-	(*ValidateConnectionResponse)(nil), // 14: tokenvault.v1.ValidateConnectionResponse
-	(*ListProvidersRequest)(nil),       // 15: tokenvault.v1.ListProvidersRequest
-	(*ListProvidersResponse)(nil),      // 16: tokenvault.v1.ListProvidersResponse
-	(*Provider)(nil),                   // 17: tokenvault.v1.Provider
-	(*RotateKeysRequest)(nil),          // 18: tokenvault.v1.RotateKeysRequest
-	(*RotateKeysResponse)(nil),         // 19: tokenvault.v1.RotateKeysResponse
-	(*Event)(nil),                      // 20: tokenvault.v1.Event
-	(*WatchEventsRequest)(nil),         // 21: tokenvault.v1.WatchEventsRequest
-	(*WatchEventsResponse)(nil),        // 22: tokenvault.v1.WatchEventsResponse
-	(*AuditEvent)(nil),                 // 23: tokenvault.v1.AuditEvent
-	(*ListAuditEventsRequest)(nil),     // 24: tokenvault.v1.ListAuditEventsRequest
-	(*ListAuditEventsResponse)(nil),    // 25: tokenvault.v1.ListAuditEventsResponse
-	nil,                                // 26: tokenvault.v1.Connection.MetadataEntry
-	nil,                                // 27: tokenvault.v1.GetAccessTokenResponse.MetadataEntry
-	nil,                                // 28: tokenvault.v1.StartConnectRequest.OptionsEntry
-	(*timestamppb.Timestamp)(nil),      // 29: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),        // 30: google.protobuf.Duration
+	(ConnectionStatus)(0),                // 0: tokenvault.v1.ConnectionStatus
+	(ImportOutcome)(0),                   // 1: tokenvault.v1.ImportOutcome
+	(*Connection)(nil),                   // 2: tokenvault.v1.Connection
+	(*ConnectionSelector)(nil),           // 3: tokenvault.v1.ConnectionSelector
+	(*GetAccessTokenRequest)(nil),        // 4: tokenvault.v1.GetAccessTokenRequest
+	(*GetAccessTokenResponse)(nil),       // 5: tokenvault.v1.GetAccessTokenResponse
+	(*StartConnectRequest)(nil),          // 6: tokenvault.v1.StartConnectRequest
+	(*StartConnectResponse)(nil),         // 7: tokenvault.v1.StartConnectResponse
+	(*GetConnectionRequest)(nil),         // 8: tokenvault.v1.GetConnectionRequest
+	(*GetConnectionResponse)(nil),        // 9: tokenvault.v1.GetConnectionResponse
+	(*ListConnectionsRequest)(nil),       // 10: tokenvault.v1.ListConnectionsRequest
+	(*ListConnectionsResponse)(nil),      // 11: tokenvault.v1.ListConnectionsResponse
+	(*RevokeConnectionRequest)(nil),      // 12: tokenvault.v1.RevokeConnectionRequest
+	(*RevokeConnectionResponse)(nil),     // 13: tokenvault.v1.RevokeConnectionResponse
+	(*UpdateConnectionRequest)(nil),      // 14: tokenvault.v1.UpdateConnectionRequest
+	(*UpdateConnectionResponse)(nil),     // 15: tokenvault.v1.UpdateConnectionResponse
+	(*DeleteConnectionRequest)(nil),      // 16: tokenvault.v1.DeleteConnectionRequest
+	(*DeleteConnectionResponse)(nil),     // 17: tokenvault.v1.DeleteConnectionResponse
+	(*DeleteOwnerRequest)(nil),           // 18: tokenvault.v1.DeleteOwnerRequest
+	(*DeleteOwnerResponse)(nil),          // 19: tokenvault.v1.DeleteOwnerResponse
+	(*ValidateConnectionRequest)(nil),    // 20: tokenvault.v1.ValidateConnectionRequest
+	(*ValidateConnectionResponse)(nil),   // 21: tokenvault.v1.ValidateConnectionResponse
+	(*ListProvidersRequest)(nil),         // 22: tokenvault.v1.ListProvidersRequest
+	(*ListProvidersResponse)(nil),        // 23: tokenvault.v1.ListProvidersResponse
+	(*Provider)(nil),                     // 24: tokenvault.v1.Provider
+	(*ImportedCredential)(nil),           // 25: tokenvault.v1.ImportedCredential
+	(*ImportedConnection)(nil),           // 26: tokenvault.v1.ImportedConnection
+	(*ImportConnectionsRequest)(nil),     // 27: tokenvault.v1.ImportConnectionsRequest
+	(*ImportResult)(nil),                 // 28: tokenvault.v1.ImportResult
+	(*ImportConnectionsResponse)(nil),    // 29: tokenvault.v1.ImportConnectionsResponse
+	(*ExchangeLegacyTokensRequest)(nil),  // 30: tokenvault.v1.ExchangeLegacyTokensRequest
+	(*ExchangeResult)(nil),               // 31: tokenvault.v1.ExchangeResult
+	(*ExchangeLegacyTokensResponse)(nil), // 32: tokenvault.v1.ExchangeLegacyTokensResponse
+	(*RotateKeysRequest)(nil),            // 33: tokenvault.v1.RotateKeysRequest
+	(*RotateKeysResponse)(nil),           // 34: tokenvault.v1.RotateKeysResponse
+	(*Event)(nil),                        // 35: tokenvault.v1.Event
+	(*WatchEventsRequest)(nil),           // 36: tokenvault.v1.WatchEventsRequest
+	(*WatchEventsResponse)(nil),          // 37: tokenvault.v1.WatchEventsResponse
+	(*AuditEvent)(nil),                   // 38: tokenvault.v1.AuditEvent
+	(*ListAuditEventsRequest)(nil),       // 39: tokenvault.v1.ListAuditEventsRequest
+	(*ListAuditEventsResponse)(nil),      // 40: tokenvault.v1.ListAuditEventsResponse
+	nil,                                  // 41: tokenvault.v1.Connection.MetadataEntry
+	nil,                                  // 42: tokenvault.v1.Connection.AppMetadataEntry
+	nil,                                  // 43: tokenvault.v1.GetAccessTokenResponse.MetadataEntry
+	nil,                                  // 44: tokenvault.v1.StartConnectRequest.OptionsEntry
+	nil,                                  // 45: tokenvault.v1.StartConnectRequest.AppMetadataEntry
+	nil,                                  // 46: tokenvault.v1.ListConnectionsRequest.AppMetadataEntry
+	nil,                                  // 47: tokenvault.v1.UpdateConnectionRequest.SetAppMetadataEntry
+	nil,                                  // 48: tokenvault.v1.ImportedConnection.MetadataEntry
+	nil,                                  // 49: tokenvault.v1.ImportedConnection.AppMetadataEntry
+	(*timestamppb.Timestamp)(nil),        // 50: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),          // 51: google.protobuf.Duration
 }
 var file_tokenvault_v1_tokenvault_proto_depIdxs = []int32{
 	0,  // 0: tokenvault.v1.Connection.status:type_name -> tokenvault.v1.ConnectionStatus
-	26, // 1: tokenvault.v1.Connection.metadata:type_name -> tokenvault.v1.Connection.MetadataEntry
-	29, // 2: tokenvault.v1.Connection.create_time:type_name -> google.protobuf.Timestamp
-	29, // 3: tokenvault.v1.Connection.update_time:type_name -> google.protobuf.Timestamp
-	29, // 4: tokenvault.v1.Connection.last_refresh_time:type_name -> google.protobuf.Timestamp
-	29, // 5: tokenvault.v1.Connection.last_used_time:type_name -> google.protobuf.Timestamp
-	29, // 6: tokenvault.v1.Connection.last_validated_time:type_name -> google.protobuf.Timestamp
-	29, // 7: tokenvault.v1.Connection.token_expire_time:type_name -> google.protobuf.Timestamp
-	30, // 8: tokenvault.v1.GetAccessTokenRequest.min_valid_for:type_name -> google.protobuf.Duration
-	2,  // 9: tokenvault.v1.GetAccessTokenRequest.selector:type_name -> tokenvault.v1.ConnectionSelector
-	29, // 10: tokenvault.v1.GetAccessTokenResponse.expire_time:type_name -> google.protobuf.Timestamp
-	27, // 11: tokenvault.v1.GetAccessTokenResponse.metadata:type_name -> tokenvault.v1.GetAccessTokenResponse.MetadataEntry
-	28, // 12: tokenvault.v1.StartConnectRequest.options:type_name -> tokenvault.v1.StartConnectRequest.OptionsEntry
-	29, // 13: tokenvault.v1.StartConnectResponse.expire_time:type_name -> google.protobuf.Timestamp
-	2,  // 14: tokenvault.v1.GetConnectionRequest.selector:type_name -> tokenvault.v1.ConnectionSelector
-	1,  // 15: tokenvault.v1.GetConnectionResponse.connection:type_name -> tokenvault.v1.Connection
-	0,  // 16: tokenvault.v1.ListConnectionsRequest.status:type_name -> tokenvault.v1.ConnectionStatus
-	1,  // 17: tokenvault.v1.ListConnectionsResponse.connections:type_name -> tokenvault.v1.Connection
-	1,  // 18: tokenvault.v1.RevokeConnectionResponse.connection:type_name -> tokenvault.v1.Connection
-	1,  // 19: tokenvault.v1.ValidateConnectionResponse.connection:type_name -> tokenvault.v1.Connection
-	17, // 20: tokenvault.v1.ListProvidersResponse.providers:type_name -> tokenvault.v1.Provider
-	29, // 21: tokenvault.v1.Event.time:type_name -> google.protobuf.Timestamp
-	1,  // 22: tokenvault.v1.Event.connection:type_name -> tokenvault.v1.Connection
-	20, // 23: tokenvault.v1.WatchEventsResponse.event:type_name -> tokenvault.v1.Event
-	29, // 24: tokenvault.v1.AuditEvent.time:type_name -> google.protobuf.Timestamp
-	23, // 25: tokenvault.v1.ListAuditEventsResponse.events:type_name -> tokenvault.v1.AuditEvent
-	3,  // 26: tokenvault.v1.TokenVaultService.GetAccessToken:input_type -> tokenvault.v1.GetAccessTokenRequest
-	5,  // 27: tokenvault.v1.TokenVaultService.StartConnect:input_type -> tokenvault.v1.StartConnectRequest
-	7,  // 28: tokenvault.v1.TokenVaultService.GetConnection:input_type -> tokenvault.v1.GetConnectionRequest
-	9,  // 29: tokenvault.v1.TokenVaultService.ListConnections:input_type -> tokenvault.v1.ListConnectionsRequest
-	11, // 30: tokenvault.v1.TokenVaultService.RevokeConnection:input_type -> tokenvault.v1.RevokeConnectionRequest
-	13, // 31: tokenvault.v1.TokenVaultService.ValidateConnection:input_type -> tokenvault.v1.ValidateConnectionRequest
-	15, // 32: tokenvault.v1.TokenVaultService.ListProviders:input_type -> tokenvault.v1.ListProvidersRequest
-	21, // 33: tokenvault.v1.TokenVaultService.WatchEvents:input_type -> tokenvault.v1.WatchEventsRequest
-	18, // 34: tokenvault.v1.AdminService.RotateKeys:input_type -> tokenvault.v1.RotateKeysRequest
-	24, // 35: tokenvault.v1.AdminService.ListAuditEvents:input_type -> tokenvault.v1.ListAuditEventsRequest
-	4,  // 36: tokenvault.v1.TokenVaultService.GetAccessToken:output_type -> tokenvault.v1.GetAccessTokenResponse
-	6,  // 37: tokenvault.v1.TokenVaultService.StartConnect:output_type -> tokenvault.v1.StartConnectResponse
-	8,  // 38: tokenvault.v1.TokenVaultService.GetConnection:output_type -> tokenvault.v1.GetConnectionResponse
-	10, // 39: tokenvault.v1.TokenVaultService.ListConnections:output_type -> tokenvault.v1.ListConnectionsResponse
-	12, // 40: tokenvault.v1.TokenVaultService.RevokeConnection:output_type -> tokenvault.v1.RevokeConnectionResponse
-	14, // 41: tokenvault.v1.TokenVaultService.ValidateConnection:output_type -> tokenvault.v1.ValidateConnectionResponse
-	16, // 42: tokenvault.v1.TokenVaultService.ListProviders:output_type -> tokenvault.v1.ListProvidersResponse
-	22, // 43: tokenvault.v1.TokenVaultService.WatchEvents:output_type -> tokenvault.v1.WatchEventsResponse
-	19, // 44: tokenvault.v1.AdminService.RotateKeys:output_type -> tokenvault.v1.RotateKeysResponse
-	25, // 45: tokenvault.v1.AdminService.ListAuditEvents:output_type -> tokenvault.v1.ListAuditEventsResponse
-	36, // [36:46] is the sub-list for method output_type
-	26, // [26:36] is the sub-list for method input_type
-	26, // [26:26] is the sub-list for extension type_name
-	26, // [26:26] is the sub-list for extension extendee
-	0,  // [0:26] is the sub-list for field type_name
+	41, // 1: tokenvault.v1.Connection.metadata:type_name -> tokenvault.v1.Connection.MetadataEntry
+	50, // 2: tokenvault.v1.Connection.create_time:type_name -> google.protobuf.Timestamp
+	50, // 3: tokenvault.v1.Connection.update_time:type_name -> google.protobuf.Timestamp
+	50, // 4: tokenvault.v1.Connection.last_refresh_time:type_name -> google.protobuf.Timestamp
+	50, // 5: tokenvault.v1.Connection.last_used_time:type_name -> google.protobuf.Timestamp
+	50, // 6: tokenvault.v1.Connection.last_validated_time:type_name -> google.protobuf.Timestamp
+	50, // 7: tokenvault.v1.Connection.token_expire_time:type_name -> google.protobuf.Timestamp
+	42, // 8: tokenvault.v1.Connection.app_metadata:type_name -> tokenvault.v1.Connection.AppMetadataEntry
+	51, // 9: tokenvault.v1.GetAccessTokenRequest.min_valid_for:type_name -> google.protobuf.Duration
+	3,  // 10: tokenvault.v1.GetAccessTokenRequest.selector:type_name -> tokenvault.v1.ConnectionSelector
+	50, // 11: tokenvault.v1.GetAccessTokenResponse.expire_time:type_name -> google.protobuf.Timestamp
+	43, // 12: tokenvault.v1.GetAccessTokenResponse.metadata:type_name -> tokenvault.v1.GetAccessTokenResponse.MetadataEntry
+	44, // 13: tokenvault.v1.StartConnectRequest.options:type_name -> tokenvault.v1.StartConnectRequest.OptionsEntry
+	45, // 14: tokenvault.v1.StartConnectRequest.app_metadata:type_name -> tokenvault.v1.StartConnectRequest.AppMetadataEntry
+	50, // 15: tokenvault.v1.StartConnectResponse.expire_time:type_name -> google.protobuf.Timestamp
+	3,  // 16: tokenvault.v1.GetConnectionRequest.selector:type_name -> tokenvault.v1.ConnectionSelector
+	2,  // 17: tokenvault.v1.GetConnectionResponse.connection:type_name -> tokenvault.v1.Connection
+	0,  // 18: tokenvault.v1.ListConnectionsRequest.status:type_name -> tokenvault.v1.ConnectionStatus
+	46, // 19: tokenvault.v1.ListConnectionsRequest.app_metadata:type_name -> tokenvault.v1.ListConnectionsRequest.AppMetadataEntry
+	2,  // 20: tokenvault.v1.ListConnectionsResponse.connections:type_name -> tokenvault.v1.Connection
+	2,  // 21: tokenvault.v1.RevokeConnectionResponse.connection:type_name -> tokenvault.v1.Connection
+	47, // 22: tokenvault.v1.UpdateConnectionRequest.set_app_metadata:type_name -> tokenvault.v1.UpdateConnectionRequest.SetAppMetadataEntry
+	2,  // 23: tokenvault.v1.UpdateConnectionResponse.connection:type_name -> tokenvault.v1.Connection
+	2,  // 24: tokenvault.v1.ValidateConnectionResponse.connection:type_name -> tokenvault.v1.Connection
+	24, // 25: tokenvault.v1.ListProvidersResponse.providers:type_name -> tokenvault.v1.Provider
+	50, // 26: tokenvault.v1.ImportedCredential.expire_time:type_name -> google.protobuf.Timestamp
+	48, // 27: tokenvault.v1.ImportedConnection.metadata:type_name -> tokenvault.v1.ImportedConnection.MetadataEntry
+	25, // 28: tokenvault.v1.ImportedConnection.credentials:type_name -> tokenvault.v1.ImportedCredential
+	49, // 29: tokenvault.v1.ImportedConnection.app_metadata:type_name -> tokenvault.v1.ImportedConnection.AppMetadataEntry
+	26, // 30: tokenvault.v1.ImportConnectionsRequest.connections:type_name -> tokenvault.v1.ImportedConnection
+	1,  // 31: tokenvault.v1.ImportResult.outcome:type_name -> tokenvault.v1.ImportOutcome
+	0,  // 32: tokenvault.v1.ImportResult.status:type_name -> tokenvault.v1.ConnectionStatus
+	28, // 33: tokenvault.v1.ImportConnectionsResponse.results:type_name -> tokenvault.v1.ImportResult
+	31, // 34: tokenvault.v1.ExchangeLegacyTokensResponse.results:type_name -> tokenvault.v1.ExchangeResult
+	50, // 35: tokenvault.v1.Event.time:type_name -> google.protobuf.Timestamp
+	2,  // 36: tokenvault.v1.Event.connection:type_name -> tokenvault.v1.Connection
+	35, // 37: tokenvault.v1.WatchEventsResponse.event:type_name -> tokenvault.v1.Event
+	50, // 38: tokenvault.v1.AuditEvent.time:type_name -> google.protobuf.Timestamp
+	38, // 39: tokenvault.v1.ListAuditEventsResponse.events:type_name -> tokenvault.v1.AuditEvent
+	4,  // 40: tokenvault.v1.TokenVaultService.GetAccessToken:input_type -> tokenvault.v1.GetAccessTokenRequest
+	6,  // 41: tokenvault.v1.TokenVaultService.StartConnect:input_type -> tokenvault.v1.StartConnectRequest
+	8,  // 42: tokenvault.v1.TokenVaultService.GetConnection:input_type -> tokenvault.v1.GetConnectionRequest
+	10, // 43: tokenvault.v1.TokenVaultService.ListConnections:input_type -> tokenvault.v1.ListConnectionsRequest
+	12, // 44: tokenvault.v1.TokenVaultService.RevokeConnection:input_type -> tokenvault.v1.RevokeConnectionRequest
+	20, // 45: tokenvault.v1.TokenVaultService.ValidateConnection:input_type -> tokenvault.v1.ValidateConnectionRequest
+	14, // 46: tokenvault.v1.TokenVaultService.UpdateConnection:input_type -> tokenvault.v1.UpdateConnectionRequest
+	16, // 47: tokenvault.v1.TokenVaultService.DeleteConnection:input_type -> tokenvault.v1.DeleteConnectionRequest
+	18, // 48: tokenvault.v1.TokenVaultService.DeleteOwner:input_type -> tokenvault.v1.DeleteOwnerRequest
+	22, // 49: tokenvault.v1.TokenVaultService.ListProviders:input_type -> tokenvault.v1.ListProvidersRequest
+	36, // 50: tokenvault.v1.TokenVaultService.WatchEvents:input_type -> tokenvault.v1.WatchEventsRequest
+	33, // 51: tokenvault.v1.AdminService.RotateKeys:input_type -> tokenvault.v1.RotateKeysRequest
+	39, // 52: tokenvault.v1.AdminService.ListAuditEvents:input_type -> tokenvault.v1.ListAuditEventsRequest
+	27, // 53: tokenvault.v1.AdminService.ImportConnections:input_type -> tokenvault.v1.ImportConnectionsRequest
+	30, // 54: tokenvault.v1.AdminService.ExchangeLegacyTokens:input_type -> tokenvault.v1.ExchangeLegacyTokensRequest
+	5,  // 55: tokenvault.v1.TokenVaultService.GetAccessToken:output_type -> tokenvault.v1.GetAccessTokenResponse
+	7,  // 56: tokenvault.v1.TokenVaultService.StartConnect:output_type -> tokenvault.v1.StartConnectResponse
+	9,  // 57: tokenvault.v1.TokenVaultService.GetConnection:output_type -> tokenvault.v1.GetConnectionResponse
+	11, // 58: tokenvault.v1.TokenVaultService.ListConnections:output_type -> tokenvault.v1.ListConnectionsResponse
+	13, // 59: tokenvault.v1.TokenVaultService.RevokeConnection:output_type -> tokenvault.v1.RevokeConnectionResponse
+	21, // 60: tokenvault.v1.TokenVaultService.ValidateConnection:output_type -> tokenvault.v1.ValidateConnectionResponse
+	15, // 61: tokenvault.v1.TokenVaultService.UpdateConnection:output_type -> tokenvault.v1.UpdateConnectionResponse
+	17, // 62: tokenvault.v1.TokenVaultService.DeleteConnection:output_type -> tokenvault.v1.DeleteConnectionResponse
+	19, // 63: tokenvault.v1.TokenVaultService.DeleteOwner:output_type -> tokenvault.v1.DeleteOwnerResponse
+	23, // 64: tokenvault.v1.TokenVaultService.ListProviders:output_type -> tokenvault.v1.ListProvidersResponse
+	37, // 65: tokenvault.v1.TokenVaultService.WatchEvents:output_type -> tokenvault.v1.WatchEventsResponse
+	34, // 66: tokenvault.v1.AdminService.RotateKeys:output_type -> tokenvault.v1.RotateKeysResponse
+	40, // 67: tokenvault.v1.AdminService.ListAuditEvents:output_type -> tokenvault.v1.ListAuditEventsResponse
+	29, // 68: tokenvault.v1.AdminService.ImportConnections:output_type -> tokenvault.v1.ImportConnectionsResponse
+	32, // 69: tokenvault.v1.AdminService.ExchangeLegacyTokens:output_type -> tokenvault.v1.ExchangeLegacyTokensResponse
+	55, // [55:70] is the sub-list for method output_type
+	40, // [40:55] is the sub-list for method input_type
+	40, // [40:40] is the sub-list for extension type_name
+	40, // [40:40] is the sub-list for extension extendee
+	0,  // [0:40] is the sub-list for field type_name
 }
 
 func init() { file_tokenvault_v1_tokenvault_proto_init() }
@@ -2237,8 +3378,8 @@ func file_tokenvault_v1_tokenvault_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tokenvault_v1_tokenvault_proto_rawDesc), len(file_tokenvault_v1_tokenvault_proto_rawDesc)),
-			NumEnums:      1,
-			NumMessages:   28,
+			NumEnums:      2,
+			NumMessages:   48,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -60,6 +60,9 @@ const (
 	TokenVaultService_ListConnections_FullMethodName    = "/tokenvault.v1.TokenVaultService/ListConnections"
 	TokenVaultService_RevokeConnection_FullMethodName   = "/tokenvault.v1.TokenVaultService/RevokeConnection"
 	TokenVaultService_ValidateConnection_FullMethodName = "/tokenvault.v1.TokenVaultService/ValidateConnection"
+	TokenVaultService_UpdateConnection_FullMethodName   = "/tokenvault.v1.TokenVaultService/UpdateConnection"
+	TokenVaultService_DeleteConnection_FullMethodName   = "/tokenvault.v1.TokenVaultService/DeleteConnection"
+	TokenVaultService_DeleteOwner_FullMethodName        = "/tokenvault.v1.TokenVaultService/DeleteOwner"
 	TokenVaultService_ListProviders_FullMethodName      = "/tokenvault.v1.TokenVaultService/ListProviders"
 	TokenVaultService_WatchEvents_FullMethodName        = "/tokenvault.v1.TokenVaultService/WatchEvents"
 )
@@ -94,6 +97,19 @@ type TokenVaultServiceClient interface {
 	// Provider.supports_validation) is INVALID_ARGUMENT; one that does not
 	// answer is UNAVAILABLE, and the connection is left as it was.
 	ValidateConnection(ctx context.Context, in *ValidateConnectionRequest, opts ...grpc.CallOption) (*ValidateConnectionResponse, error)
+	// UpdateConnection changes a connection's application metadata: the
+	// labels the application keeps on it to tie it to its own records.
+	UpdateConnection(ctx context.Context, in *UpdateConnectionRequest, opts ...grpc.CallOption) (*UpdateConnectionResponse, error)
+	// DeleteConnection erases a connection: it revokes the grant at the
+	// provider if it is still live, then removes the record and its sealed
+	// token material from the store, and emits connection.deleted. Unlike
+	// RevokeConnection no record is kept. Operators only. Deleting a
+	// connection that does not exist is NOT_FOUND (NOT_CONNECTED).
+	DeleteConnection(ctx context.Context, in *DeleteConnectionRequest, opts ...grpc.CallOption) (*DeleteConnectionResponse, error)
+	// DeleteOwner erases every connection of one owner (a user erasure), as
+	// DeleteConnection does for each. Operators only. It is idempotent: an
+	// owner with no connections deletes nothing and succeeds.
+	DeleteOwner(ctx context.Context, in *DeleteOwnerRequest, opts ...grpc.CallOption) (*DeleteOwnerResponse, error)
 	// ListProviders lists the configured providers, never their secrets.
 	ListProviders(ctx context.Context, in *ListProvidersRequest, opts ...grpc.CallOption) (*ListProvidersResponse, error)
 	// WatchEvents streams connection events in sequence order, starting after
@@ -171,6 +187,36 @@ func (c *tokenVaultServiceClient) ValidateConnection(ctx context.Context, in *Va
 	return out, nil
 }
 
+func (c *tokenVaultServiceClient) UpdateConnection(ctx context.Context, in *UpdateConnectionRequest, opts ...grpc.CallOption) (*UpdateConnectionResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(UpdateConnectionResponse)
+	err := c.cc.Invoke(ctx, TokenVaultService_UpdateConnection_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *tokenVaultServiceClient) DeleteConnection(ctx context.Context, in *DeleteConnectionRequest, opts ...grpc.CallOption) (*DeleteConnectionResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeleteConnectionResponse)
+	err := c.cc.Invoke(ctx, TokenVaultService_DeleteConnection_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *tokenVaultServiceClient) DeleteOwner(ctx context.Context, in *DeleteOwnerRequest, opts ...grpc.CallOption) (*DeleteOwnerResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeleteOwnerResponse)
+	err := c.cc.Invoke(ctx, TokenVaultService_DeleteOwner_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *tokenVaultServiceClient) ListProviders(ctx context.Context, in *ListProvidersRequest, opts ...grpc.CallOption) (*ListProvidersResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(ListProvidersResponse)
@@ -230,6 +276,19 @@ type TokenVaultServiceServer interface {
 	// Provider.supports_validation) is INVALID_ARGUMENT; one that does not
 	// answer is UNAVAILABLE, and the connection is left as it was.
 	ValidateConnection(context.Context, *ValidateConnectionRequest) (*ValidateConnectionResponse, error)
+	// UpdateConnection changes a connection's application metadata: the
+	// labels the application keeps on it to tie it to its own records.
+	UpdateConnection(context.Context, *UpdateConnectionRequest) (*UpdateConnectionResponse, error)
+	// DeleteConnection erases a connection: it revokes the grant at the
+	// provider if it is still live, then removes the record and its sealed
+	// token material from the store, and emits connection.deleted. Unlike
+	// RevokeConnection no record is kept. Operators only. Deleting a
+	// connection that does not exist is NOT_FOUND (NOT_CONNECTED).
+	DeleteConnection(context.Context, *DeleteConnectionRequest) (*DeleteConnectionResponse, error)
+	// DeleteOwner erases every connection of one owner (a user erasure), as
+	// DeleteConnection does for each. Operators only. It is idempotent: an
+	// owner with no connections deletes nothing and succeeds.
+	DeleteOwner(context.Context, *DeleteOwnerRequest) (*DeleteOwnerResponse, error)
 	// ListProviders lists the configured providers, never their secrets.
 	ListProviders(context.Context, *ListProvidersRequest) (*ListProvidersResponse, error)
 	// WatchEvents streams connection events in sequence order, starting after
@@ -264,6 +323,15 @@ func (UnimplementedTokenVaultServiceServer) RevokeConnection(context.Context, *R
 }
 func (UnimplementedTokenVaultServiceServer) ValidateConnection(context.Context, *ValidateConnectionRequest) (*ValidateConnectionResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ValidateConnection not implemented")
+}
+func (UnimplementedTokenVaultServiceServer) UpdateConnection(context.Context, *UpdateConnectionRequest) (*UpdateConnectionResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method UpdateConnection not implemented")
+}
+func (UnimplementedTokenVaultServiceServer) DeleteConnection(context.Context, *DeleteConnectionRequest) (*DeleteConnectionResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DeleteConnection not implemented")
+}
+func (UnimplementedTokenVaultServiceServer) DeleteOwner(context.Context, *DeleteOwnerRequest) (*DeleteOwnerResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DeleteOwner not implemented")
 }
 func (UnimplementedTokenVaultServiceServer) ListProviders(context.Context, *ListProvidersRequest) (*ListProvidersResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListProviders not implemented")
@@ -400,6 +468,60 @@ func _TokenVaultService_ValidateConnection_Handler(srv interface{}, ctx context.
 	return interceptor(ctx, in, info, handler)
 }
 
+func _TokenVaultService_UpdateConnection_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UpdateConnectionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(TokenVaultServiceServer).UpdateConnection(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: TokenVaultService_UpdateConnection_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(TokenVaultServiceServer).UpdateConnection(ctx, req.(*UpdateConnectionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _TokenVaultService_DeleteConnection_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteConnectionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(TokenVaultServiceServer).DeleteConnection(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: TokenVaultService_DeleteConnection_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(TokenVaultServiceServer).DeleteConnection(ctx, req.(*DeleteConnectionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _TokenVaultService_DeleteOwner_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteOwnerRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(TokenVaultServiceServer).DeleteOwner(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: TokenVaultService_DeleteOwner_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(TokenVaultServiceServer).DeleteOwner(ctx, req.(*DeleteOwnerRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _TokenVaultService_ListProviders_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(ListProvidersRequest)
 	if err := dec(in); err != nil {
@@ -461,6 +583,18 @@ var TokenVaultService_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _TokenVaultService_ValidateConnection_Handler,
 		},
 		{
+			MethodName: "UpdateConnection",
+			Handler:    _TokenVaultService_UpdateConnection_Handler,
+		},
+		{
+			MethodName: "DeleteConnection",
+			Handler:    _TokenVaultService_DeleteConnection_Handler,
+		},
+		{
+			MethodName: "DeleteOwner",
+			Handler:    _TokenVaultService_DeleteOwner_Handler,
+		},
+		{
 			MethodName: "ListProviders",
 			Handler:    _TokenVaultService_ListProviders_Handler,
 		},
@@ -476,8 +610,10 @@ var TokenVaultService_ServiceDesc = grpc.ServiceDesc{
 }
 
 const (
-	AdminService_RotateKeys_FullMethodName      = "/tokenvault.v1.AdminService/RotateKeys"
-	AdminService_ListAuditEvents_FullMethodName = "/tokenvault.v1.AdminService/ListAuditEvents"
+	AdminService_RotateKeys_FullMethodName           = "/tokenvault.v1.AdminService/RotateKeys"
+	AdminService_ListAuditEvents_FullMethodName      = "/tokenvault.v1.AdminService/ListAuditEvents"
+	AdminService_ImportConnections_FullMethodName    = "/tokenvault.v1.AdminService/ImportConnections"
+	AdminService_ExchangeLegacyTokens_FullMethodName = "/tokenvault.v1.AdminService/ExchangeLegacyTokens"
 )
 
 // AdminServiceClient is the client API for AdminService service.
@@ -492,6 +628,17 @@ type AdminServiceClient interface {
 	RotateKeys(ctx context.Context, in *RotateKeysRequest, opts ...grpc.CallOption) (*RotateKeysResponse, error)
 	// ListAuditEvents lists audit records, newest first.
 	ListAuditEvents(ctx context.Context, in *ListAuditEventsRequest, opts ...grpc.CallOption) (*ListAuditEventsResponse, error)
+	// ImportConnections brings in grants issued elsewhere (another broker,
+	// the application's own database), sealed like any other, one result per
+	// record in request order. A record whose (owner, provider, label)
+	// already exists is skipped as a duplicate, so an interrupted import can
+	// be sent again. At most 1000 records per call.
+	ImportConnections(ctx context.Context, in *ImportConnectionsRequest, opts ...grpc.CallOption) (*ImportConnectionsResponse, error)
+	// ExchangeLegacyTokens trades the non-expiring tokens of a provider's
+	// connections for rotating ones (Slack's oauth.v2.exchange, once the app
+	// has turned token rotation on). Connections that rotate already are
+	// reported as skipped, so it is safe to run again.
+	ExchangeLegacyTokens(ctx context.Context, in *ExchangeLegacyTokensRequest, opts ...grpc.CallOption) (*ExchangeLegacyTokensResponse, error)
 }
 
 type adminServiceClient struct {
@@ -522,6 +669,26 @@ func (c *adminServiceClient) ListAuditEvents(ctx context.Context, in *ListAuditE
 	return out, nil
 }
 
+func (c *adminServiceClient) ImportConnections(ctx context.Context, in *ImportConnectionsRequest, opts ...grpc.CallOption) (*ImportConnectionsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ImportConnectionsResponse)
+	err := c.cc.Invoke(ctx, AdminService_ImportConnections_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) ExchangeLegacyTokens(ctx context.Context, in *ExchangeLegacyTokensRequest, opts ...grpc.CallOption) (*ExchangeLegacyTokensResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ExchangeLegacyTokensResponse)
+	err := c.cc.Invoke(ctx, AdminService_ExchangeLegacyTokens_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility.
@@ -534,6 +701,17 @@ type AdminServiceServer interface {
 	RotateKeys(context.Context, *RotateKeysRequest) (*RotateKeysResponse, error)
 	// ListAuditEvents lists audit records, newest first.
 	ListAuditEvents(context.Context, *ListAuditEventsRequest) (*ListAuditEventsResponse, error)
+	// ImportConnections brings in grants issued elsewhere (another broker,
+	// the application's own database), sealed like any other, one result per
+	// record in request order. A record whose (owner, provider, label)
+	// already exists is skipped as a duplicate, so an interrupted import can
+	// be sent again. At most 1000 records per call.
+	ImportConnections(context.Context, *ImportConnectionsRequest) (*ImportConnectionsResponse, error)
+	// ExchangeLegacyTokens trades the non-expiring tokens of a provider's
+	// connections for rotating ones (Slack's oauth.v2.exchange, once the app
+	// has turned token rotation on). Connections that rotate already are
+	// reported as skipped, so it is safe to run again.
+	ExchangeLegacyTokens(context.Context, *ExchangeLegacyTokensRequest) (*ExchangeLegacyTokensResponse, error)
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -549,6 +727,12 @@ func (UnimplementedAdminServiceServer) RotateKeys(context.Context, *RotateKeysRe
 }
 func (UnimplementedAdminServiceServer) ListAuditEvents(context.Context, *ListAuditEventsRequest) (*ListAuditEventsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListAuditEvents not implemented")
+}
+func (UnimplementedAdminServiceServer) ImportConnections(context.Context, *ImportConnectionsRequest) (*ImportConnectionsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ImportConnections not implemented")
+}
+func (UnimplementedAdminServiceServer) ExchangeLegacyTokens(context.Context, *ExchangeLegacyTokensRequest) (*ExchangeLegacyTokensResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ExchangeLegacyTokens not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 func (UnimplementedAdminServiceServer) testEmbeddedByValue()                      {}
@@ -607,6 +791,42 @@ func _AdminService_ListAuditEvents_Handler(srv interface{}, ctx context.Context,
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_ImportConnections_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ImportConnectionsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).ImportConnections(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_ImportConnections_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).ImportConnections(ctx, req.(*ImportConnectionsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_ExchangeLegacyTokens_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ExchangeLegacyTokensRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).ExchangeLegacyTokens(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_ExchangeLegacyTokens_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).ExchangeLegacyTokens(ctx, req.(*ExchangeLegacyTokensRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AdminService_ServiceDesc is the grpc.ServiceDesc for AdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -621,6 +841,14 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListAuditEvents",
 			Handler:    _AdminService_ListAuditEvents_Handler,
+		},
+		{
+			MethodName: "ImportConnections",
+			Handler:    _AdminService_ImportConnections_Handler,
+		},
+		{
+			MethodName: "ExchangeLegacyTokens",
+			Handler:    _AdminService_ExchangeLegacyTokens_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

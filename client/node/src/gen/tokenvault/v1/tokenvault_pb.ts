@@ -47,7 +47,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file tokenvault/v1/tokenvault.proto.
  */
 export const file_tokenvault_v1_tokenvault: GenFile = /*@__PURE__*/
-  fileDesc("Ch50b2tlbnZhdWx0L3YxL3Rva2VudmF1bHQucHJvdG8SDXRva2VudmF1bHQudjEi6QUKCkNvbm5lY3Rpb24SFQoNY29ubmVjdGlvbl9pZBgBIAEoCRINCgVvd25lchgCIAEoCRIOCgZ0ZW5hbnQYAyABKAkSEAoIcHJvdmlkZXIYBCABKAkSDQoFbGFiZWwYBSABKAkSDwoHcHVycG9zZRgGIAEoCRIvCgZzdGF0dXMYByABKA4yHy50b2tlbnZhdWx0LnYxLkNvbm5lY3Rpb25TdGF0dXMSFQoNc3RhdHVzX3JlYXNvbhgIIAEoCRIYChByZXF1ZXN0ZWRfc2NvcGVzGAkgAygJEhYKDmdyYW50ZWRfc2NvcGVzGAogAygJEhYKDm1pc3Npbmdfc2NvcGVzGAsgAygJEg8KB2FjY291bnQYDCABKAkSOQoIbWV0YWRhdGEYDSADKAsyJy50b2tlbnZhdWx0LnYxLkNvbm5lY3Rpb24uTWV0YWRhdGFFbnRyeRIvCgtjcmVhdGVfdGltZRgOIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLdXBkYXRlX3RpbWUYDyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjUKEWxhc3RfcmVmcmVzaF90aW1lGBAgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIyCg5sYXN0X3VzZWRfdGltZRgRIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASNwoTbGFzdF92YWxpZGF0ZWRfdGltZRgSIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASNQoRdG9rZW5fZXhwaXJlX3RpbWUYEyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhIKCmdlbmVyYXRpb24YFCABKAQSEwoLY3JlZGVudGlhbHMYFSADKAkaLwoNTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIlQKEkNvbm5lY3Rpb25TZWxlY3RvchINCgVvd25lchgBIAEoCRIQCghwcm92aWRlchgCIAEoCRINCgVsYWJlbBgDIAEoCRIOCgZ0ZW5hbnQYBCABKAkiwAEKFUdldEFjY2Vzc1Rva2VuUmVxdWVzdBIVCg1jb25uZWN0aW9uX2lkGAEgASgJEjAKDW1pbl92YWxpZF9mb3IYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SFQoNZm9yY2VfcmVmcmVzaBgDIAEoCBISCgpjcmVkZW50aWFsGAQgASgJEjMKCHNlbGVjdG9yGAUgASgLMiEudG9rZW52YXVsdC52MS5Db25uZWN0aW9uU2VsZWN0b3IixAIKFkdldEFjY2Vzc1Rva2VuUmVzcG9uc2USFAoMYWNjZXNzX3Rva2VuGAEgASgJEhIKCnRva2VuX3R5cGUYAiABKAkSLwoLZXhwaXJlX3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhYKDmdyYW50ZWRfc2NvcGVzGAQgAygJEhYKDm1pc3Npbmdfc2NvcGVzGAUgAygJEkUKCG1ldGFkYXRhGAYgAygLMjMudG9rZW52YXVsdC52MS5HZXRBY2Nlc3NUb2tlblJlc3BvbnNlLk1ldGFkYXRhRW50cnkSFQoNY29ubmVjdGlvbl9pZBgHIAEoCRIQCghwcm92aWRlchgIIAEoCRovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEi+wEKE1N0YXJ0Q29ubmVjdFJlcXVlc3QSDQoFb3duZXIYASABKAkSDgoGdGVuYW50GAIgASgJEhAKCHByb3ZpZGVyGAMgASgJEg4KBnNjb3BlcxgEIAMoCRIRCglyZXR1cm5fdG8YBSABKAkSDQoFbGFiZWwYBiABKAkSDwoHcHVycG9zZRgHIAEoCRJACgdvcHRpb25zGAggAygLMi8udG9rZW52YXVsdC52MS5TdGFydENvbm5lY3RSZXF1ZXN0Lk9wdGlvbnNFbnRyeRouCgxPcHRpb25zRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJiChRTdGFydENvbm5lY3RSZXNwb25zZRIZChFhdXRob3JpemF0aW9uX3VybBgBIAEoCRIvCgtleHBpcmVfdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiYgoUR2V0Q29ubmVjdGlvblJlcXVlc3QSFQoNY29ubmVjdGlvbl9pZBgBIAEoCRIzCghzZWxlY3RvchgCIAEoCzIhLnRva2VudmF1bHQudjEuQ29ubmVjdGlvblNlbGVjdG9yIkYKFUdldENvbm5lY3Rpb25SZXNwb25zZRItCgpjb25uZWN0aW9uGAEgASgLMhkudG9rZW52YXVsdC52MS5Db25uZWN0aW9uIqEBChZMaXN0Q29ubmVjdGlvbnNSZXF1ZXN0Eg0KBW93bmVyGAEgASgJEhAKCHByb3ZpZGVyGAIgASgJEi8KBnN0YXR1cxgDIAEoDjIfLnRva2VudmF1bHQudjEuQ29ubmVjdGlvblN0YXR1cxIOCgZ0ZW5hbnQYBCABKAkSEQoJcGFnZV9zaXplGAUgASgFEhIKCnBhZ2VfdG9rZW4YBiABKAkiYgoXTGlzdENvbm5lY3Rpb25zUmVzcG9uc2USLgoLY29ubmVjdGlvbnMYASADKAsyGS50b2tlbnZhdWx0LnYxLkNvbm5lY3Rpb24SFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIkAKF1Jldm9rZUNvbm5lY3Rpb25SZXF1ZXN0EhUKDWNvbm5lY3Rpb25faWQYASABKAkSDgoGcmVhc29uGAIgASgJInsKGFJldm9rZUNvbm5lY3Rpb25SZXNwb25zZRItCgpjb25uZWN0aW9uGAEgASgLMhkudG9rZW52YXVsdC52MS5Db25uZWN0aW9uEhgKEHByb3ZpZGVyX3Jldm9rZWQYAiABKAgSFgoOcHJvdmlkZXJfZXJyb3IYAyABKAkiMgoZVmFsaWRhdGVDb25uZWN0aW9uUmVxdWVzdBIVCg1jb25uZWN0aW9uX2lkGAEgASgJIlkKGlZhbGlkYXRlQ29ubmVjdGlvblJlc3BvbnNlEi0KCmNvbm5lY3Rpb24YASABKAsyGS50b2tlbnZhdWx0LnYxLkNvbm5lY3Rpb24SDAoEbGl2ZRgCIAEoCCIWChRMaXN0UHJvdmlkZXJzUmVxdWVzdCJDChVMaXN0UHJvdmlkZXJzUmVzcG9uc2USKgoJcHJvdmlkZXJzGAEgAygLMhcudG9rZW52YXVsdC52MS5Qcm92aWRlciLfAQoIUHJvdmlkZXISDAoEbmFtZRgBIAEoCRIMCgRraW5kGAIgASgJEhQKDGRpc3BsYXlfbmFtZRgDIAEoCRIWCg5kZWZhdWx0X3Njb3BlcxgEIAMoCRIMCgRwa2NlGAUgASgIEhgKEHN1cHBvcnRzX3JlZnJlc2gYBiABKAgSGwoTc3VwcG9ydHNfcmV2b2NhdGlvbhgHIAEoCBIRCgljbGllbnRfaWQYCCABKAkSFAoMcmVkaXJlY3RfdXJsGAkgASgJEhsKE3N1cHBvcnRzX3ZhbGlkYXRpb24YCiABKAgiEwoRUm90YXRlS2V5c1JlcXVlc3QiNQoSUm90YXRlS2V5c1Jlc3BvbnNlEgwKBHRlcm0YASABKA0SEQoJcmV3cmFwcGVkGAIgASgDIr8BCgVFdmVudBIQCghldmVudF9pZBgBIAEoCRIMCgR0eXBlGAIgASgJEhAKCHNlcXVlbmNlGAMgASgEEhsKE2Nvbm5lY3Rpb25fc2VxdWVuY2UYBCABKAQSKAoEdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLQoKY29ubmVjdGlvbhgGIAEoCzIZLnRva2VudmF1bHQudjEuQ29ubmVjdGlvbhIOCgZyZWFzb24YByABKAkiOwoSV2F0Y2hFdmVudHNSZXF1ZXN0EhYKDmFmdGVyX3NlcXVlbmNlGAEgASgEEg0KBXR5cGVzGAIgAygJIjoKE1dhdGNoRXZlbnRzUmVzcG9uc2USIwoFZXZlbnQYASABKAsyFC50b2tlbnZhdWx0LnYxLkV2ZW50IsABCgpBdWRpdEV2ZW50EhAKCGF1ZGl0X2lkGAEgASgJEigKBHRpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg4KBmNhbGxlchgDIAEoCRIMCgRyb2xlGAQgASgJEg4KBm1ldGhvZBgFIAEoCRIVCg1jb25uZWN0aW9uX2lkGAYgASgJEhAKCHByb3ZpZGVyGAcgASgJEg8KB291dGNvbWUYCCABKAkSDgoGcmVhc29uGAkgASgJInYKFkxpc3RBdWRpdEV2ZW50c1JlcXVlc3QSFQoNY29ubmVjdGlvbl9pZBgBIAEoCRIOCgZjYWxsZXIYAiABKAkSDgoGbWV0aG9kGAMgASgJEhEKCXBhZ2Vfc2l6ZRgEIAEoBRISCgpwYWdlX3Rva2VuGAUgASgJIl0KF0xpc3RBdWRpdEV2ZW50c1Jlc3BvbnNlEikKBmV2ZW50cxgBIAMoCzIZLnRva2VudmF1bHQudjEuQXVkaXRFdmVudBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkqlgEKEENvbm5lY3Rpb25TdGF0dXMSIQodQ09OTkVDVElPTl9TVEFUVVNfVU5TUEVDSUZJRUQQABIcChhDT05ORUNUSU9OX1NUQVRVU19BQ1RJVkUQARIiCh5DT05ORUNUSU9OX1NUQVRVU19ORUVEU19SRUFVVEgQAhIdChlDT05ORUNUSU9OX1NUQVRVU19SRVZPS0VEEAMyjQYKEVRva2VuVmF1bHRTZXJ2aWNlEl0KDkdldEFjY2Vzc1Rva2VuEiQudG9rZW52YXVsdC52MS5HZXRBY2Nlc3NUb2tlblJlcXVlc3QaJS50b2tlbnZhdWx0LnYxLkdldEFjY2Vzc1Rva2VuUmVzcG9uc2USVwoMU3RhcnRDb25uZWN0EiIudG9rZW52YXVsdC52MS5TdGFydENvbm5lY3RSZXF1ZXN0GiMudG9rZW52YXVsdC52MS5TdGFydENvbm5lY3RSZXNwb25zZRJaCg1HZXRDb25uZWN0aW9uEiMudG9rZW52YXVsdC52MS5HZXRDb25uZWN0aW9uUmVxdWVzdBokLnRva2VudmF1bHQudjEuR2V0Q29ubmVjdGlvblJlc3BvbnNlEmAKD0xpc3RDb25uZWN0aW9ucxIlLnRva2VudmF1bHQudjEuTGlzdENvbm5lY3Rpb25zUmVxdWVzdBomLnRva2VudmF1bHQudjEuTGlzdENvbm5lY3Rpb25zUmVzcG9uc2USYwoQUmV2b2tlQ29ubmVjdGlvbhImLnRva2VudmF1bHQudjEuUmV2b2tlQ29ubmVjdGlvblJlcXVlc3QaJy50b2tlbnZhdWx0LnYxLlJldm9rZUNvbm5lY3Rpb25SZXNwb25zZRJpChJWYWxpZGF0ZUNvbm5lY3Rpb24SKC50b2tlbnZhdWx0LnYxLlZhbGlkYXRlQ29ubmVjdGlvblJlcXVlc3QaKS50b2tlbnZhdWx0LnYxLlZhbGlkYXRlQ29ubmVjdGlvblJlc3BvbnNlEloKDUxpc3RQcm92aWRlcnMSIy50b2tlbnZhdWx0LnYxLkxpc3RQcm92aWRlcnNSZXF1ZXN0GiQudG9rZW52YXVsdC52MS5MaXN0UHJvdmlkZXJzUmVzcG9uc2USVgoLV2F0Y2hFdmVudHMSIS50b2tlbnZhdWx0LnYxLldhdGNoRXZlbnRzUmVxdWVzdBoiLnRva2VudmF1bHQudjEuV2F0Y2hFdmVudHNSZXNwb25zZTABMsMBCgxBZG1pblNlcnZpY2USUQoKUm90YXRlS2V5cxIgLnRva2VudmF1bHQudjEuUm90YXRlS2V5c1JlcXVlc3QaIS50b2tlbnZhdWx0LnYxLlJvdGF0ZUtleXNSZXNwb25zZRJgCg9MaXN0QXVkaXRFdmVudHMSJS50b2tlbnZhdWx0LnYxLkxpc3RBdWRpdEV2ZW50c1JlcXVlc3QaJi50b2tlbnZhdWx0LnYxLkxpc3RBdWRpdEV2ZW50c1Jlc3BvbnNlQkNaQWdpdGh1Yi5jb20vdG9rZW52YXVsdC90b2tlbnZhdWx0L3Byb3RvL3Rva2VudmF1bHQvdjE7dG9rZW52YXVsdHYxYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("Ch50b2tlbnZhdWx0L3YxL3Rva2VudmF1bHQucHJvdG8SDXRva2VudmF1bHQudjEihQcKCkNvbm5lY3Rpb24SFQoNY29ubmVjdGlvbl9pZBgBIAEoCRINCgVvd25lchgCIAEoCRIOCgZ0ZW5hbnQYAyABKAkSEAoIcHJvdmlkZXIYBCABKAkSDQoFbGFiZWwYBSABKAkSDwoHcHVycG9zZRgGIAEoCRIvCgZzdGF0dXMYByABKA4yHy50b2tlbnZhdWx0LnYxLkNvbm5lY3Rpb25TdGF0dXMSFQoNc3RhdHVzX3JlYXNvbhgIIAEoCRIYChByZXF1ZXN0ZWRfc2NvcGVzGAkgAygJEhYKDmdyYW50ZWRfc2NvcGVzGAogAygJEhYKDm1pc3Npbmdfc2NvcGVzGAsgAygJEg8KB2FjY291bnQYDCABKAkSOQoIbWV0YWRhdGEYDSADKAsyJy50b2tlbnZhdWx0LnYxLkNvbm5lY3Rpb24uTWV0YWRhdGFFbnRyeRIvCgtjcmVhdGVfdGltZRgOIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLdXBkYXRlX3RpbWUYDyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjUKEWxhc3RfcmVmcmVzaF90aW1lGBAgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIyCg5sYXN0X3VzZWRfdGltZRgRIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASNwoTbGFzdF92YWxpZGF0ZWRfdGltZRgSIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASNQoRdG9rZW5fZXhwaXJlX3RpbWUYEyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhIKCmdlbmVyYXRpb24YFCABKAQSEwoLY3JlZGVudGlhbHMYFSADKAkSQAoMYXBwX21ldGFkYXRhGBYgAygLMioudG9rZW52YXVsdC52MS5Db25uZWN0aW9uLkFwcE1ldGFkYXRhRW50cnkSEgoKY3JlYXRlZF9ieRgXIAEoCRIQCghpbXBvcnRlZBgYIAEoCBovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEaMgoQQXBwTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIlQKEkNvbm5lY3Rpb25TZWxlY3RvchINCgVvd25lchgBIAEoCRIQCghwcm92aWRlchgCIAEoCRINCgVsYWJlbBgDIAEoCRIOCgZ0ZW5hbnQYBCABKAkiwAEKFUdldEFjY2Vzc1Rva2VuUmVxdWVzdBIVCg1jb25uZWN0aW9uX2lkGAEgASgJEjAKDW1pbl92YWxpZF9mb3IYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SFQoNZm9yY2VfcmVmcmVzaBgDIAEoCBISCgpjcmVkZW50aWFsGAQgASgJEjMKCHNlbGVjdG9yGAUgASgLMiEudG9rZW52YXVsdC52MS5Db25uZWN0aW9uU2VsZWN0b3IixAIKFkdldEFjY2Vzc1Rva2VuUmVzcG9uc2USFAoMYWNjZXNzX3Rva2VuGAEgASgJEhIKCnRva2VuX3R5cGUYAiABKAkSLwoLZXhwaXJlX3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhYKDmdyYW50ZWRfc2NvcGVzGAQgAygJEhYKDm1pc3Npbmdfc2NvcGVzGAUgAygJEkUKCG1ldGFkYXRhGAYgAygLMjMudG9rZW52YXVsdC52MS5HZXRBY2Nlc3NUb2tlblJlc3BvbnNlLk1ldGFkYXRhRW50cnkSFQoNY29ubmVjdGlvbl9pZBgHIAEoCRIQCghwcm92aWRlchgIIAEoCRovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEi+gIKE1N0YXJ0Q29ubmVjdFJlcXVlc3QSDQoFb3duZXIYASABKAkSDgoGdGVuYW50GAIgASgJEhAKCHByb3ZpZGVyGAMgASgJEg4KBnNjb3BlcxgEIAMoCRIRCglyZXR1cm5fdG8YBSABKAkSDQoFbGFiZWwYBiABKAkSDwoHcHVycG9zZRgHIAEoCRJACgdvcHRpb25zGAggAygLMi8udG9rZW52YXVsdC52MS5TdGFydENvbm5lY3RSZXF1ZXN0Lk9wdGlvbnNFbnRyeRJJCgxhcHBfbWV0YWRhdGEYCSADKAsyMy50b2tlbnZhdWx0LnYxLlN0YXJ0Q29ubmVjdFJlcXVlc3QuQXBwTWV0YWRhdGFFbnRyeRouCgxPcHRpb25zRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ARoyChBBcHBNZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiYgoUU3RhcnRDb25uZWN0UmVzcG9uc2USGQoRYXV0aG9yaXphdGlvbl91cmwYASABKAkSLwoLZXhwaXJlX3RpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wImIKFEdldENvbm5lY3Rpb25SZXF1ZXN0EhUKDWNvbm5lY3Rpb25faWQYASABKAkSMwoIc2VsZWN0b3IYAiABKAsyIS50b2tlbnZhdWx0LnYxLkNvbm5lY3Rpb25TZWxlY3RvciJGChVHZXRDb25uZWN0aW9uUmVzcG9uc2USLQoKY29ubmVjdGlvbhgBIAEoCzIZLnRva2VudmF1bHQudjEuQ29ubmVjdGlvbiKjAgoWTGlzdENvbm5lY3Rpb25zUmVxdWVzdBINCgVvd25lchgBIAEoCRIQCghwcm92aWRlchgCIAEoCRIvCgZzdGF0dXMYAyABKA4yHy50b2tlbnZhdWx0LnYxLkNvbm5lY3Rpb25TdGF0dXMSDgoGdGVuYW50GAQgASgJEhEKCXBhZ2Vfc2l6ZRgFIAEoBRISCgpwYWdlX3Rva2VuGAYgASgJEkwKDGFwcF9tZXRhZGF0YRgHIAMoCzI2LnRva2VudmF1bHQudjEuTGlzdENvbm5lY3Rpb25zUmVxdWVzdC5BcHBNZXRhZGF0YUVudHJ5GjIKEEFwcE1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJiChdMaXN0Q29ubmVjdGlvbnNSZXNwb25zZRIuCgtjb25uZWN0aW9ucxgBIAMoCzIZLnRva2VudmF1bHQudjEuQ29ubmVjdGlvbhIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiQAoXUmV2b2tlQ29ubmVjdGlvblJlcXVlc3QSFQoNY29ubmVjdGlvbl9pZBgBIAEoCRIOCgZyZWFzb24YAiABKAkiewoYUmV2b2tlQ29ubmVjdGlvblJlc3BvbnNlEi0KCmNvbm5lY3Rpb24YASABKAsyGS50b2tlbnZhdWx0LnYxLkNvbm5lY3Rpb24SGAoQcHJvdmlkZXJfcmV2b2tlZBgCIAEoCBIWCg5wcm92aWRlcl9lcnJvchgDIAEoCSLaAQoXVXBkYXRlQ29ubmVjdGlvblJlcXVlc3QSFQoNY29ubmVjdGlvbl9pZBgBIAEoCRJUChBzZXRfYXBwX21ldGFkYXRhGAIgAygLMjoudG9rZW52YXVsdC52MS5VcGRhdGVDb25uZWN0aW9uUmVxdWVzdC5TZXRBcHBNZXRhZGF0YUVudHJ5EhsKE3JlbW92ZV9hcHBfbWV0YWRhdGEYAyADKAkaNQoTU2V0QXBwTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIkkKGFVwZGF0ZUNvbm5lY3Rpb25SZXNwb25zZRItCgpjb25uZWN0aW9uGAEgASgLMhkudG9rZW52YXVsdC52MS5Db25uZWN0aW9uIkAKF0RlbGV0ZUNvbm5lY3Rpb25SZXF1ZXN0EhUKDWNvbm5lY3Rpb25faWQYASABKAkSDgoGcmVhc29uGAIgASgJIkwKGERlbGV0ZUNvbm5lY3Rpb25SZXNwb25zZRIYChBwcm92aWRlcl9yZXZva2VkGAEgASgIEhYKDnByb3ZpZGVyX2Vycm9yGAIgASgJIjMKEkRlbGV0ZU93bmVyUmVxdWVzdBINCgVvd25lchgBIAEoCRIOCgZyZWFzb24YAiABKAkiSAoTRGVsZXRlT3duZXJSZXNwb25zZRIWCg5jb25uZWN0aW9uX2lkcxgBIAMoCRIZChFwcm92aWRlcl9mYWlsdXJlcxgCIAEoBSIyChlWYWxpZGF0ZUNvbm5lY3Rpb25SZXF1ZXN0EhUKDWNvbm5lY3Rpb25faWQYASABKAkiWQoaVmFsaWRhdGVDb25uZWN0aW9uUmVzcG9uc2USLQoKY29ubmVjdGlvbhgBIAEoCzIZLnRva2VudmF1bHQudjEuQ29ubmVjdGlvbhIMCgRsaXZlGAIgASgIIhYKFExpc3RQcm92aWRlcnNSZXF1ZXN0IkMKFUxpc3RQcm92aWRlcnNSZXNwb25zZRIqCglwcm92aWRlcnMYASADKAsyFy50b2tlbnZhdWx0LnYxLlByb3ZpZGVyIt8BCghQcm92aWRlchIMCgRuYW1lGAEgASgJEgwKBGtpbmQYAiABKAkSFAoMZGlzcGxheV9uYW1lGAMgASgJEhYKDmRlZmF1bHRfc2NvcGVzGAQgAygJEgwKBHBrY2UYBSABKAgSGAoQc3VwcG9ydHNfcmVmcmVzaBgGIAEoCBIbChNzdXBwb3J0c19yZXZvY2F0aW9uGAcgASgIEhEKCWNsaWVudF9pZBgIIAEoCRIUCgxyZWRpcmVjdF91cmwYCSABKAkSGwoTc3VwcG9ydHNfdmFsaWRhdGlvbhgKIAEoCCKkAQoSSW1wb3J0ZWRDcmVkZW50aWFsEgwKBG5hbWUYASABKAkSFAoMYWNjZXNzX3Rva2VuGAIgASgJEhUKDXJlZnJlc2hfdG9rZW4YAyABKAkSLwoLZXhwaXJlX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhIKCnRva2VuX3R5cGUYBSABKAkSDgoGc2NvcGVzGAYgAygJIroDChJJbXBvcnRlZENvbm5lY3Rpb24SDQoFb3duZXIYASABKAkSDgoGdGVuYW50GAIgASgJEhAKCHByb3ZpZGVyGAMgASgJEg0KBWxhYmVsGAQgASgJEg8KB3B1cnBvc2UYBSABKAkSQQoIbWV0YWRhdGEYBiADKAsyLy50b2tlbnZhdWx0LnYxLkltcG9ydGVkQ29ubmVjdGlvbi5NZXRhZGF0YUVudHJ5Eg8KB2FjY291bnQYByABKAkSNgoLY3JlZGVudGlhbHMYCCADKAsyIS50b2tlbnZhdWx0LnYxLkltcG9ydGVkQ3JlZGVudGlhbBJICgxhcHBfbWV0YWRhdGEYCSADKAsyMi50b2tlbnZhdWx0LnYxLkltcG9ydGVkQ29ubmVjdGlvbi5BcHBNZXRhZGF0YUVudHJ5EhgKEHJlcXVlc3RlZF9zY29wZXMYCiADKAkaLwoNTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBGjIKEEFwcE1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJzChhJbXBvcnRDb25uZWN0aW9uc1JlcXVlc3QSNgoLY29ubmVjdGlvbnMYASADKAsyIS50b2tlbnZhdWx0LnYxLkltcG9ydGVkQ29ubmVjdGlvbhIPCgdkcnlfcnVuGAIgASgIEg4KBnZlcmlmeRgDIAEoCCKkAQoMSW1wb3J0UmVzdWx0Eg0KBWluZGV4GAEgASgFEi0KB291dGNvbWUYAiABKA4yHC50b2tlbnZhdWx0LnYxLkltcG9ydE91dGNvbWUSFQoNY29ubmVjdGlvbl9pZBgDIAEoCRIOCgZyZWFzb24YBCABKAkSLwoGc3RhdHVzGAUgASgOMh8udG9rZW52YXVsdC52MS5Db25uZWN0aW9uU3RhdHVzIkkKGUltcG9ydENvbm5lY3Rpb25zUmVzcG9uc2USLAoHcmVzdWx0cxgBIAMoCzIbLnRva2VudmF1bHQudjEuSW1wb3J0UmVzdWx0IkAKG0V4Y2hhbmdlTGVnYWN5VG9rZW5zUmVxdWVzdBIQCghwcm92aWRlchgBIAEoCRIPCgdkcnlfcnVuGAIgASgIIkgKDkV4Y2hhbmdlUmVzdWx0EhUKDWNvbm5lY3Rpb25faWQYASABKAkSDwoHb3V0Y29tZRgCIAEoCRIOCgZyZWFzb24YAyABKAkiTgocRXhjaGFuZ2VMZWdhY3lUb2tlbnNSZXNwb25zZRIuCgdyZXN1bHRzGAEgAygLMh0udG9rZW52YXVsdC52MS5FeGNoYW5nZVJlc3VsdCITChFSb3RhdGVLZXlzUmVxdWVzdCI1ChJSb3RhdGVLZXlzUmVzcG9uc2USDAoEdGVybRgBIAEoDRIRCglyZXdyYXBwZWQYAiABKAMi0QEKBUV2ZW50EhAKCGV2ZW50X2lkGAEgASgJEgwKBHR5cGUYAiABKAkSEAoIc2VxdWVuY2UYAyABKAQSGwoTY29ubmVjdGlvbl9zZXF1ZW5jZRgEIAEoBBIoCgR0aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBItCgpjb25uZWN0aW9uGAYgASgLMhkudG9rZW52YXVsdC52MS5Db25uZWN0aW9uEg4KBnJlYXNvbhgHIAEoCRIQCghpbXBvcnRlZBgIIAEoCCI7ChJXYXRjaEV2ZW50c1JlcXVlc3QSFgoOYWZ0ZXJfc2VxdWVuY2UYASABKAQSDQoFdHlwZXMYAiADKAkiOgoTV2F0Y2hFdmVudHNSZXNwb25zZRIjCgVldmVudBgBIAEoCzIULnRva2VudmF1bHQudjEuRXZlbnQiwAEKCkF1ZGl0RXZlbnQSEAoIYXVkaXRfaWQYASABKAkSKAoEdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDgoGY2FsbGVyGAMgASgJEgwKBHJvbGUYBCABKAkSDgoGbWV0aG9kGAUgASgJEhUKDWNvbm5lY3Rpb25faWQYBiABKAkSEAoIcHJvdmlkZXIYByABKAkSDwoHb3V0Y29tZRgIIAEoCRIOCgZyZWFzb24YCSABKAkidgoWTGlzdEF1ZGl0RXZlbnRzUmVxdWVzdBIVCg1jb25uZWN0aW9uX2lkGAEgASgJEg4KBmNhbGxlchgCIAEoCRIOCgZtZXRob2QYAyABKAkSEQoJcGFnZV9zaXplGAQgASgFEhIKCnBhZ2VfdG9rZW4YBSABKAkiXQoXTGlzdEF1ZGl0RXZlbnRzUmVzcG9uc2USKQoGZXZlbnRzGAEgAygLMhkudG9rZW52YXVsdC52MS5BdWRpdEV2ZW50EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSqWAQoQQ29ubmVjdGlvblN0YXR1cxIhCh1DT05ORUNUSU9OX1NUQVRVU19VTlNQRUNJRklFRBAAEhwKGENPTk5FQ1RJT05fU1RBVFVTX0FDVElWRRABEiIKHkNPTk5FQ1RJT05fU1RBVFVTX05FRURTX1JFQVVUSBACEh0KGUNPTk5FQ1RJT05fU1RBVFVTX1JFVk9LRUQQAyqgAQoNSW1wb3J0T3V0Y29tZRIeChpJTVBPUlRfT1VUQ09NRV9VTlNQRUNJRklFRBAAEhsKF0lNUE9SVF9PVVRDT01FX0lNUE9SVEVEEAESHAoYSU1QT1JUX09VVENPTUVfRFVQTElDQVRFEAISGgoWSU1QT1JUX09VVENPTUVfUkVGVVNFRBADEhgKFElNUE9SVF9PVVRDT01FX1ZBTElEEAQyrQgKEVRva2VuVmF1bHRTZXJ2aWNlEl0KDkdldEFjY2Vzc1Rva2VuEiQudG9rZW52YXVsdC52MS5HZXRBY2Nlc3NUb2tlblJlcXVlc3QaJS50b2tlbnZhdWx0LnYxLkdldEFjY2Vzc1Rva2VuUmVzcG9uc2USVwoMU3RhcnRDb25uZWN0EiIudG9rZW52YXVsdC52MS5TdGFydENvbm5lY3RSZXF1ZXN0GiMudG9rZW52YXVsdC52MS5TdGFydENvbm5lY3RSZXNwb25zZRJaCg1HZXRDb25uZWN0aW9uEiMudG9rZW52YXVsdC52MS5HZXRDb25uZWN0aW9uUmVxdWVzdBokLnRva2VudmF1bHQudjEuR2V0Q29ubmVjdGlvblJlc3BvbnNlEmAKD0xpc3RDb25uZWN0aW9ucxIlLnRva2VudmF1bHQudjEuTGlzdENvbm5lY3Rpb25zUmVxdWVzdBomLnRva2VudmF1bHQudjEuTGlzdENvbm5lY3Rpb25zUmVzcG9uc2USYwoQUmV2b2tlQ29ubmVjdGlvbhImLnRva2VudmF1bHQudjEuUmV2b2tlQ29ubmVjdGlvblJlcXVlc3QaJy50b2tlbnZhdWx0LnYxLlJldm9rZUNvbm5lY3Rpb25SZXNwb25zZRJpChJWYWxpZGF0ZUNvbm5lY3Rpb24SKC50b2tlbnZhdWx0LnYxLlZhbGlkYXRlQ29ubmVjdGlvblJlcXVlc3QaKS50b2tlbnZhdWx0LnYxLlZhbGlkYXRlQ29ubmVjdGlvblJlc3BvbnNlEmMKEFVwZGF0ZUNvbm5lY3Rpb24SJi50b2tlbnZhdWx0LnYxLlVwZGF0ZUNvbm5lY3Rpb25SZXF1ZXN0GicudG9rZW52YXVsdC52MS5VcGRhdGVDb25uZWN0aW9uUmVzcG9uc2USYwoQRGVsZXRlQ29ubmVjdGlvbhImLnRva2VudmF1bHQudjEuRGVsZXRlQ29ubmVjdGlvblJlcXVlc3QaJy50b2tlbnZhdWx0LnYxLkRlbGV0ZUNvbm5lY3Rpb25SZXNwb25zZRJUCgtEZWxldGVPd25lchIhLnRva2VudmF1bHQudjEuRGVsZXRlT3duZXJSZXF1ZXN0GiIudG9rZW52YXVsdC52MS5EZWxldGVPd25lclJlc3BvbnNlEloKDUxpc3RQcm92aWRlcnMSIy50b2tlbnZhdWx0LnYxLkxpc3RQcm92aWRlcnNSZXF1ZXN0GiQudG9rZW52YXVsdC52MS5MaXN0UHJvdmlkZXJzUmVzcG9uc2USVgoLV2F0Y2hFdmVudHMSIS50b2tlbnZhdWx0LnYxLldhdGNoRXZlbnRzUmVxdWVzdBoiLnRva2VudmF1bHQudjEuV2F0Y2hFdmVudHNSZXNwb25zZTABMpwDCgxBZG1pblNlcnZpY2USUQoKUm90YXRlS2V5cxIgLnRva2VudmF1bHQudjEuUm90YXRlS2V5c1JlcXVlc3QaIS50b2tlbnZhdWx0LnYxLlJvdGF0ZUtleXNSZXNwb25zZRJgCg9MaXN0QXVkaXRFdmVudHMSJS50b2tlbnZhdWx0LnYxLkxpc3RBdWRpdEV2ZW50c1JlcXVlc3QaJi50b2tlbnZhdWx0LnYxLkxpc3RBdWRpdEV2ZW50c1Jlc3BvbnNlEmYKEUltcG9ydENvbm5lY3Rpb25zEicudG9rZW52YXVsdC52MS5JbXBvcnRDb25uZWN0aW9uc1JlcXVlc3QaKC50b2tlbnZhdWx0LnYxLkltcG9ydENvbm5lY3Rpb25zUmVzcG9uc2USbwoURXhjaGFuZ2VMZWdhY3lUb2tlbnMSKi50b2tlbnZhdWx0LnYxLkV4Y2hhbmdlTGVnYWN5VG9rZW5zUmVxdWVzdBorLnRva2VudmF1bHQudjEuRXhjaGFuZ2VMZWdhY3lUb2tlbnNSZXNwb25zZUJDWkFnaXRodWIuY29tL3Rva2VudmF1bHQvdG9rZW52YXVsdC9wcm90by90b2tlbnZhdWx0L3YxO3Rva2VudmF1bHR2MWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * Connection is one end user's grant at one provider, without token material.
@@ -180,6 +180,30 @@ export type Connection = Message<"tokenvault.v1.Connection"> & {
    * @generated from field: repeated string credentials = 21;
    */
   credentials: string[];
+
+  /**
+   * The application's own labels on this connection (bounded: at most 32
+   * keys, keys up to 64 bytes, values up to 256 bytes).
+   *
+   * @generated from field: map<string, string> app_metadata = 22;
+   */
+  appMetadata: { [key: string]: string };
+
+  /**
+   * The credential (API key name, or "uid:<n>" on the unix socket) that
+   * created the connection: the owning application.
+   *
+   * @generated from field: string created_by = 23;
+   */
+  createdBy: string;
+
+  /**
+   * True if the connection was brought in by ImportConnections rather
+   * than by a connect flow.
+   *
+   * @generated from field: bool imported = 24;
+   */
+  imported: boolean;
 };
 
 /**
@@ -396,6 +420,14 @@ export type StartConnectRequest = Message<"tokenvault.v1.StartConnectRequest"> &
    * @generated from field: map<string, string> options = 8;
    */
   options: { [key: string]: string };
+
+  /**
+   * Application metadata to set on the connection the flow creates (or
+   * to merge into the one it reconnects).
+   *
+   * @generated from field: map<string, string> app_metadata = 9;
+   */
+  appMetadata: { [key: string]: string };
 };
 
 /**
@@ -510,6 +542,14 @@ export type ListConnectionsRequest = Message<"tokenvault.v1.ListConnectionsReque
    * @generated from field: string page_token = 6;
    */
   pageToken: string;
+
+  /**
+   * Only connections carrying every one of these application metadata
+   * pairs.
+   *
+   * @generated from field: map<string, string> app_metadata = 7;
+   */
+  appMetadata: { [key: string]: string };
 };
 
 /**
@@ -600,6 +640,155 @@ export const RevokeConnectionResponseSchema: GenMessage<RevokeConnectionResponse
   messageDesc(file_tokenvault_v1_tokenvault, 11);
 
 /**
+ * @generated from message tokenvault.v1.UpdateConnectionRequest
+ */
+export type UpdateConnectionRequest = Message<"tokenvault.v1.UpdateConnectionRequest"> & {
+  /**
+   * @generated from field: string connection_id = 1;
+   */
+  connectionId: string;
+
+  /**
+   * Application metadata to set (added, or replacing the value of a key).
+   *
+   * @generated from field: map<string, string> set_app_metadata = 2;
+   */
+  setAppMetadata: { [key: string]: string };
+
+  /**
+   * Application metadata keys to remove. A key may not be both set and
+   * removed.
+   *
+   * @generated from field: repeated string remove_app_metadata = 3;
+   */
+  removeAppMetadata: string[];
+};
+
+/**
+ * Describes the message tokenvault.v1.UpdateConnectionRequest.
+ * Use `create(UpdateConnectionRequestSchema)` to create a new message.
+ */
+export const UpdateConnectionRequestSchema: GenMessage<UpdateConnectionRequest> = /*@__PURE__*/
+  messageDesc(file_tokenvault_v1_tokenvault, 12);
+
+/**
+ * @generated from message tokenvault.v1.UpdateConnectionResponse
+ */
+export type UpdateConnectionResponse = Message<"tokenvault.v1.UpdateConnectionResponse"> & {
+  /**
+   * @generated from field: tokenvault.v1.Connection connection = 1;
+   */
+  connection?: Connection | undefined;
+};
+
+/**
+ * Describes the message tokenvault.v1.UpdateConnectionResponse.
+ * Use `create(UpdateConnectionResponseSchema)` to create a new message.
+ */
+export const UpdateConnectionResponseSchema: GenMessage<UpdateConnectionResponse> = /*@__PURE__*/
+  messageDesc(file_tokenvault_v1_tokenvault, 13);
+
+/**
+ * @generated from message tokenvault.v1.DeleteConnectionRequest
+ */
+export type DeleteConnectionRequest = Message<"tokenvault.v1.DeleteConnectionRequest"> & {
+  /**
+   * @generated from field: string connection_id = 1;
+   */
+  connectionId: string;
+
+  /**
+   * Why, for the audit and the event (e.g. "user_closed_account").
+   *
+   * @generated from field: string reason = 2;
+   */
+  reason: string;
+};
+
+/**
+ * Describes the message tokenvault.v1.DeleteConnectionRequest.
+ * Use `create(DeleteConnectionRequestSchema)` to create a new message.
+ */
+export const DeleteConnectionRequestSchema: GenMessage<DeleteConnectionRequest> = /*@__PURE__*/
+  messageDesc(file_tokenvault_v1_tokenvault, 14);
+
+/**
+ * @generated from message tokenvault.v1.DeleteConnectionResponse
+ */
+export type DeleteConnectionResponse = Message<"tokenvault.v1.DeleteConnectionResponse"> & {
+  /**
+   * True if the grant was revoked at the provider (or was dead already).
+   *
+   * @generated from field: bool provider_revoked = 1;
+   */
+  providerRevoked: boolean;
+
+  /**
+   * Why revocation at the provider failed, if it did; the record is
+   * deleted regardless.
+   *
+   * @generated from field: string provider_error = 2;
+   */
+  providerError: string;
+};
+
+/**
+ * Describes the message tokenvault.v1.DeleteConnectionResponse.
+ * Use `create(DeleteConnectionResponseSchema)` to create a new message.
+ */
+export const DeleteConnectionResponseSchema: GenMessage<DeleteConnectionResponse> = /*@__PURE__*/
+  messageDesc(file_tokenvault_v1_tokenvault, 15);
+
+/**
+ * @generated from message tokenvault.v1.DeleteOwnerRequest
+ */
+export type DeleteOwnerRequest = Message<"tokenvault.v1.DeleteOwnerRequest"> & {
+  /**
+   * @generated from field: string owner = 1;
+   */
+  owner: string;
+
+  /**
+   * @generated from field: string reason = 2;
+   */
+  reason: string;
+};
+
+/**
+ * Describes the message tokenvault.v1.DeleteOwnerRequest.
+ * Use `create(DeleteOwnerRequestSchema)` to create a new message.
+ */
+export const DeleteOwnerRequestSchema: GenMessage<DeleteOwnerRequest> = /*@__PURE__*/
+  messageDesc(file_tokenvault_v1_tokenvault, 16);
+
+/**
+ * @generated from message tokenvault.v1.DeleteOwnerResponse
+ */
+export type DeleteOwnerResponse = Message<"tokenvault.v1.DeleteOwnerResponse"> & {
+  /**
+   * The connections deleted.
+   *
+   * @generated from field: repeated string connection_ids = 1;
+   */
+  connectionIds: string[];
+
+  /**
+   * How many of them could not be revoked at the provider (they are
+   * deleted all the same).
+   *
+   * @generated from field: int32 provider_failures = 2;
+   */
+  providerFailures: number;
+};
+
+/**
+ * Describes the message tokenvault.v1.DeleteOwnerResponse.
+ * Use `create(DeleteOwnerResponseSchema)` to create a new message.
+ */
+export const DeleteOwnerResponseSchema: GenMessage<DeleteOwnerResponse> = /*@__PURE__*/
+  messageDesc(file_tokenvault_v1_tokenvault, 17);
+
+/**
  * @generated from message tokenvault.v1.ValidateConnectionRequest
  */
 export type ValidateConnectionRequest = Message<"tokenvault.v1.ValidateConnectionRequest"> & {
@@ -614,7 +803,7 @@ export type ValidateConnectionRequest = Message<"tokenvault.v1.ValidateConnectio
  * Use `create(ValidateConnectionRequestSchema)` to create a new message.
  */
 export const ValidateConnectionRequestSchema: GenMessage<ValidateConnectionRequest> = /*@__PURE__*/
-  messageDesc(file_tokenvault_v1_tokenvault, 12);
+  messageDesc(file_tokenvault_v1_tokenvault, 18);
 
 /**
  * @generated from message tokenvault.v1.ValidateConnectionResponse
@@ -639,7 +828,7 @@ export type ValidateConnectionResponse = Message<"tokenvault.v1.ValidateConnecti
  * Use `create(ValidateConnectionResponseSchema)` to create a new message.
  */
 export const ValidateConnectionResponseSchema: GenMessage<ValidateConnectionResponse> = /*@__PURE__*/
-  messageDesc(file_tokenvault_v1_tokenvault, 13);
+  messageDesc(file_tokenvault_v1_tokenvault, 19);
 
 /**
  * @generated from message tokenvault.v1.ListProvidersRequest
@@ -652,7 +841,7 @@ export type ListProvidersRequest = Message<"tokenvault.v1.ListProvidersRequest">
  * Use `create(ListProvidersRequestSchema)` to create a new message.
  */
 export const ListProvidersRequestSchema: GenMessage<ListProvidersRequest> = /*@__PURE__*/
-  messageDesc(file_tokenvault_v1_tokenvault, 14);
+  messageDesc(file_tokenvault_v1_tokenvault, 20);
 
 /**
  * @generated from message tokenvault.v1.ListProvidersResponse
@@ -669,7 +858,7 @@ export type ListProvidersResponse = Message<"tokenvault.v1.ListProvidersResponse
  * Use `create(ListProvidersResponseSchema)` to create a new message.
  */
 export const ListProvidersResponseSchema: GenMessage<ListProvidersResponse> = /*@__PURE__*/
-  messageDesc(file_tokenvault_v1_tokenvault, 15);
+  messageDesc(file_tokenvault_v1_tokenvault, 21);
 
 /**
  * Provider describes a configured provider. It never carries secrets.
@@ -739,7 +928,294 @@ export type Provider = Message<"tokenvault.v1.Provider"> & {
  * Use `create(ProviderSchema)` to create a new message.
  */
 export const ProviderSchema: GenMessage<Provider> = /*@__PURE__*/
-  messageDesc(file_tokenvault_v1_tokenvault, 16);
+  messageDesc(file_tokenvault_v1_tokenvault, 22);
+
+/**
+ * ImportedCredential is one credential of an imported grant.
+ *
+ * @generated from message tokenvault.v1.ImportedCredential
+ */
+export type ImportedCredential = Message<"tokenvault.v1.ImportedCredential"> & {
+  /**
+   * "" for the primary credential; Slack's user token is "user".
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * @generated from field: string access_token = 2;
+   */
+  accessToken: string;
+
+  /**
+   * @generated from field: string refresh_token = 3;
+   */
+  refreshToken: string;
+
+  /**
+   * When the access token expires; unset: it does not. An expiry already
+   * past is refused unless a refresh token comes with it.
+   *
+   * @generated from field: google.protobuf.Timestamp expire_time = 4;
+   */
+  expireTime?: Timestamp | undefined;
+
+  /**
+   * @generated from field: string token_type = 5;
+   */
+  tokenType: string;
+
+  /**
+   * @generated from field: repeated string scopes = 6;
+   */
+  scopes: string[];
+};
+
+/**
+ * Describes the message tokenvault.v1.ImportedCredential.
+ * Use `create(ImportedCredentialSchema)` to create a new message.
+ */
+export const ImportedCredentialSchema: GenMessage<ImportedCredential> = /*@__PURE__*/
+  messageDesc(file_tokenvault_v1_tokenvault, 23);
+
+/**
+ * ImportedConnection is one grant to import.
+ *
+ * @generated from message tokenvault.v1.ImportedConnection
+ */
+export type ImportedConnection = Message<"tokenvault.v1.ImportedConnection"> & {
+  /**
+   * @generated from field: string owner = 1;
+   */
+  owner: string;
+
+  /**
+   * @generated from field: string tenant = 2;
+   */
+  tenant: string;
+
+  /**
+   * @generated from field: string provider = 3;
+   */
+  provider: string;
+
+  /**
+   * @generated from field: string label = 4;
+   */
+  label: string;
+
+  /**
+   * @generated from field: string purpose = 5;
+   */
+  purpose: string;
+
+  /**
+   * Provider account fields (Slack team_id, Salesforce instance_url, ...),
+   * as the provider's connect flow would have stored them.
+   *
+   * @generated from field: map<string, string> metadata = 6;
+   */
+  metadata: { [key: string]: string };
+
+  /**
+   * The provider account's readable id (a Slack team id, a GitHub login).
+   *
+   * @generated from field: string account = 7;
+   */
+  account: string;
+
+  /**
+   * @generated from field: repeated tokenvault.v1.ImportedCredential credentials = 8;
+   */
+  credentials: ImportedCredential[];
+
+  /**
+   * @generated from field: map<string, string> app_metadata = 9;
+   */
+  appMetadata: { [key: string]: string };
+
+  /**
+   * Scopes the application had asked for; empty: the granted ones.
+   *
+   * @generated from field: repeated string requested_scopes = 10;
+   */
+  requestedScopes: string[];
+};
+
+/**
+ * Describes the message tokenvault.v1.ImportedConnection.
+ * Use `create(ImportedConnectionSchema)` to create a new message.
+ */
+export const ImportedConnectionSchema: GenMessage<ImportedConnection> = /*@__PURE__*/
+  messageDesc(file_tokenvault_v1_tokenvault, 24);
+
+/**
+ * @generated from message tokenvault.v1.ImportConnectionsRequest
+ */
+export type ImportConnectionsRequest = Message<"tokenvault.v1.ImportConnectionsRequest"> & {
+  /**
+   * @generated from field: repeated tokenvault.v1.ImportedConnection connections = 1;
+   */
+  connections: ImportedConnection[];
+
+  /**
+   * Validate and report without writing anything.
+   *
+   * @generated from field: bool dry_run = 2;
+   */
+  dryRun: boolean;
+
+  /**
+   * Ask the provider once per imported grant (validate, or refresh where
+   * it cannot validate); a dead grant is imported as NEEDS_REAUTH.
+   *
+   * @generated from field: bool verify = 3;
+   */
+  verify: boolean;
+};
+
+/**
+ * Describes the message tokenvault.v1.ImportConnectionsRequest.
+ * Use `create(ImportConnectionsRequestSchema)` to create a new message.
+ */
+export const ImportConnectionsRequestSchema: GenMessage<ImportConnectionsRequest> = /*@__PURE__*/
+  messageDesc(file_tokenvault_v1_tokenvault, 25);
+
+/**
+ * @generated from message tokenvault.v1.ImportResult
+ */
+export type ImportResult = Message<"tokenvault.v1.ImportResult"> & {
+  /**
+   * The record's position in the request, from 0.
+   *
+   * @generated from field: int32 index = 1;
+   */
+  index: number;
+
+  /**
+   * @generated from field: tokenvault.v1.ImportOutcome outcome = 2;
+   */
+  outcome: ImportOutcome;
+
+  /**
+   * The new connection (IMPORTED) or the existing one (DUPLICATE).
+   *
+   * @generated from field: string connection_id = 3;
+   */
+  connectionId: string;
+
+  /**
+   * Why it was refused, or "invalid_grant" etc. when verify found the
+   * grant dead. Never holds token material.
+   *
+   * @generated from field: string reason = 4;
+   */
+  reason: string;
+
+  /**
+   * The connection's status after import (NEEDS_REAUTH when verify found
+   * the grant dead).
+   *
+   * @generated from field: tokenvault.v1.ConnectionStatus status = 5;
+   */
+  status: ConnectionStatus;
+};
+
+/**
+ * Describes the message tokenvault.v1.ImportResult.
+ * Use `create(ImportResultSchema)` to create a new message.
+ */
+export const ImportResultSchema: GenMessage<ImportResult> = /*@__PURE__*/
+  messageDesc(file_tokenvault_v1_tokenvault, 26);
+
+/**
+ * @generated from message tokenvault.v1.ImportConnectionsResponse
+ */
+export type ImportConnectionsResponse = Message<"tokenvault.v1.ImportConnectionsResponse"> & {
+  /**
+   * @generated from field: repeated tokenvault.v1.ImportResult results = 1;
+   */
+  results: ImportResult[];
+};
+
+/**
+ * Describes the message tokenvault.v1.ImportConnectionsResponse.
+ * Use `create(ImportConnectionsResponseSchema)` to create a new message.
+ */
+export const ImportConnectionsResponseSchema: GenMessage<ImportConnectionsResponse> = /*@__PURE__*/
+  messageDesc(file_tokenvault_v1_tokenvault, 27);
+
+/**
+ * @generated from message tokenvault.v1.ExchangeLegacyTokensRequest
+ */
+export type ExchangeLegacyTokensRequest = Message<"tokenvault.v1.ExchangeLegacyTokensRequest"> & {
+  /**
+   * @generated from field: string provider = 1;
+   */
+  provider: string;
+
+  /**
+   * @generated from field: bool dry_run = 2;
+   */
+  dryRun: boolean;
+};
+
+/**
+ * Describes the message tokenvault.v1.ExchangeLegacyTokensRequest.
+ * Use `create(ExchangeLegacyTokensRequestSchema)` to create a new message.
+ */
+export const ExchangeLegacyTokensRequestSchema: GenMessage<ExchangeLegacyTokensRequest> = /*@__PURE__*/
+  messageDesc(file_tokenvault_v1_tokenvault, 28);
+
+/**
+ * @generated from message tokenvault.v1.ExchangeResult
+ */
+export type ExchangeResult = Message<"tokenvault.v1.ExchangeResult"> & {
+  /**
+   * @generated from field: string connection_id = 1;
+   */
+  connectionId: string;
+
+  /**
+   * "exchanged", "skipped" (rotating already, or not active), "would_exchange"
+   * (dry_run) or "failed".
+   *
+   * @generated from field: string outcome = 2;
+   */
+  outcome: string;
+
+  /**
+   * Why it failed (the provider's error code), or why it was skipped.
+   *
+   * @generated from field: string reason = 3;
+   */
+  reason: string;
+};
+
+/**
+ * Describes the message tokenvault.v1.ExchangeResult.
+ * Use `create(ExchangeResultSchema)` to create a new message.
+ */
+export const ExchangeResultSchema: GenMessage<ExchangeResult> = /*@__PURE__*/
+  messageDesc(file_tokenvault_v1_tokenvault, 29);
+
+/**
+ * @generated from message tokenvault.v1.ExchangeLegacyTokensResponse
+ */
+export type ExchangeLegacyTokensResponse = Message<"tokenvault.v1.ExchangeLegacyTokensResponse"> & {
+  /**
+   * @generated from field: repeated tokenvault.v1.ExchangeResult results = 1;
+   */
+  results: ExchangeResult[];
+};
+
+/**
+ * Describes the message tokenvault.v1.ExchangeLegacyTokensResponse.
+ * Use `create(ExchangeLegacyTokensResponseSchema)` to create a new message.
+ */
+export const ExchangeLegacyTokensResponseSchema: GenMessage<ExchangeLegacyTokensResponse> = /*@__PURE__*/
+  messageDesc(file_tokenvault_v1_tokenvault, 30);
 
 /**
  * @generated from message tokenvault.v1.RotateKeysRequest
@@ -752,7 +1228,7 @@ export type RotateKeysRequest = Message<"tokenvault.v1.RotateKeysRequest"> & {
  * Use `create(RotateKeysRequestSchema)` to create a new message.
  */
 export const RotateKeysRequestSchema: GenMessage<RotateKeysRequest> = /*@__PURE__*/
-  messageDesc(file_tokenvault_v1_tokenvault, 17);
+  messageDesc(file_tokenvault_v1_tokenvault, 31);
 
 /**
  * @generated from message tokenvault.v1.RotateKeysResponse
@@ -778,7 +1254,7 @@ export type RotateKeysResponse = Message<"tokenvault.v1.RotateKeysResponse"> & {
  * Use `create(RotateKeysResponseSchema)` to create a new message.
  */
 export const RotateKeysResponseSchema: GenMessage<RotateKeysResponse> = /*@__PURE__*/
-  messageDesc(file_tokenvault_v1_tokenvault, 18);
+  messageDesc(file_tokenvault_v1_tokenvault, 32);
 
 /**
  * Event is one change of a connection's state. Its event_id is stable across
@@ -794,7 +1270,8 @@ export type Event = Message<"tokenvault.v1.Event"> & {
 
   /**
    * "connection.created", "connection.reconnected", "connection.needs_reauth",
-   * "connection.recovered", "connection.revoked", "connection.scopes_changed".
+   * "connection.recovered", "connection.revoked", "connection.scopes_changed",
+   * "connection.deleted".
    *
    * @generated from field: string type = 2;
    */
@@ -832,6 +1309,13 @@ export type Event = Message<"tokenvault.v1.Event"> & {
    * @generated from field: string reason = 7;
    */
   reason: string;
+
+  /**
+   * True on the connection.created event of an imported connection.
+   *
+   * @generated from field: bool imported = 8;
+   */
+  imported: boolean;
 };
 
 /**
@@ -839,7 +1323,7 @@ export type Event = Message<"tokenvault.v1.Event"> & {
  * Use `create(EventSchema)` to create a new message.
  */
 export const EventSchema: GenMessage<Event> = /*@__PURE__*/
-  messageDesc(file_tokenvault_v1_tokenvault, 19);
+  messageDesc(file_tokenvault_v1_tokenvault, 33);
 
 /**
  * @generated from message tokenvault.v1.WatchEventsRequest
@@ -863,7 +1347,7 @@ export type WatchEventsRequest = Message<"tokenvault.v1.WatchEventsRequest"> & {
  * Use `create(WatchEventsRequestSchema)` to create a new message.
  */
 export const WatchEventsRequestSchema: GenMessage<WatchEventsRequest> = /*@__PURE__*/
-  messageDesc(file_tokenvault_v1_tokenvault, 20);
+  messageDesc(file_tokenvault_v1_tokenvault, 34);
 
 /**
  * @generated from message tokenvault.v1.WatchEventsResponse
@@ -880,7 +1364,7 @@ export type WatchEventsResponse = Message<"tokenvault.v1.WatchEventsResponse"> &
  * Use `create(WatchEventsResponseSchema)` to create a new message.
  */
 export const WatchEventsResponseSchema: GenMessage<WatchEventsResponse> = /*@__PURE__*/
-  messageDesc(file_tokenvault_v1_tokenvault, 21);
+  messageDesc(file_tokenvault_v1_tokenvault, 35);
 
 /**
  * AuditEvent records one call: who, what, on which connection, and how it
@@ -950,7 +1434,7 @@ export type AuditEvent = Message<"tokenvault.v1.AuditEvent"> & {
  * Use `create(AuditEventSchema)` to create a new message.
  */
 export const AuditEventSchema: GenMessage<AuditEvent> = /*@__PURE__*/
-  messageDesc(file_tokenvault_v1_tokenvault, 22);
+  messageDesc(file_tokenvault_v1_tokenvault, 36);
 
 /**
  * @generated from message tokenvault.v1.ListAuditEventsRequest
@@ -991,7 +1475,7 @@ export type ListAuditEventsRequest = Message<"tokenvault.v1.ListAuditEventsReque
  * Use `create(ListAuditEventsRequestSchema)` to create a new message.
  */
 export const ListAuditEventsRequestSchema: GenMessage<ListAuditEventsRequest> = /*@__PURE__*/
-  messageDesc(file_tokenvault_v1_tokenvault, 23);
+  messageDesc(file_tokenvault_v1_tokenvault, 37);
 
 /**
  * @generated from message tokenvault.v1.ListAuditEventsResponse
@@ -1013,7 +1497,7 @@ export type ListAuditEventsResponse = Message<"tokenvault.v1.ListAuditEventsResp
  * Use `create(ListAuditEventsResponseSchema)` to create a new message.
  */
 export const ListAuditEventsResponseSchema: GenMessage<ListAuditEventsResponse> = /*@__PURE__*/
-  messageDesc(file_tokenvault_v1_tokenvault, 24);
+  messageDesc(file_tokenvault_v1_tokenvault, 38);
 
 /**
  * ConnectionStatus is where a connection is in its lifecycle.
@@ -1053,6 +1537,50 @@ export enum ConnectionStatus {
  */
 export const ConnectionStatusSchema: GenEnum<ConnectionStatus> = /*@__PURE__*/
   enumDesc(file_tokenvault_v1_tokenvault, 0);
+
+/**
+ * ImportOutcome is what happened to one imported record.
+ *
+ * @generated from enum tokenvault.v1.ImportOutcome
+ */
+export enum ImportOutcome {
+  /**
+   * @generated from enum value: IMPORT_OUTCOME_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * @generated from enum value: IMPORT_OUTCOME_IMPORTED = 1;
+   */
+  IMPORTED = 1,
+
+  /**
+   * A connection with the same (owner, provider, label) exists.
+   *
+   * @generated from enum value: IMPORT_OUTCOME_DUPLICATE = 2;
+   */
+  DUPLICATE = 2,
+
+  /**
+   * The record is invalid; reason says why.
+   *
+   * @generated from enum value: IMPORT_OUTCOME_REFUSED = 3;
+   */
+  REFUSED = 3,
+
+  /**
+   * dry_run: the record would be imported.
+   *
+   * @generated from enum value: IMPORT_OUTCOME_VALID = 4;
+   */
+  VALID = 4,
+}
+
+/**
+ * Describes the enum tokenvault.v1.ImportOutcome.
+ */
+export const ImportOutcomeSchema: GenEnum<ImportOutcome> = /*@__PURE__*/
+  enumDesc(file_tokenvault_v1_tokenvault, 1);
 
 /**
  * TokenVaultService holds end users' OAuth connections and hands out access
@@ -1133,6 +1661,43 @@ export const TokenVaultService: GenService<{
     output: typeof ValidateConnectionResponseSchema;
   },
   /**
+   * UpdateConnection changes a connection's application metadata: the
+   * labels the application keeps on it to tie it to its own records.
+   *
+   * @generated from rpc tokenvault.v1.TokenVaultService.UpdateConnection
+   */
+  updateConnection: {
+    methodKind: "unary";
+    input: typeof UpdateConnectionRequestSchema;
+    output: typeof UpdateConnectionResponseSchema;
+  },
+  /**
+   * DeleteConnection erases a connection: it revokes the grant at the
+   * provider if it is still live, then removes the record and its sealed
+   * token material from the store, and emits connection.deleted. Unlike
+   * RevokeConnection no record is kept. Operators only. Deleting a
+   * connection that does not exist is NOT_FOUND (NOT_CONNECTED).
+   *
+   * @generated from rpc tokenvault.v1.TokenVaultService.DeleteConnection
+   */
+  deleteConnection: {
+    methodKind: "unary";
+    input: typeof DeleteConnectionRequestSchema;
+    output: typeof DeleteConnectionResponseSchema;
+  },
+  /**
+   * DeleteOwner erases every connection of one owner (a user erasure), as
+   * DeleteConnection does for each. Operators only. It is idempotent: an
+   * owner with no connections deletes nothing and succeeds.
+   *
+   * @generated from rpc tokenvault.v1.TokenVaultService.DeleteOwner
+   */
+  deleteOwner: {
+    methodKind: "unary";
+    input: typeof DeleteOwnerRequestSchema;
+    output: typeof DeleteOwnerResponseSchema;
+  },
+  /**
    * ListProviders lists the configured providers, never their secrets.
    *
    * @generated from rpc tokenvault.v1.TokenVaultService.ListProviders
@@ -1185,6 +1750,33 @@ export const AdminService: GenService<{
     methodKind: "unary";
     input: typeof ListAuditEventsRequestSchema;
     output: typeof ListAuditEventsResponseSchema;
+  },
+  /**
+   * ImportConnections brings in grants issued elsewhere (another broker,
+   * the application's own database), sealed like any other, one result per
+   * record in request order. A record whose (owner, provider, label)
+   * already exists is skipped as a duplicate, so an interrupted import can
+   * be sent again. At most 1000 records per call.
+   *
+   * @generated from rpc tokenvault.v1.AdminService.ImportConnections
+   */
+  importConnections: {
+    methodKind: "unary";
+    input: typeof ImportConnectionsRequestSchema;
+    output: typeof ImportConnectionsResponseSchema;
+  },
+  /**
+   * ExchangeLegacyTokens trades the non-expiring tokens of a provider's
+   * connections for rotating ones (Slack's oauth.v2.exchange, once the app
+   * has turned token rotation on). Connections that rotate already are
+   * reported as skipped, so it is safe to run again.
+   *
+   * @generated from rpc tokenvault.v1.AdminService.ExchangeLegacyTokens
+   */
+  exchangeLegacyTokens: {
+    methodKind: "unary";
+    input: typeof ExchangeLegacyTokensRequestSchema;
+    output: typeof ExchangeLegacyTokensResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_tokenvault_v1_tokenvault, 1);
