@@ -1,7 +1,7 @@
 // Command tokenvault is the tokenvault sidecar and its operator CLI.
 //
 //	tokenvault serve [--dev] [--config FILE] [flags]
-//	tokenvault connections list|get|revoke|validate [flags]
+//	tokenvault connections list|get|revoke|validate|update|delete|delete-owner|import|exchange [flags]
 //	tokenvault connect OWNER PROVIDER [flags]
 //	tokenvault token CONNECTION_ID [flags]
 //	tokenvault token --owner OWNER --provider PROVIDER [--label LABEL] [flags]
@@ -35,6 +35,11 @@ Usage:
   tokenvault connections get CONNECTION_ID [-o json]
   tokenvault connections revoke CONNECTION_ID [--reason R]
   tokenvault connections validate CONNECTION_ID [-o json]
+  tokenvault connections update CONNECTION_ID [--set K=V]... [--remove K]...
+  tokenvault connections delete CONNECTION_ID [--reason R]
+  tokenvault connections delete-owner OWNER [--reason R]
+  tokenvault connections import FILE|- [--dry-run] [--verify] [-o json]
+  tokenvault connections exchange --provider slack [--dry-run]
   tokenvault connect OWNER PROVIDER [--scopes S,S] [--return-to URL] [--label L]   print a URL to connect
   tokenvault token CONNECTION_ID [--min-valid 5m] [--force] [--credential NAME]
   tokenvault token --owner OWNER --provider PROVIDER [--label LABEL] [--tenant TENANT] [...]

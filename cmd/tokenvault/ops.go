@@ -119,8 +119,12 @@ func printJSON(w io.Writer, m proto.Message) error {
 
 func connectionsCmd(ctx context.Context, args []string, env func(string) string, stdout io.Writer) error {
 	if len(args) == 0 {
-		fmt.Fprintln(stdout, "usage: tokenvault connections list|get|revoke|validate")
+		fmt.Fprintln(stdout, "usage: tokenvault connections list|get|revoke|validate|update|delete|delete-owner|import|exchange")
 		return errUsage
+	}
+	switch args[0] {
+	case "import", "exchange", "delete", "delete-owner", "update":
+		return lifecycleCmd(ctx, args[0], args[1:], env, os.Stdin, stdout)
 	}
 	fs := flag.NewFlagSet("connections "+args[0], flag.ContinueOnError)
 	var o opFlags
@@ -136,7 +140,7 @@ func connectionsCmd(ctx context.Context, args []string, env func(string) string,
 		fs.StringVar(&reason, "reason", "", "why, recorded with the revocation")
 	case "get", "validate":
 	default:
-		return fmt.Errorf("unknown subcommand %q (want list, get, revoke or validate)", args[0])
+		return fmt.Errorf("unknown subcommand %q (want list, get, revoke, validate, update, delete, delete-owner, import or exchange)", args[0])
 	}
 	pos, err := parseInterspersed(fs, args[1:])
 	if err != nil {
