@@ -144,6 +144,15 @@ type Connection struct {
 	NextRetryAt time.Time `json:"next_retry_at,omitzero"`
 
 	Grant Grant `json:"grant"`
+
+	// AppMetadata is the application's own labels on the connection
+	// (bounded by CheckAppMetadata).
+	AppMetadata map[string]string `json:"app_metadata,omitempty"`
+	// CreatedBy names the credential that created the connection: the
+	// owning application.
+	CreatedBy string `json:"created_by,omitempty"`
+	// Imported: the connection was brought in by Import, not a connect flow.
+	Imported bool `json:"imported,omitempty"`
 }
 
 // GrantedScopes returns the scopes the provider granted.
@@ -194,6 +203,7 @@ func (c *Connection) clone() *Connection {
 		out.InFlight = &f
 	}
 	out.Grant = c.Grant.clone()
+	out.AppMetadata = maps.Clone(c.AppMetadata)
 	return &out
 }
 

@@ -46,6 +46,7 @@ func toRecord(c *Connection) *recordv1.Connection {
 		LastUsedAt: nanos(c.LastUsedAt), LastValidatedAt: nanos(c.LastValidatedAt),
 		Generation: c.Generation, Connects: int64(c.Connects), EventSeq: c.EventSeq,
 		Failures: int64(c.Failures), LastError: c.LastError, NextRetryAt: nanos(c.NextRetryAt),
+		AppMetadata: c.AppMetadata, CreatedBy: c.CreatedBy, Imported: c.Imported,
 		Grant: &recordv1.Grant{
 			Scopes: c.Grant.Scopes, Account: c.Grant.Account,
 			Metadata: c.Grant.Metadata, Secrets: c.Grant.Secrets,
@@ -82,6 +83,7 @@ func fromRecord(r *recordv1.Connection, c *Connection) {
 		LastUsedAt: timeOf(r.LastUsedAt), LastValidatedAt: timeOf(r.LastValidatedAt),
 		Generation: r.Generation, Connects: int(r.Connects), EventSeq: r.EventSeq,
 		Failures: int(r.Failures), LastError: r.LastError, NextRetryAt: timeOf(r.NextRetryAt),
+		AppMetadata: nilIfEmptyMap(r.AppMetadata), CreatedBy: r.CreatedBy, Imported: r.Imported,
 	}
 	if len(r.Transitions) > 0 {
 		c.Transitions = make([]Transition, len(r.Transitions))

@@ -28,6 +28,7 @@ func fullRecord() *Connection {
 			Scopes: []string{"chat:write"}, Account: "T1", Metadata: map[string]string{"team_id": "T1"},
 			Secrets: map[string]string{"incoming_webhook_url": "https://hooks.example/x"},
 		},
+		AppMetadata: map[string]string{"workspace": "w_42"}, CreatedBy: "app", Imported: true,
 	}
 }
 

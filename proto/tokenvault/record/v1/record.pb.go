@@ -56,8 +56,15 @@ type Connection struct {
 	LastError       string                 `protobuf:"bytes,21,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
 	NextRetryAt     int64                  `protobuf:"varint,22,opt,name=next_retry_at,json=nextRetryAt,proto3" json:"next_retry_at,omitempty"`
 	Grant           *Grant                 `protobuf:"bytes,23,opt,name=grant,proto3" json:"grant,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// The application's own labels (numbers from 30: other fields may come
+	// before).
+	AppMetadata map[string]string `protobuf:"bytes,30,rep,name=app_metadata,json=appMetadata,proto3" json:"app_metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// The credential that created the connection.
+	CreatedBy string `protobuf:"bytes,31,opt,name=created_by,json=createdBy,proto3" json:"created_by,omitempty"`
+	// Brought in by an import, not a connect flow.
+	Imported      bool `protobuf:"varint,32,opt,name=imported,proto3" json:"imported,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Connection) Reset() {
@@ -249,6 +256,27 @@ func (x *Connection) GetGrant() *Grant {
 		return x.Grant
 	}
 	return nil
+}
+
+func (x *Connection) GetAppMetadata() map[string]string {
+	if x != nil {
+		return x.AppMetadata
+	}
+	return nil
+}
+
+func (x *Connection) GetCreatedBy() string {
+	if x != nil {
+		return x.CreatedBy
+	}
+	return ""
+}
+
+func (x *Connection) GetImported() bool {
+	if x != nil {
+		return x.Imported
+	}
+	return false
 }
 
 // Transition is one change of a connection's status.
@@ -563,7 +591,7 @@ var File_tokenvault_record_v1_record_proto protoreflect.FileDescriptor
 
 const file_tokenvault_record_v1_record_proto_rawDesc = "" +
 	"\n" +
-	"!tokenvault/record/v1/record.proto\x12\x14tokenvault.record.v1\"\xa2\x06\n" +
+	"!tokenvault/record/v1/record.proto\x12\x14tokenvault.record.v1\"\xf3\a\n" +
 	"\n" +
 	"Connection\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
@@ -595,7 +623,14 @@ const file_tokenvault_record_v1_record_proto_rawDesc = "" +
 	"\n" +
 	"last_error\x18\x15 \x01(\tR\tlastError\x12\"\n" +
 	"\rnext_retry_at\x18\x16 \x01(\x03R\vnextRetryAt\x121\n" +
-	"\x05grant\x18\x17 \x01(\v2\x1b.tokenvault.record.v1.GrantR\x05grant\"X\n" +
+	"\x05grant\x18\x17 \x01(\v2\x1b.tokenvault.record.v1.GrantR\x05grant\x12T\n" +
+	"\fapp_metadata\x18\x1e \x03(\v21.tokenvault.record.v1.Connection.AppMetadataEntryR\vappMetadata\x12\x1d\n" +
+	"\n" +
+	"created_by\x18\x1f \x01(\tR\tcreatedBy\x12\x1a\n" +
+	"\bimported\x18  \x01(\bR\bimported\x1a>\n" +
+	"\x10AppMetadataEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"X\n" +
 	"\n" +
 	"Transition\x12\x0e\n" +
 	"\x02at\x18\x01 \x01(\x03R\x02at\x12\x12\n" +
@@ -644,28 +679,30 @@ func file_tokenvault_record_v1_record_proto_rawDescGZIP() []byte {
 	return file_tokenvault_record_v1_record_proto_rawDescData
 }
 
-var file_tokenvault_record_v1_record_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
+var file_tokenvault_record_v1_record_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
 var file_tokenvault_record_v1_record_proto_goTypes = []any{
 	(*Connection)(nil), // 0: tokenvault.record.v1.Connection
 	(*Transition)(nil), // 1: tokenvault.record.v1.Transition
 	(*InFlight)(nil),   // 2: tokenvault.record.v1.InFlight
 	(*Grant)(nil),      // 3: tokenvault.record.v1.Grant
 	(*Token)(nil),      // 4: tokenvault.record.v1.Token
-	nil,                // 5: tokenvault.record.v1.Grant.MetadataEntry
-	nil,                // 6: tokenvault.record.v1.Grant.SecretsEntry
+	nil,                // 5: tokenvault.record.v1.Connection.AppMetadataEntry
+	nil,                // 6: tokenvault.record.v1.Grant.MetadataEntry
+	nil,                // 7: tokenvault.record.v1.Grant.SecretsEntry
 }
 var file_tokenvault_record_v1_record_proto_depIdxs = []int32{
 	1, // 0: tokenvault.record.v1.Connection.transitions:type_name -> tokenvault.record.v1.Transition
 	2, // 1: tokenvault.record.v1.Connection.in_flight:type_name -> tokenvault.record.v1.InFlight
 	3, // 2: tokenvault.record.v1.Connection.grant:type_name -> tokenvault.record.v1.Grant
-	4, // 3: tokenvault.record.v1.Grant.tokens:type_name -> tokenvault.record.v1.Token
-	5, // 4: tokenvault.record.v1.Grant.metadata:type_name -> tokenvault.record.v1.Grant.MetadataEntry
-	6, // 5: tokenvault.record.v1.Grant.secrets:type_name -> tokenvault.record.v1.Grant.SecretsEntry
-	6, // [6:6] is the sub-list for method output_type
-	6, // [6:6] is the sub-list for method input_type
-	6, // [6:6] is the sub-list for extension type_name
-	6, // [6:6] is the sub-list for extension extendee
-	0, // [0:6] is the sub-list for field type_name
+	5, // 3: tokenvault.record.v1.Connection.app_metadata:type_name -> tokenvault.record.v1.Connection.AppMetadataEntry
+	4, // 4: tokenvault.record.v1.Grant.tokens:type_name -> tokenvault.record.v1.Token
+	6, // 5: tokenvault.record.v1.Grant.metadata:type_name -> tokenvault.record.v1.Grant.MetadataEntry
+	7, // 6: tokenvault.record.v1.Grant.secrets:type_name -> tokenvault.record.v1.Grant.SecretsEntry
+	7, // [7:7] is the sub-list for method output_type
+	7, // [7:7] is the sub-list for method input_type
+	7, // [7:7] is the sub-list for extension type_name
+	7, // [7:7] is the sub-list for extension extendee
+	0, // [0:7] is the sub-list for field type_name
 }
 
 func init() { file_tokenvault_record_v1_record_proto_init() }
@@ -679,7 +716,7 @@ func file_tokenvault_record_v1_record_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tokenvault_record_v1_record_proto_rawDesc), len(file_tokenvault_record_v1_record_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   7,
+			NumMessages:   8,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
