@@ -49,7 +49,7 @@ const (
 )
 
 // EventTypes lists every event type, in the order above.
-var EventTypes = []string{EventCreated, EventReconnected, EventNeedsReauth, EventRecovered, EventRevoked, EventScopesChanged}
+var EventTypes = []string{EventCreated, EventReconnected, EventNeedsReauth, EventRecovered, EventRevoked, EventScopesChanged, EventDeleted}
 
 // ErrSlowSubscriber is returned by Subscription.Next once the subscriber fell
 // so far behind that its buffer overflowed. Events up to the last one Next
@@ -77,6 +77,9 @@ type Event struct {
 	// Connection is the record after the change, redacted (see
 	// Connection.Redacted), without its transition history.
 	Connection *Connection `json:"connection"`
+	// Imported is set on the EventCreated of a connection brought in by
+	// Import.
+	Imported bool `json:"imported,omitempty"`
 }
 
 // changeEvents returns the events of a change of a connection record from
