@@ -21,10 +21,49 @@ type providerAdapter struct {
 // vault.Validator too, so that the vault's scheduler can check long-lived
 // grants.
 func AdaptProvider(p providers.Provider) vault.Provider {
-	if v, ok := p.(providers.Validator); ok && p.Info().Validation {
-		return validatingAdapter{providerAdapter{p}, v}
+	base := providerAdapter{p}
+	v, validates := p.(providers.Validator)
+	validates = validates && p.Info().Validation
+	x, exchanges := p.(legacyExchanger)
+	switch {
+	case validates && exchanges:
+		return validatingExchanger{validatingAdapter{base, v}, exchangePart{x}}
+	case validates:
+		return validatingAdapter{base, v}
+	case exchanges:
+		return exchangingAdapter{base, exchangePart{x}}
 	}
-	return providerAdapter{p}
+	return base
+}
+
+// legacyExchanger is a provider that trades non-expiring tokens for
+// rotating ones (providers.Slack); the vault sees it as a
+// vault.LegacyExchanger.
+type legacyExchanger interface {
+	ExchangeLegacy(ctx context.Context, g providers.Grant) (providers.Grant, error)
+}
+
+type exchangePart struct{ x legacyExchanger }
+
+func (a exchangePart) ExchangeLegacy(ctx context.Context, g vault.Grant) (vault.Grant, error) {
+	out, err := a.x.ExchangeLegacy(ctx, toProviderGrant(g))
+	if errors.Is(err, providers.ErrNothingToExchange) {
+		return vault.Grant{}, vault.ErrNothingToExchange
+	}
+	if err != nil {
+		return vault.Grant{}, classify(err)
+	}
+	return toVaultGrant(out), nil
+}
+
+type exchangingAdapter struct {
+	providerAdapter
+	exchangePart
+}
+
+type validatingExchanger struct {
+	validatingAdapter
+	exchangePart
 }
 
 // validatingAdapter is a providerAdapter whose provider can validate.

@@ -324,6 +324,11 @@ var methodRules = map[string]rule{
 	tvv1.TokenVaultService_WatchEvents_FullMethodName:        {needApplication, scopeHandler, auditOperator, false},
 	tvv1.TokenVaultService_RevokeConnection_FullMethodName:   {needOperator, scopeConnection, auditAlways, false},
 	tvv1.TokenVaultService_ValidateConnection_FullMethodName: {needOperator, scopeConnection, auditAlways, false},
+	tvv1.TokenVaultService_UpdateConnection_FullMethodName:   {needApplication, scopeConnection, auditAlways, false},
+	tvv1.TokenVaultService_DeleteConnection_FullMethodName:   {needOperator, scopeConnection, auditAlways, false},
+	tvv1.TokenVaultService_DeleteOwner_FullMethodName:        {needOperator, scopeNone, auditAlways, false},
+	tvv1.AdminService_ImportConnections_FullMethodName:       {needOperator, scopeNone, auditAlways, false},
+	tvv1.AdminService_ExchangeLegacyTokens_FullMethodName:    {needOperator, scopeProvider, auditAlways, false},
 	tvv1.AdminService_RotateKeys_FullMethodName:              {needOperator, scopeNone, auditAlways, false},
 	tvv1.AdminService_ListAuditEvents_FullMethodName:         {needOperator, scopeNone, auditAlways, false},
 

@@ -100,6 +100,7 @@ func eventProto(ev vault.Event) *tvv1.Event {
 		Time:               timestamppb.New(ev.Time),
 		Connection:         connectionProto(ev.Connection),
 		Reason:             ev.Reason,
+		Imported:           ev.Imported,
 	}
 }
 

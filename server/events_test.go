@@ -153,7 +153,7 @@ func TestWatchEvents_Errors(t *testing.T) {
 		wantCode   codes.Code
 		wantReason string
 	}{
-		{"unknown type", "app", &tvv1.WatchEventsRequest{Types: []string{"connection.deleted"}}, codes.InvalidArgument, "INVALID_ARGUMENT"},
+		{"unknown type", "app", &tvv1.WatchEventsRequest{Types: []string{"connection.exploded"}}, codes.InvalidArgument, "INVALID_ARGUMENT"},
 		{"no credential", "", &tvv1.WatchEventsRequest{}, codes.Unauthenticated, "UNAUTHENTICATED"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

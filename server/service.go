@@ -310,5 +310,8 @@ func connectionProto(c *vault.Connection) *tvv1.Connection {
 		TokenExpireTime:   ts(c.Expiry()),
 		Generation:        c.Generation,
 		Credentials:       slices.Clone(c.Credentials()),
+		AppMetadata:       c.AppMetadata,
+		CreatedBy:         c.CreatedBy,
+		Imported:          c.Imported,
 	}
 }
