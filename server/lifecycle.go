@@ -43,12 +43,36 @@ func (s *tokenService) DeleteOwner(ctx context.Context, req *tvv1.DeleteOwnerReq
 	if req.GetOwner() == "" {
 		return nil, invalidArgument("owner is required")
 	}
-	ids, failures, err := s.v.DeleteOwner(ctx, req.GetOwner(), req.GetReason())
-	resp := &tvv1.DeleteOwnerResponse{ConnectionIds: ids, ProviderFailures: int32(failures)}
-	if err != nil {
-		return nil, toStatus(err)
+	caller := CallerFromContext(ctx)
+	if caller == nil || !caller.Limited() {
+		ids, failures, err := s.v.DeleteOwner(ctx, req.GetOwner(), req.GetReason())
+		if err != nil {
+			return nil, toStatus(err)
+		}
+		return &tvv1.DeleteOwnerResponse{ConnectionIds: ids, ProviderFailures: int32(failures)}, nil
 	}
-	return resp, nil
+	// A credential limited to some providers erases the owner's
+	// connections of those providers only.
+	resp := &tvv1.DeleteOwnerResponse{}
+	for {
+		cs, _, err := listAllowed(ctx, s.v, caller, vault.Filter{Owner: req.GetOwner()}, "", 100)
+		if err != nil {
+			return nil, toStatus(err)
+		}
+		if len(cs) == 0 {
+			return resp, nil
+		}
+		for _, c := range cs {
+			res, err := s.v.Delete(ctx, c.ID, req.GetReason())
+			if err != nil {
+				return nil, toStatus(err)
+			}
+			resp.ConnectionIds = append(resp.ConnectionIds, c.ID)
+			if res.ProviderErr != nil {
+				resp.ProviderFailures++
+			}
+		}
+	}
 }
 
 func (s *adminService) ImportConnections(ctx context.Context, req *tvv1.ImportConnectionsRequest) (*tvv1.ImportConnectionsResponse, error) {
@@ -77,12 +101,33 @@ func (s *adminService) ImportConnections(ctx context.Context, req *tvv1.ImportCo
 		recs[i] = r
 	}
 	createdBy := ""
-	if c := CallerFromContext(ctx); c != nil {
-		createdBy = c.Name
+	caller := CallerFromContext(ctx)
+	if caller != nil {
+		createdBy = caller.Name
 	}
-	res, err := s.v.Import(ctx, recs, vault.ImportOptions{DryRun: req.GetDryRun(), Verify: req.GetVerify(), CreatedBy: createdBy})
+	// Records of providers a limited credential may not use are refused
+	// one by one; the others go on.
+	var denied []int
+	allowed := recs[:0:0]
+	for i, r := range recs {
+		if caller != nil && caller.Limited() && !caller.AllowsProvider(r.Provider) {
+			denied = append(denied, i)
+			continue
+		}
+		allowed = append(allowed, r)
+	}
+	got, err := s.v.Import(ctx, allowed, vault.ImportOptions{DryRun: req.GetDryRun(), Verify: req.GetVerify(), CreatedBy: createdBy})
 	if err != nil {
 		return nil, toStatus(err)
+	}
+	res := make([]vault.ImportResult, 0, n)
+	for i := range recs {
+		if len(denied) > 0 && denied[0] == i {
+			denied = denied[1:]
+			res = append(res, vault.ImportResult{Outcome: vault.ImportRefused, Reason: "the credential may not use this provider"})
+			continue
+		}
+		res, got = append(res, got[0]), got[1:]
 	}
 	resp := &tvv1.ImportConnectionsResponse{Results: make([]*tvv1.ImportResult, len(res))}
 	for i, r := range res {

@@ -99,7 +99,7 @@ func (s *tokenService) ListConnections(ctx context.Context, req *tvv1.ListConnec
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	f := vault.Filter{Owner: req.GetOwner(), Tenant: req.GetTenant(), Provider: req.GetProvider(), Status: statusFromProto(req.GetStatus())}
+	f := vault.Filter{Owner: req.GetOwner(), Tenant: req.GetTenant(), Provider: req.GetProvider(), Status: statusFromProto(req.GetStatus()), App: req.GetAppMetadata()}
 	cs, next, err := listAllowed(ctx, s.v, CallerFromContext(ctx), f, after, size)
 	if err != nil {
 		return nil, toStatus(err)

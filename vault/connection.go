@@ -235,6 +235,10 @@ func (c *Connection) transition(now time.Time, to Status, reason string) {
 type Filter struct {
 	Owner, Tenant, Provider string
 	Status                  Status
+	// App: only connections carrying every one of these application
+	// metadata pairs. It is matched on the stored record, not in memory,
+	// so narrow the list with the other fields where you can.
+	App map[string]string
 }
 
 func (f Filter) match(e *entry) bool {

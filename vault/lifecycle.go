@@ -373,3 +373,29 @@ func (v *Vault) exchangeOne(ctx context.Context, e *entry, lx LegacyExchanger) E
 		slog.String("connection", e.id), slog.String("provider", c.Provider))
 	return ExchangeResult{ConnectionID: e.id, Outcome: ExchangeExchanged}
 }
+
+// listApp narrows a page of List to the connections matching f.App,
+// reading further pages until it has limit of them or the list ends.
+func (v *Vault) listApp(ctx context.Context, f Filter, page []*Connection, next string, limit int) ([]*Connection, string, error) {
+	var out []*Connection
+	for {
+		for _, c := range page {
+			if !matchesApp(c, f.App) {
+				continue
+			}
+			if len(out) == limit {
+				return out, out[len(out)-1].ID, nil
+			}
+			out = append(out, c)
+		}
+		if next == "" {
+			return out, "", nil
+		}
+		g := f
+		g.App = nil
+		var err error
+		if page, next, err = v.List(ctx, g, next, limit); err != nil {
+			return nil, "", err
+		}
+	}
+}

@@ -3,6 +3,7 @@ package vault
 import (
 	"context"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"slices"
 )
@@ -60,10 +61,16 @@ func (v *Vault) List(ctx context.Context, f Filter, after string, limit int) ([]
 	out := make([]*Connection, 0, len(ids))
 	for _, id := range ids {
 		c, err := v.Get(ctx, id)
+		if errors.Is(err, ErrNotFound) {
+			continue // deleted since the page was chosen
+		}
 		if err != nil {
 			return nil, "", err
 		}
 		out = append(out, c)
+	}
+	if len(f.App) > 0 {
+		return v.listApp(ctx, f, out, next, limit)
 	}
 	return out, next, nil
 }
