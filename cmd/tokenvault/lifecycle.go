@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"regexp"
+	"slices"
 	"strings"
 
 	"google.golang.org/protobuf/encoding/protojson"
@@ -190,6 +191,16 @@ func importFile(ctx context.Context, in io.Reader, stdout io.Writer, o opFlags, 
 	sc := bufio.NewScanner(in)
 	sc.Buffer(make([]byte, 64<<10), maxImportLine)
 	counts := map[string]int{}
+	// Reports are printed in line order at each flush: a refused line is
+	// reported with the batch around it.
+	type reportLine struct {
+		n                   int
+		outcome, id, reason string
+	}
+	var queued []reportLine
+	queue := func(n int, outcome, id, reason string) {
+		queued = append(queued, reportLine{n, outcome, id, reason})
+	}
 	report := func(n int, outcome, id, reason string) {
 		counts[outcome]++
 		if o.output == "json" {
@@ -207,6 +218,13 @@ func importFile(ctx context.Context, in io.Reader, stdout io.Writer, o opFlags, 
 	}
 	var batch []importLine
 	flush := func() error {
+		defer func() {
+			slices.SortFunc(queued, func(a, b reportLine) int { return a.n - b.n })
+			for _, q := range queued {
+				report(q.n, q.outcome, q.id, q.reason)
+			}
+			queued = queued[:0]
+		}()
 		if len(batch) == 0 {
 			return nil
 		}
@@ -222,7 +240,7 @@ func importFile(ctx context.Context, in io.Reader, stdout io.Writer, o opFlags, 
 			if int(r.Index) >= len(batch) || r.Index < 0 {
 				return fmt.Errorf("the sidecar answered for record %d of a batch of %d", r.Index, len(batch))
 			}
-			report(batch[r.Index].n, importOutcomeName(r.Outcome), r.ConnectionId, r.Reason)
+			queue(batch[r.Index].n, importOutcomeName(r.Outcome), r.ConnectionId, r.Reason)
 		}
 		batch = batch[:0]
 		return nil
@@ -236,7 +254,7 @@ func importFile(ctx context.Context, in io.Reader, stdout io.Writer, o opFlags, 
 		}
 		rec := &tvv1.ImportedConnection{}
 		if err := protojson.Unmarshal([]byte(line), rec); err != nil {
-			report(n, "refused", "", importParseError(err))
+			queue(n, "refused", "", importParseError(err))
 			continue
 		}
 		batch = append(batch, importLine{n: n, record: rec})

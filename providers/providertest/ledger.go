@@ -79,3 +79,12 @@ func (s *Service) slackExchange(w http.ResponseWriter, r *http.Request) {
 		"expires_in": int64(ttl.Seconds()), "token_type": kind, "scope": strings.Join(a.grant.scopes, ","),
 		"team": map[string]any{"id": "T0FAKETEAM", "name": "Fake Team"}})
 }
+
+// RevokeToken revokes the grant of an access or refresh token the fake
+// issued, as a user removing the app at the provider does. It reports
+// whether the token was known.
+func (s *Service) RevokeToken(tok string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.revokeLocked(tok)
+}
