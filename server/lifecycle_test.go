@@ -11,8 +11,8 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	"github.com/tokenvault/tokenvault/providers/providertest"
 	tvv1 "github.com/tokenvault/tokenvault/proto/tokenvault/v1"
+	"github.com/tokenvault/tokenvault/providers/providertest"
 )
 
 func importedAcme(owner, token string) *tvv1.ImportedConnection {
