@@ -12,12 +12,13 @@ type FieldBound struct {
 	Text                     bool
 	MaxDur                   time.Duration
 	Nested                   bool
+	Records                  bool
 }
 
 // BoundOf returns the validation table's row of a request field.
 func BoundOf(field protoreflect.FullName) (FieldBound, bool) {
 	b, ok := fieldBounds[field]
-	return FieldBound{b.maxLen, b.maxItems, b.maxKey, b.text, b.maxDur, b.nested}, ok
+	return FieldBound{b.maxLen, b.maxItems, b.maxKey, b.text, b.maxDur, b.nested, b.records}, ok
 }
 
 // BoundedFields returns the fields the validation table names.

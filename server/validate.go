@@ -24,6 +24,10 @@ type bound struct {
 	text     bool          // tabs and line breaks allowed
 	maxDur   time.Duration // a google.protobuf.Duration: from 0 to maxDur
 	nested   bool          // a message of ours: its fields have rows of their own
+	// records: a list of messages the handler checks one by one, refusing
+	// each bad one with its own reason and going on with the others
+	// (ImportConnections); only their count is bounded here.
+	records bool
 }
 
 // maxMinValid caps GetAccessToken's min_valid_for: asking for a token valid
@@ -45,6 +49,9 @@ var (
 	boundEvTypes  = bound{maxLen: 64, maxItems: 32}
 	boundMinValid = bound{maxDur: maxMinValid}
 	boundNested   = bound{nested: true}
+	boundAppMeta  = bound{maxLen: 256, maxItems: 32, maxKey: 64} // vault.CheckAppMetadata is stricter
+	boundAppKeys  = bound{maxLen: 64, maxItems: 32}
+	boundRecords  = bound{maxItems: 1000, records: true}
 )
 
 // fieldBounds is THE validation table: every string, repeated, map and
@@ -68,22 +75,37 @@ var fieldBounds = map[protoreflect.FullName]bound{
 	"tokenvault.v1.ConnectionSelector.label":    boundLabel,
 	"tokenvault.v1.ConnectionSelector.tenant":   boundOwner,
 
-	"tokenvault.v1.StartConnectRequest.owner":     boundOwner,
-	"tokenvault.v1.StartConnectRequest.tenant":    boundOwner,
-	"tokenvault.v1.StartConnectRequest.provider":  boundName,
-	"tokenvault.v1.StartConnectRequest.scopes":    boundScopes,
-	"tokenvault.v1.StartConnectRequest.return_to": boundURL,
-	"tokenvault.v1.StartConnectRequest.label":     boundLabel,
-	"tokenvault.v1.StartConnectRequest.purpose":   boundText,
-	"tokenvault.v1.StartConnectRequest.options":   boundOptions,
+	"tokenvault.v1.StartConnectRequest.owner":        boundOwner,
+	"tokenvault.v1.StartConnectRequest.tenant":       boundOwner,
+	"tokenvault.v1.StartConnectRequest.provider":     boundName,
+	"tokenvault.v1.StartConnectRequest.scopes":       boundScopes,
+	"tokenvault.v1.StartConnectRequest.return_to":    boundURL,
+	"tokenvault.v1.StartConnectRequest.label":        boundLabel,
+	"tokenvault.v1.StartConnectRequest.purpose":      boundText,
+	"tokenvault.v1.StartConnectRequest.options":      boundOptions,
+	"tokenvault.v1.StartConnectRequest.app_metadata": boundAppMeta,
 
 	"tokenvault.v1.GetConnectionRequest.connection_id": boundID,
 	"tokenvault.v1.GetConnectionRequest.selector":      boundNested,
 
-	"tokenvault.v1.ListConnectionsRequest.owner":      boundOwner,
-	"tokenvault.v1.ListConnectionsRequest.provider":   boundName,
-	"tokenvault.v1.ListConnectionsRequest.tenant":     boundOwner,
-	"tokenvault.v1.ListConnectionsRequest.page_token": boundToken,
+	"tokenvault.v1.ListConnectionsRequest.owner":        boundOwner,
+	"tokenvault.v1.ListConnectionsRequest.provider":     boundName,
+	"tokenvault.v1.ListConnectionsRequest.tenant":       boundOwner,
+	"tokenvault.v1.ListConnectionsRequest.page_token":   boundToken,
+	"tokenvault.v1.ListConnectionsRequest.app_metadata": boundAppMeta,
+
+	"tokenvault.v1.UpdateConnectionRequest.connection_id":       boundID,
+	"tokenvault.v1.UpdateConnectionRequest.set_app_metadata":    boundAppMeta,
+	"tokenvault.v1.UpdateConnectionRequest.remove_app_metadata": boundAppKeys,
+
+	"tokenvault.v1.DeleteConnectionRequest.connection_id": boundID,
+	"tokenvault.v1.DeleteConnectionRequest.reason":        boundText,
+	"tokenvault.v1.DeleteOwnerRequest.owner":              boundOwner,
+	"tokenvault.v1.DeleteOwnerRequest.reason":             boundText,
+
+	// Each record is checked by the vault, and refused on its own.
+	"tokenvault.v1.ImportConnectionsRequest.connections": boundRecords,
+	"tokenvault.v1.ExchangeLegacyTokensRequest.provider": boundName,
 
 	"tokenvault.v1.RevokeConnectionRequest.connection_id": boundID,
 	"tokenvault.v1.RevokeConnectionRequest.reason":        boundText,
@@ -142,6 +164,9 @@ func checkField(prefix string, fd protoreflect.FieldDescriptor, v protoreflect.V
 		l := v.List()
 		if l.Len() > b.maxItems {
 			return fieldViolation(name, fmt.Sprintf("has more than %d elements", b.maxItems))
+		}
+		if b.records {
+			return nil
 		}
 		for i := range l.Len() {
 			if err := checkString(name, l.Get(i).String(), b); err != nil {

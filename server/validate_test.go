@@ -120,6 +120,17 @@ func boundCases(fd protoreflect.FieldDescriptor, b server.FieldBound) (over, at 
 			{"control character", func(m protoreflect.Message) { m.Mutable(fd).Map().Set(str("k").MapKey(), str("a\x00b")) }},
 		}
 		at = []fieldCase{{"at the bounds", fill(b.MaxItems, b.MaxKey, b.MaxLen, "a")}}
+	case fd.IsList() && b.Records:
+		records := func(n int) func(protoreflect.Message) {
+			return func(m protoreflect.Message) {
+				ls := m.Mutable(fd).List()
+				for range n {
+					ls.Append(ls.NewElement())
+				}
+			}
+		}
+		over = []fieldCase{{"too many elements", records(b.MaxItems + 1)}}
+		at = []fieldCase{{"at the bounds", records(b.MaxItems)}}
 	case fd.IsList():
 		fill := func(n, l int, fill string) func(protoreflect.Message) {
 			return func(m protoreflect.Message) {
