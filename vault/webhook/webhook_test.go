@@ -501,7 +501,7 @@ func TestNew_Refuses(t *testing.T) {
 		{"metadata IP", webhook.Endpoint{Name: "a", URL: "http://169.254.169.254/latest", Secrets: []webhook.Secret{sec}}},
 		{"IPv6 loopback", webhook.Endpoint{Name: "a", URL: "http://[::1]:8080/", Secrets: []webhook.Secret{sec}}},
 		{"mapped loopback", webhook.Endpoint{Name: "a", URL: "http://[::ffff:127.0.0.1]/", Secrets: []webhook.Secret{sec}}},
-		{"unknown event type", webhook.Endpoint{Name: "a", URL: "https://hooks.example/", Secrets: []webhook.Secret{sec}, EventTypes: []string{"connection.deleted"}}},
+		{"unknown event type", webhook.Endpoint{Name: "a", URL: "https://hooks.example/", Secrets: []webhook.Secret{sec}, EventTypes: []string{"connection.exploded"}}},
 	} {
 		if _, err := webhook.New(context.Background(), h.v, h.store, webhook.Config{Endpoints: []webhook.Endpoint{tc.ep}}); err == nil {
 			t.Errorf("%s: NewWebhooks = nil error", tc.name)
