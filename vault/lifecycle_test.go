@@ -104,7 +104,7 @@ func TestVault_Import(t *testing.T) {
 	}
 
 	// The imported grant is served, from memory, as it was given.
-	tok, _, err := h.v.AccessToken(ctx, res[0].ConnectionID, "", time.Minute, false)
+	tok, _, err := h.v.AccessToken(ctx, vault.TokenRequest{ID: res[0].ConnectionID, MinValid: time.Minute})
 	if err != nil || tok.AccessToken != "imported-at-alice" {
 		t.Errorf("AccessToken(imported) = %q, %v; want the imported token", tok.AccessToken, err)
 	}
@@ -134,7 +134,7 @@ func TestVault_Import(t *testing.T) {
 		t.Fatalf("imported connection after reopen = %+v, %v", c, err)
 	}
 	h.clock.Add(time.Minute) // a token just issued is not refreshed again, even forced
-	tok, _, err = h.v.AccessToken(ctx, c.ID, "", 0, true)
+	tok, _, err = h.v.AccessToken(ctx, vault.TokenRequest{ID: c.ID, Force: true})
 	if err != nil || tok.AccessToken == "imported-at-bob" {
 		t.Errorf("forced refresh of an imported grant = %q, %v; want a new token", tok.AccessToken, err)
 	}
@@ -165,7 +165,7 @@ func TestVault_Import_Verify(t *testing.T) {
 	if n := h.p.refreshes.Load(); n != 1 {
 		t.Errorf("provider refreshes = %d; want 1", n)
 	}
-	tok, _, err := h.v.AccessToken(ctx, res[0].ConnectionID, "", time.Minute, false)
+	tok, _, err := h.v.AccessToken(ctx, vault.TokenRequest{ID: res[0].ConnectionID, MinValid: time.Minute})
 	if err != nil || tok.AccessToken == "imported-at-alice" {
 		t.Errorf("AccessToken after verify = %q, %v; want the refreshed token", tok.AccessToken, err)
 	}
@@ -175,7 +175,7 @@ func TestVault_Import_Verify(t *testing.T) {
 	if err != nil || res[0].Outcome != vault.ImportImported || res[0].Status != vault.StatusNeedsReauth || res[0].Reason != "invalid_grant" {
 		t.Fatalf("Import(dead, verify) = %+v, %v; want imported, needs_reauth, invalid_grant", res, err)
 	}
-	if _, _, err := h.v.AccessToken(ctx, res[0].ConnectionID, "", 0, false); !errors.Is(err, vault.ErrReauthRequired) {
+	if _, _, err := h.v.AccessToken(ctx, vault.TokenRequest{ID: res[0].ConnectionID}); !errors.Is(err, vault.ErrReauthRequired) {
 		t.Errorf("AccessToken(dead import) = %v; want ErrReauthRequired", err)
 	}
 }
@@ -219,7 +219,7 @@ func TestVault_Delete(t *testing.T) {
 	if _, err := h.v.Get(ctx, c.ID); !errors.Is(err, vault.ErrNotFound) {
 		t.Errorf("Get(deleted) = %v; want ErrNotFound", err)
 	}
-	if _, _, err := h.v.AccessToken(ctx, c.ID, "", 0, false); !errors.Is(err, vault.ErrNotFound) {
+	if _, _, err := h.v.AccessToken(ctx, vault.TokenRequest{ID: c.ID}); !errors.Is(err, vault.ErrNotFound) {
 		t.Errorf("AccessToken(deleted) = %v; want ErrNotFound", err)
 	}
 	if _, err := h.v.Delete(ctx, c.ID, ""); !errors.Is(err, vault.ErrNotFound) {
@@ -240,7 +240,7 @@ func TestVault_Delete(t *testing.T) {
 	if cs, _, _ := h.v.List(ctx, vault.Filter{Owner: "alice"}, "", 10); len(cs) != 0 {
 		t.Errorf("after reopen alice has %d connections; want 0", len(cs))
 	}
-	if _, _, err := h.v.AccessToken(ctx, keep.ID, "", 0, false); err != nil {
+	if _, _, err := h.v.AccessToken(ctx, vault.TokenRequest{ID: keep.ID}); err != nil {
 		t.Errorf("AccessToken(bob) = %v", err)
 	}
 	// Connecting again makes a new connection.
@@ -267,7 +267,7 @@ func TestVault_DeleteOwner(t *testing.T) {
 	ctx := context.Background()
 	h.connect("alice")
 	state := h.start(vault.ConnectRequest{Owner: "alice", Provider: "fake", Label: "second"})
-	if _, err := h.v.CompleteConnect(ctx, "fake", state, "code", ""); err != nil {
+	if _, err := h.v.CompleteConnect(ctx, vault.CallbackRequest{Provider: "fake", State: state, Code: "code"}); err != nil {
 		t.Fatal(err)
 	}
 	bob := h.connect("bob")
@@ -398,7 +398,7 @@ func TestVault_ExchangeLegacy(t *testing.T) {
 	if byID[aliceID].Outcome != vault.ExchangeExchanged || byID[carolID].Outcome != vault.ExchangeSkipped {
 		t.Errorf("ExchangeLegacy = %+v; want alice exchanged, carol (rotating) skipped", out)
 	}
-	tok, _, err := h.v.AccessToken(ctx, aliceID, "", time.Hour, false)
+	tok, _, err := h.v.AccessToken(ctx, vault.TokenRequest{ID: aliceID, MinValid: time.Hour})
 	if err != nil || tok.AccessToken != "rotating-xoxb-legacy-alice" || tok.Expiry.IsZero() {
 		t.Errorf("AccessToken after exchange = %+v, %v; want the rotating token", tok, err)
 	}
@@ -423,7 +423,7 @@ func TestVault_ExchangeLegacy(t *testing.T) {
 			t.Errorf("dead token: %+v; want failed, invalid_token", r)
 		}
 	}
-	if _, _, err := h.v.AccessToken(ctx, res[0].ConnectionID, "", 0, false); !errors.Is(err, vault.ErrReauthRequired) {
+	if _, _, err := h.v.AccessToken(ctx, vault.TokenRequest{ID: res[0].ConnectionID}); !errors.Is(err, vault.ErrReauthRequired) {
 		t.Errorf("AccessToken(dead legacy) = %v; want ErrReauthRequired", err)
 	}
 }

@@ -16,7 +16,7 @@ import (
 
 	tvv1 "github.com/tokenvault/tokenvault/proto/tokenvault/v1"
 	"github.com/tokenvault/tokenvault/providers/providertest"
-	"github.com/tokenvault/tokenvault/vault"
+	"github.com/tokenvault/tokenvault/vault/seal"
 )
 
 // startSlackSidecar runs the sidecar with one provider, slack, served by
@@ -41,7 +41,7 @@ auth:
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	mk, _ := vault.GenerateMasterKey()
+	mk, _ := seal.GenerateMasterKey()
 	env := func(k string) string {
 		switch k {
 		case "TOKENVAULT_MASTER_KEY":
