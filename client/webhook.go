@@ -154,11 +154,14 @@ type WebhookEvent struct {
 		// Sequence orders every event of the sidecar; ConnectionSequence
 		// those of one connection: an event with a lower
 		// ConnectionSequence than one already handled is stale.
-		Sequence           uint64            `json:"sequence"`
-		ConnectionSequence uint64            `json:"connection_sequence"`
-		Time               time.Time         `json:"time"`
-		Reason             string            `json:"reason,omitempty"`
-		Connection         WebhookConnection `json:"connection"`
+		Sequence           uint64    `json:"sequence"`
+		ConnectionSequence uint64    `json:"connection_sequence"`
+		Time               time.Time `json:"time"`
+		Reason             string    `json:"reason,omitempty"`
+		// Imported is set on the connection.created event of a
+		// connection brought in by ImportConnections.
+		Imported   bool              `json:"imported,omitempty"`
+		Connection WebhookConnection `json:"connection"`
 	} `json:"data"`
 }
 
@@ -186,4 +189,7 @@ type WebhookConnection struct {
 	TokenExpireTime   time.Time         `json:"token_expire_time,omitzero"`
 	Generation        uint64            `json:"generation"`
 	Credentials       []string          `json:"credentials,omitempty"`
+	AppMetadata       map[string]string `json:"app_metadata,omitempty"`
+	CreatedBy         string            `json:"created_by,omitempty"`
+	Imported          bool              `json:"imported,omitempty"`
 }

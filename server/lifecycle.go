@@ -100,11 +100,8 @@ func (s *adminService) ImportConnections(ctx context.Context, req *tvv1.ImportCo
 		}
 		recs[i] = r
 	}
-	createdBy := ""
+	createdBy := callerName(ctx)
 	caller := CallerFromContext(ctx)
-	if caller != nil {
-		createdBy = caller.Name
-	}
 	// Records of providers a limited credential may not use are refused
 	// one by one; the others go on.
 	var denied []int
@@ -166,4 +163,13 @@ func (s *adminService) ExchangeLegacyTokens(ctx context.Context, req *tvv1.Excha
 		resp.Results[i] = &tvv1.ExchangeResult{ConnectionId: r.ConnectionID, Outcome: r.Outcome, Reason: r.Reason}
 	}
 	return resp, nil
+}
+
+// callerName is the name of the call's credential, "" if no access check
+// ran.
+func callerName(ctx context.Context) string {
+	if c := CallerFromContext(ctx); c != nil {
+		return c.Name
+	}
+	return ""
 }

@@ -2,6 +2,7 @@ package server_test
 
 import (
 	"context"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -143,5 +144,33 @@ func TestLifecycle_LimitedOperator(t *testing.T) {
 	}
 	if _, err := e.api.GetConnection(ctx, &tvv1.GetConnectionRequest{ConnectionId: id}); err != nil {
 		t.Errorf("alice's connection after a limited DeleteOwner: %v", err)
+	}
+}
+
+// StartConnect's application metadata lands on the connection, with the
+// credential that started the flow as its creator.
+func TestLifecycle_StartConnect_AppMetadata(t *testing.T) {
+	e := newEnv(t, providertest.Options{})
+	ctx := context.Background()
+	app := tvv1.NewTokenVaultServiceClient(e.dial("app"))
+	if _, err := app.StartConnect(ctx, &tvv1.StartConnectRequest{Owner: "alice", Provider: "acme", AppMetadata: map[string]string{"bad key": "x"}}); status.Code(err) != codes.InvalidArgument {
+		t.Errorf("StartConnect(bad app_metadata) = %v; want InvalidArgument", err)
+	}
+	sc, err := app.StartConnect(ctx, &tvv1.StartConnectRequest{Owner: "alice", Provider: "acme", AppMetadata: map[string]string{"crm_id": "42"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.Get(sc.AuthorizationUrl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	list, err := e.api.ListConnections(ctx, &tvv1.ListConnectionsRequest{Owner: "alice"})
+	if err != nil || len(list.Connections) != 1 {
+		t.Fatalf("ListConnections = %v, %v", list, err)
+	}
+	got, err := app.GetConnection(ctx, &tvv1.GetConnectionRequest{ConnectionId: list.Connections[0].ConnectionId})
+	if err != nil || got.Connection.AppMetadata["crm_id"] != "42" || got.Connection.CreatedBy != "app" || got.Connection.Imported {
+		t.Fatalf("GetConnection = %v, %v; want crm_id 42, created by app, not imported", got, err)
 	}
 }

@@ -66,6 +66,7 @@ func (s *tokenService) StartConnect(ctx context.Context, req *tvv1.StartConnectR
 		Owner: req.GetOwner(), Tenant: req.GetTenant(), Provider: req.GetProvider(),
 		Label: req.GetLabel(), Purpose: req.GetPurpose(), Scopes: req.GetScopes(),
 		ReturnTo: req.GetReturnTo(), Options: req.GetOptions(),
+		AppMetadata: req.GetAppMetadata(), CreatedBy: callerName(ctx),
 	})
 	if err != nil {
 		return nil, toStatus(err)

@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net/url"
 	"slices"
 	"strings"
@@ -25,6 +26,12 @@ type ConnectRequest struct {
 	Scopes                                  []string
 	ReturnTo                                string
 	Options                                 map[string]string
+	// AppMetadata is set on the connection the flow creates, or merged
+	// into the one it reconnects (bounded by CheckAppMetadata).
+	AppMetadata map[string]string
+	// CreatedBy names the credential that started the flow: the owning
+	// application of a connection it creates.
+	CreatedBy string
 }
 
 // connectState is what the vault remembers of a flow between StartConnect
@@ -41,6 +48,8 @@ type connectState struct {
 	Options  map[string]string `json:"options,omitempty"`
 	Verifier string            `json:"verifier,omitempty"`
 	Expires  time.Time         `json:"expires"`
+	App      map[string]string `json:"app,omitempty"`
+	By       string            `json:"by,omitempty"`
 }
 
 func stateKey(state string) string {
@@ -54,6 +63,9 @@ func (v *Vault) StartConnect(ctx context.Context, r ConnectRequest) (string, tim
 	if r.Owner == "" {
 		return "", time.Time{}, fmt.Errorf("%w: owner is required", ErrInvalidArgument)
 	}
+	if err := CheckAppMetadata(r.AppMetadata); err != nil {
+		return "", time.Time{}, err
+	}
 	p, err := v.provider(r.Provider)
 	if err != nil {
 		return "", time.Time{}, err
@@ -66,7 +78,7 @@ func (v *Vault) StartConnect(ctx context.Context, r ConnectRequest) (string, tim
 	st := connectState{
 		Owner: r.Owner, Tenant: r.Tenant, Provider: r.Provider, Label: r.Label,
 		Purpose: r.Purpose, Scopes: r.Scopes, ReturnTo: r.ReturnTo, Options: r.Options,
-		Expires: v.now().Add(v.cfg.StateTTL),
+		Expires: v.now().Add(v.cfg.StateTTL), App: r.AppMetadata, By: r.CreatedBy,
 	}
 	if p.PKCE() {
 		st.Verifier = pkceVerifier()
@@ -199,6 +211,7 @@ func (v *Vault) saveGrant(ctx context.Context, st connectState, g Grant) (*Conne
 			ID: "conn_" + strings.ToLower(rand.Text()[:20]), Owner: st.Owner, Tenant: st.Tenant,
 			Provider: st.Provider, Label: st.Label, Purpose: st.Purpose,
 			RequestedScopes: normalizeScopes(st.Scopes), CreatedAt: now, Grant: g, Connects: 1,
+			AppMetadata: cloneMap(st.App), CreatedBy: st.By,
 		}
 		c.transition(now, StatusActive, "")
 		e := newEntry(c)
@@ -242,6 +255,15 @@ func (v *Vault) reconnect(ctx context.Context, e *entry, st connectState, g Gran
 	next := c.clone()
 	next.Grant = g
 	next.RequestedScopes = normalizeScopes(st.Scopes)
+	if len(st.App) > 0 {
+		if next.AppMetadata == nil {
+			next.AppMetadata = make(map[string]string, len(st.App))
+		}
+		maps.Copy(next.AppMetadata, st.App)
+		if CheckAppMetadata(next.AppMetadata) != nil {
+			next.AppMetadata = c.AppMetadata // the merge would pass the bounds: keep what was there
+		}
+	}
 	if st.Purpose != "" {
 		next.Purpose = st.Purpose
 	}

@@ -726,6 +726,7 @@ type webhookData struct {
 	ConnectionSequence uint64            `json:"connection_sequence"`
 	Time               time.Time         `json:"time"`
 	Reason             string            `json:"reason,omitempty"`
+	Imported           bool              `json:"imported,omitempty"`
 	Connection         webhookConnection `json:"connection"`
 }
 
@@ -750,6 +751,9 @@ type webhookConnection struct {
 	TokenExpireTime   time.Time         `json:"token_expire_time,omitzero"`
 	Generation        uint64            `json:"generation"`
 	Credentials       []string          `json:"credentials,omitempty"`
+	AppMetadata       map[string]string `json:"app_metadata,omitempty"`
+	CreatedBy         string            `json:"created_by,omitempty"`
+	Imported          bool              `json:"imported,omitempty"`
 }
 
 func webhookBody(ev vault.Event) ([]byte, error) {
@@ -761,7 +765,7 @@ func webhookBody(ev vault.Event) ([]byte, error) {
 		Type: ev.Type, Timestamp: ev.Time.UTC(),
 		Data: webhookData{
 			EventID: ev.ID, Type: ev.Type, Sequence: ev.Sequence, ConnectionSequence: ev.ConnectionSequence,
-			Time: ev.Time.UTC(), Reason: ev.Reason,
+			Time: ev.Time.UTC(), Reason: ev.Reason, Imported: ev.Imported,
 			Connection: webhookConnection{
 				ConnectionID: c.ID, Owner: c.Owner, Tenant: c.Tenant, Provider: c.Provider, Label: c.Label,
 				Purpose: c.Purpose, Status: c.Status, StatusReason: c.StatusReason,
@@ -770,6 +774,7 @@ func webhookBody(ev vault.Event) ([]byte, error) {
 				CreateTime: c.CreatedAt.UTC(), UpdateTime: c.UpdatedAt.UTC(), LastRefreshTime: c.LastRefreshedAt.UTC(),
 				LastValidatedTime: c.LastValidatedAt.UTC(), TokenExpireTime: c.Expiry().UTC(),
 				Generation: c.Generation, Credentials: c.Credentials(),
+				AppMetadata: maps.Clone(c.AppMetadata), CreatedBy: c.CreatedBy, Imported: c.Imported,
 			},
 		},
 	})
