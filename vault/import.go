@@ -194,7 +194,7 @@ func (v *Vault) Import(ctx context.Context, recs []ImportRecord, opts ImportOpti
 	v.mu.Lock()
 	for k, e := range entries {
 		e.rev = revs[2*k]
-		v.entries[e.id] = e
+		v.addEntry(e)
 	}
 	for _, e := range entries {
 		v.ids = append(v.ids, e.id)

@@ -179,7 +179,7 @@ func (v *Vault) Delete(ctx context.Context, id, reason string) (*DeleteResult, e
 	}
 	v.unsaved.Delete(id)
 	v.mu.Lock()
-	delete(v.entries, id)
+	v.removeEntry(id)
 	if i, ok := slices.BinarySearch(v.ids, id); ok {
 		v.ids = slices.Delete(v.ids, i, i+1)
 	}

@@ -58,7 +58,7 @@ auth:
 	done := make(chan int, 1)
 	readyFile := filepath.Join(dir, "ready.json")
 	go func() {
-		done <- Main(ctx, []string{"serve", "--config", cfgPath, "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--ready-file", readyFile}, env, io.Discard, logs)
+		done <- Main(ctx, []string{"serve", "--config", cfgPath, "--grpc-addr", "127.0.0.1:0", "--public-addr", "127.0.0.1:0", "--health-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0", "--ready-file", readyFile}, env, io.Discard, logs)
 	}()
 	t.Cleanup(func() {
 		cancel()
