@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	tvv1 "github.com/tokenvault/tokenvault/proto/tokenvault/v1"
@@ -229,15 +230,26 @@ func (s *adminService) ListAuditEvents(ctx context.Context, req *tvv1.ListAuditE
 		return nil, toStatus(err)
 	}
 	resp := &tvv1.ListAuditEventsResponse{NextPageToken: vault.PageToken(next), Events: make([]*tvv1.AuditEvent, 0, len(recs))}
-	for _, r := range recs {
-		resp.Events = append(resp.Events, &tvv1.AuditEvent{
+	bytes := 0
+	for i, r := range recs {
+		ev := &tvv1.AuditEvent{
 			AuditId: r.ID, Time: timestamppb.New(r.Time), Caller: r.Caller, Role: r.Role,
 			Method: r.Method, ConnectionId: r.ConnectionID, Provider: r.Provider,
 			Outcome: r.Outcome, Reason: r.Reason,
-		})
+		}
+		// Paged by size as well as count: a page stays well under the
+		// 4 MiB a gRPC client takes by default, whatever the records hold.
+		if bytes += proto.Size(ev) + 8; bytes > maxAuditPageBytes && i > 0 {
+			resp.NextPageToken = vault.PageToken(recs[i-1].ID)
+			break
+		}
+		resp.Events = append(resp.Events, ev)
 	}
 	return resp, nil
 }
+
+// maxAuditPageBytes bounds the encoded events of one ListAuditEvents page.
+const maxAuditPageBytes = 1 << 20
 
 func (s *adminService) RotateKeys(ctx context.Context, req *tvv1.RotateKeysRequest) (*tvv1.RotateKeysResponse, error) {
 	term, n, err := s.v.RotateKeys(ctx)
