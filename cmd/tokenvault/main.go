@@ -9,6 +9,7 @@
 //	tokenvault audit [flags]
 //	tokenvault store migrate --from FILE --to CONFIG [--force]
 //	tokenvault health [--addr HOST:PORT] [--live]
+//	tokenvault inject --tls-cert-file F --tls-key-file F --image IMAGE [flags]
 //	tokenvault version
 package main
 
@@ -47,6 +48,7 @@ Usage:
   tokenvault audit [--connection ID] [--caller C] [--method M] [--limit N] [-o json]
   tokenvault store migrate --from FILE --to CONFIG [--force]   copy a bbolt store to etcd
   tokenvault health [--addr HOST:PORT] [--live]      exit 0 if the sidecar is ready (alive)
+  tokenvault inject --tls-cert-file F --tls-key-file F --image IMAGE   the Kubernetes injector (admission webhook)
   tokenvault version
 
 Operator commands talk to a running sidecar at --addr (default
@@ -81,6 +83,8 @@ func Main(ctx context.Context, args []string, env func(string) string, stdout, s
 		err = storeCmd(ctx, args[1:], env, stdout, stderr)
 	case "health":
 		err = healthCmd(ctx, args[1:], env, stdout, stderr)
+	case "inject":
+		err = injectCmd(ctx, args[1:], env, stdout, stderr)
 	case "version", "--version":
 		err = versionCmd(args[1:], stdout)
 	case "help", "-h", "--help":
