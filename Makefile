@@ -54,10 +54,12 @@ test: lint check-generated browser node-test test-deps
 
 ## deploy-test: the Kubernetes manifests (kustomize's Go API) and the Helm chart
 ## (the pinned helm: lint, template) rendered, every object strictly decoded into
-## its k8s.io/api type and checked; a module of its own (deploy/go.mod), so the
-## Kubernetes libraries stay out of the sidecar's
-deploy-test: $(BIN)/helm
-	cd deploy && TOKENVAULT_HELM=$(BIN)/helm $(GO) test -count=1 -timeout 10m ./...
+## its k8s.io/api type and checked; the injector (tokenvault inject, the binary
+## built here) sent AdmissionReview v1 requests over HTTPS and its patches applied
+## and decoded; a module of its own (deploy/go.mod), so the Kubernetes libraries
+## stay out of the sidecar's
+deploy-test: $(BIN)/helm build
+	cd deploy && TOKENVAULT_HELM=$(BIN)/helm TOKENVAULT_BIN=$(BIN)/tokenvault $(GO) test -count=1 -timeout 10m ./...
 
 # helm lints and renders the chart in deploy-test (built from the module
 # proxy: about 9 CPU-minutes cold, once per machine).
