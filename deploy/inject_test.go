@@ -303,8 +303,10 @@ func TestInject_AnnotatedPod(t *testing.T) {
 			t.Errorf("%s: TOKENVAULT_ADDR is not the socket", c.Name)
 		}
 	}
-	if got.Spec.SecurityContext.FSGroup != nil {
-		t.Error("fsGroup set without a data volume")
+	// The Secrets' files are mode 0400 (the sidecar refuses a master key
+	// others may read): the sidecar's uid reads them through the fsGroup.
+	if fg := got.Spec.SecurityContext.FSGroup; fg == nil || *fg != 65532 || got.Spec.SecurityContext.RunAsNonRoot == nil {
+		t.Errorf("pod securityContext %+v; want fsGroup 65532 added beside what was there", got.Spec.SecurityContext)
 	}
 
 	// Idempotent: the injected pod comes back untouched, so a second pass
@@ -346,6 +348,8 @@ func TestInject_Annotations(t *testing.T) {
 		"tokenvault.dev/providers-secret": "",
 	})
 	pod.Spec.InitContainers = []corev1.Container{{Name: "migrate", Image: "your-app:latest"}}
+	fsGroup := int64(2000)
+	pod.Spec.SecurityContext.FSGroup = &fsGroup
 	app := pod.Spec.Containers[0]
 	app.Env = []corev1.EnvVar{{Name: "TOKENVAULT_ADDR", Value: "unix:///var/run/tv/api.sock"}}
 	app.VolumeMounts = []corev1.VolumeMount{{Name: "cache", MountPath: "/cache"}}
@@ -391,8 +395,8 @@ func TestInject_Annotations(t *testing.T) {
 	if len(got.Spec.Containers[0].Env) != 1 || len(got.Spec.Containers[1].Env) != 2 || len(got.Spec.Containers[0].VolumeMounts) != 2 {
 		t.Errorf("the app's own env and mounts were not kept: %+v", got.Spec.Containers)
 	}
-	if got.Spec.SecurityContext.FSGroup == nil || *got.Spec.SecurityContext.FSGroup != 65532 || got.Spec.SecurityContext.RunAsNonRoot == nil {
-		t.Errorf("pod securityContext %+v; want fsGroup 65532 (the data volume) beside what was there", got.Spec.SecurityContext)
+	if got.Spec.SecurityContext.FSGroup == nil || *got.Spec.SecurityContext.FSGroup != 2000 {
+		t.Errorf("pod securityContext %+v; want the pod's own fsGroup kept", got.Spec.SecurityContext)
 	}
 	for _, v := range got.Spec.Volumes {
 		if v.Name == "tokenvault-data" && (v.PersistentVolumeClaim == nil || v.PersistentVolumeClaim.ClaimName != "tokenvault-data") ||
@@ -421,10 +425,15 @@ func TestInject_UntouchedAndRefused(t *testing.T) {
 	}
 	// The injector's defaults stand in for the annotations.
 	dflt := startInjector(t, "--config-map", "tokenvault-config", "--master-key-secret", "shared-master-key")
-	got := admit(t, appPod(nil), dflt.review(t, appPod(map[string]string{"tokenvault.dev/master-key-secret": "", "tokenvault.dev/config-map": ""})))
+	bare := appPod(map[string]string{"tokenvault.dev/master-key-secret": "", "tokenvault.dev/config-map": ""})
+	bare.Spec.SecurityContext = nil
+	got := admit(t, bare, dflt.review(t, bare))
 	raw, _ := json.Marshal(got)
 	if !bytes.Contains(raw, []byte(`"name":"shared-master-key"`)) {
 		t.Errorf("--master-key-secret was not used: %s", raw)
+	}
+	if sc := got.Spec.SecurityContext; sc == nil || sc.FSGroup == nil || *sc.FSGroup != 65532 {
+		t.Errorf("a pod without a securityContext: %+v; want fsGroup 65532", sc)
 	}
 }
 

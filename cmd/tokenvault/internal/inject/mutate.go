@@ -408,14 +408,16 @@ func buildPatch(p pod, s settings) []patchOp {
 			add(base+"/env/-", e)
 		}
 	}
-	// The data volume's root must be writable by the sidecar's uid.
-	if s.dataClaim != "" {
-		switch {
-		case p.Spec.SecurityContext == nil:
-			add("/spec/securityContext", podSecurityContext{FSGroup: sidecarUID})
-		case p.Spec.SecurityContext.FSGroup == nil:
-			add("/spec/securityContext/fsGroup", sidecarUID)
-		}
+	// The Secrets' files are mode 0400, owned by root: the sidecar's uid
+	// reads them through the pod's fsGroup (group-readable, as the
+	// kubelet makes them), which also makes the data volume writable. A
+	// pod with an fsGroup of its own keeps it: every container of the pod
+	// has it as a supplementary group.
+	switch {
+	case p.Spec.SecurityContext == nil:
+		add("/spec/securityContext", podSecurityContext{FSGroup: sidecarUID})
+	case p.Spec.SecurityContext.FSGroup == nil:
+		add("/spec/securityContext/fsGroup", sidecarUID)
 	}
 	return ops
 }
