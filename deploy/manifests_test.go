@@ -9,10 +9,12 @@ import (
 	"strings"
 	"testing"
 
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	policyv1 "k8s.io/api/policy/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"sigs.k8s.io/kustomize/api/krusty"
 	"sigs.k8s.io/kustomize/kyaml/filesys"
@@ -38,7 +40,44 @@ type rendered struct {
 	pdbs        []*policyv1.PodDisruptionBudget
 	pvcs        []*corev1.PersistentVolumeClaim
 	configMaps  []*corev1.ConfigMap
-	raw         []byte
+	// The injector's (deploy/kubernetes/injector).
+	namespaces      []*corev1.Namespace
+	serviceAccounts []*corev1.ServiceAccount
+	webhooks        []*admissionregistrationv1.MutatingWebhookConfiguration
+	certificates    []*certificate
+	issuers         []*issuer
+	raw             []byte
+}
+
+// cert-manager's Certificate and Issuer (cert-manager.io/v1) are not in
+// k8s.io/api: these are the fields the manifests use, decoded as strictly
+// (a field not listed here fails the test, so it is checked by hand).
+type certificate struct {
+	metav1.TypeMeta `json:",inline"`
+	Metadata        metav1.ObjectMeta `json:"metadata"`
+	Spec            struct {
+		SecretName  string   `json:"secretName"`
+		DNSNames    []string `json:"dnsNames"`
+		Duration    string   `json:"duration"`
+		RenewBefore string   `json:"renewBefore"`
+		PrivateKey  struct {
+			Algorithm      string `json:"algorithm"`
+			Size           int    `json:"size"`
+			RotationPolicy string `json:"rotationPolicy"`
+		} `json:"privateKey"`
+		IssuerRef struct {
+			Name string `json:"name"`
+			Kind string `json:"kind"`
+		} `json:"issuerRef"`
+	} `json:"spec"`
+}
+
+type issuer struct {
+	metav1.TypeMeta `json:",inline"`
+	Metadata        metav1.ObjectMeta `json:"metadata"`
+	Spec            struct {
+		SelfSigned *struct{} `json:"selfSigned"`
+	} `json:"spec"`
 }
 
 func renderKustomize(t *testing.T, dir string) *rendered {
@@ -95,6 +134,21 @@ func decodeAll(t *testing.T, stream []byte) *rendered {
 		case "v1 ConfigMap":
 			c := &corev1.ConfigMap{}
 			r.configMaps, obj = append(r.configMaps, c), c
+		case "v1 Namespace":
+			n := &corev1.Namespace{}
+			r.namespaces, obj = append(r.namespaces, n), n
+		case "v1 ServiceAccount":
+			a := &corev1.ServiceAccount{}
+			r.serviceAccounts, obj = append(r.serviceAccounts, a), a
+		case "admissionregistration.k8s.io/v1 MutatingWebhookConfiguration":
+			w := &admissionregistrationv1.MutatingWebhookConfiguration{}
+			r.webhooks, obj = append(r.webhooks, w), w
+		case "cert-manager.io/v1 Certificate":
+			c := &certificate{}
+			r.certificates, obj = append(r.certificates, c), c
+		case "cert-manager.io/v1 Issuer":
+			i := &issuer{}
+			r.issuers, obj = append(r.issuers, i), i
 		case "v1 Secret":
 			t.Errorf("document %d is a Secret: secrets are created by the operator, never shipped", i)
 			continue
