@@ -32,6 +32,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"sigs.k8s.io/yaml"
 )
 
 // The injector is tested as the API server calls it: the real
@@ -471,4 +472,86 @@ func (zeros) Read(p []byte) (int, error) {
 		p[i] = '0'
 	}
 	return len(p), nil
+}
+
+// The overlays' sidecar configs work unchanged in an injected pod: every
+// file they name is in a volume the injector mounts, the socket is where
+// the app looks, and the listeners are on the injected ports.
+func TestInject_OverlayConfigsFit(t *testing.T) {
+	in := startInjector(t)
+	for overlay, ann := range map[string]map[string]string{
+		"single": {"tokenvault.dev/data-claim": "tokenvault-data"},
+		"many":   {"tokenvault.dev/etcd-tls-secret": "tokenvault-etcd-client"},
+	} {
+		t.Run(overlay, func(t *testing.T) {
+			b, err := os.ReadFile("kubernetes/overlays/" + overlay + "/tokenvault.yaml")
+			if err != nil {
+				t.Fatal(err)
+			}
+			var cfg struct {
+				PublicAddr    string `json:"public_addr"`
+				HealthAddr    string `json:"health_addr"`
+				MetricsAddr   string `json:"metrics_addr"`
+				DataDir       string `json:"data_dir"`
+				MasterKeyFile string `json:"master_key_file"`
+				Store         *struct {
+					TLS map[string]string `json:"tls"`
+				} `json:"store"`
+				Auth struct {
+					UnixSocket struct {
+						Path string `json:"path"`
+					} `json:"unix_socket"`
+				} `json:"auth"`
+				Providers map[string]struct {
+					ClientSecretFile string `json:"client_secret_file"`
+				} `json:"providers"`
+			}
+			if err := yaml.Unmarshal(b, &cfg); err != nil {
+				t.Fatal(err)
+			}
+			pod := appPod(ann)
+			got := admit(t, pod, in.review(t, pod))
+			sc := got.Spec.InitContainers[0]
+			// Which volume holds path, in the sidecar.
+			volumeOf := func(path string) string {
+				best := corev1.VolumeMount{}
+				for _, m := range sc.VolumeMounts {
+					if strings.HasPrefix(path, m.MountPath+"/") && len(m.MountPath) > len(best.MountPath) {
+						best = m
+					}
+				}
+				return best.Name
+			}
+			want := map[string]string{cfg.MasterKeyFile: "tokenvault-secrets"}
+			for _, p := range cfg.Providers {
+				want[p.ClientSecretFile] = "tokenvault-secrets"
+			}
+			if cfg.Store != nil {
+				for _, f := range cfg.Store.TLS {
+					want[f] = "tokenvault-etcd"
+				}
+			}
+			if cfg.DataDir != "" {
+				want[cfg.DataDir+"/tokenvault.db"] = "tokenvault-data"
+			}
+			want[sc.Args[len(sc.Args)-1]] = "tokenvault-config"
+			for path, vol := range want {
+				if got := volumeOf(path); got != vol {
+					t.Errorf("%s is in volume %q of the injected sidecar; want %q", path, got, vol)
+				}
+			}
+			if cfg.Auth.UnixSocket.Path != "/run/tokenvault/grpc.sock" || !hasEnv(got.Spec.Containers[0], "TOKENVAULT_ADDR", "unix://"+cfg.Auth.UnixSocket.Path) {
+				t.Errorf("the config's socket %q is not where the app is told to look", cfg.Auth.UnixSocket.Path)
+			}
+			ports := map[string]int32{}
+			for _, p := range sc.Ports {
+				ports[p.Name] = p.ContainerPort
+			}
+			for addr, port := range map[string]string{cfg.PublicAddr: "tv-public", cfg.HealthAddr: "tv-health", cfg.MetricsAddr: "tv-metrics"} {
+				if _, p, _ := net.SplitHostPort(addr); p != itoa(ports[port]) {
+					t.Errorf("the config listens on %s; the injected port %s is %d", addr, port, ports[port])
+				}
+			}
+		})
+	}
 }
