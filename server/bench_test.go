@@ -155,7 +155,7 @@ func benchChild() error {
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ctx, gl, hl, time.Second) }()
 
-	u, _, err := v.StartConnect(ctx, vault.ConnectRequest{Owner: "bench", Provider: "acme"})
+	u, _, err := v.StartConnect(ctx, vault.ConnectRequest{Binding: "b", Owner: "bench", Provider: "acme"})
 	if err != nil {
 		return err
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/subtle"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
@@ -32,6 +33,11 @@ type ConnectRequest struct {
 	// CreatedBy names the credential that started the flow: the owning
 	// application of a connection it creates.
 	CreatedBy string
+	// Binding is the hash of the secret of the browser the flow is bound
+	// to (RFC 9700 §4.7): its callback completes only in a browser whose
+	// secret hashes to it. Empty: the flow is bound by its start URL
+	// (Config.StartURL) when a browser first opens it (BeginConnect).
+	Binding string
 }
 
 // connectState is what the vault remembers of a flow between StartConnect
@@ -50,6 +56,15 @@ type connectState struct {
 	Expires  time.Time         `json:"expires"`
 	App      map[string]string `json:"app,omitempty"`
 	By       string            `json:"by,omitempty"`
+	// Binding is the browser binding hash; a flow record (flowPrefix)
+	// has none yet, and holds the State its browser will carry instead.
+	Binding string `json:"binding,omitempty"`
+	State   string `json:"state,omitempty"`
+}
+
+func flowKey(flow string) string {
+	sum := sha256.Sum256([]byte(flow))
+	return flowPrefix + hex.EncodeToString(sum[:])
 }
 
 func stateKey(state string) string {
@@ -57,11 +72,17 @@ func stateKey(state string) string {
 	return statePrefix + hex.EncodeToString(sum[:])
 }
 
-// StartConnect begins a connect flow and returns the authorization URL and
-// when the flow expires.
+// StartConnect begins a connect flow and returns the URL to send the
+// browser to and when the flow expires. A request with a Binding gets the
+// provider's authorization URL, its flow bound to that browser; one without
+// gets the start URL (Config.StartURL), which binds the flow to the first
+// browser that opens it (BeginConnect).
 func (v *Vault) StartConnect(ctx context.Context, r ConnectRequest) (string, time.Time, error) {
 	if r.Owner == "" {
 		return "", time.Time{}, fmt.Errorf("%w: owner is required", ErrInvalidArgument)
+	}
+	if r.Binding == "" && v.cfg.StartURL == nil {
+		return "", time.Time{}, fmt.Errorf("%w: a connect flow must be bound to a browser", ErrInvalidArgument)
 	}
 	if err := CheckAppMetadata(r.AppMetadata); err != nil {
 		return "", time.Time{}, err
@@ -79,6 +100,7 @@ func (v *Vault) StartConnect(ctx context.Context, r ConnectRequest) (string, tim
 		Owner: r.Owner, Tenant: r.Tenant, Provider: r.Provider, Label: r.Label,
 		Purpose: r.Purpose, Scopes: r.Scopes, ReturnTo: r.ReturnTo, Options: r.Options,
 		Expires: v.now().Add(v.cfg.StateTTL), App: r.AppMetadata, By: r.CreatedBy,
+		Binding: r.Binding,
 	}
 	if p.PKCE() {
 		st.Verifier = pkceVerifier()
@@ -88,19 +110,72 @@ func (v *Vault) StartConnect(ctx context.Context, r ConnectRequest) (string, tim
 	if err != nil {
 		return "", time.Time{}, fmt.Errorf("%w: %v", ErrInvalidArgument, err)
 	}
-	plain, err := json.Marshal(st)
-	if err != nil {
-		return "", time.Time{}, err
-	}
 	key := stateKey(state)
-	sealed, err := v.kr.Seal(key, plain)
-	if err != nil {
-		return "", time.Time{}, err
+	if r.Binding == "" {
+		// Not bound yet: the record waits under the flow's own secret,
+		// and the state exists only once a browser has opened the flow.
+		flow := rand.Text()
+		st.State, key, u = state, flowKey(flow), v.cfg.StartURL(flow)
 	}
-	if _, err := v.store.Apply(ctx, Op{Key: key, Value: sealed, IfRev: 0}); err != nil {
-		return "", time.Time{}, fmt.Errorf("vault: store connect state: %w", err)
+	if err := v.putState(ctx, key, st); err != nil {
+		return "", time.Time{}, err
 	}
 	return u, st.Expires, nil
+}
+
+func (v *Vault) putState(ctx context.Context, key string, st connectState) error {
+	plain, err := json.Marshal(st)
+	if err != nil {
+		return err
+	}
+	sealed, err := v.kr.Seal(key, plain)
+	if err != nil {
+		return err
+	}
+	if _, err := v.store.Apply(ctx, Op{Key: key, Value: sealed, IfRev: 0}); err != nil {
+		return fmt.Errorf("vault: store connect state: %w", err)
+	}
+	return nil
+}
+
+// BeginConnect binds the flow of a start URL to the browser whose secret
+// hashes to binding and returns the provider's authorization URL. A flow
+// binds once: opening its start URL again, or after it expired, returns
+// ErrFlowInvalid.
+func (v *Vault) BeginConnect(ctx context.Context, flow, binding string) (string, error) {
+	if flow == "" || binding == "" {
+		return "", ErrFlowInvalid
+	}
+	key := flowKey(flow)
+	sealed, err := v.store.Take(ctx, key)
+	if errors.Is(err, ErrNotFound) {
+		return "", ErrFlowInvalid
+	}
+	if err != nil {
+		return "", fmt.Errorf("vault: take connect flow: %w", err)
+	}
+	plain, err := v.kr.Open(key, sealed)
+	if err != nil {
+		return "", ErrFlowInvalid
+	}
+	var st connectState
+	if err := json.Unmarshal(plain, &st); err != nil || st.State == "" || v.now().After(st.Expires) {
+		return "", ErrFlowInvalid
+	}
+	p, err := v.provider(st.Provider)
+	if err != nil {
+		return "", err
+	}
+	state := st.State
+	st.State, st.Binding = "", binding
+	u, err := p.AuthURL(AuthRequest{State: state, Verifier: st.Verifier, Scopes: st.Scopes, Options: st.Options})
+	if err != nil {
+		return "", fmt.Errorf("%w: %v", ErrInvalidArgument, err)
+	}
+	if err := v.putState(ctx, stateKey(state), st); err != nil {
+		return "", err
+	}
+	return u, nil
 }
 
 // CallbackResult is the outcome of a completed connect flow.
@@ -117,6 +192,9 @@ type CallbackRequest struct {
 	// State, Code and Error are the callback's query parameters of those
 	// names; Error (e.g. "access_denied") is set when consent failed.
 	State, Code, Error string
+	// Binding is the hash of the secret the callback's browser holds ("":
+	// none): it must be the flow's.
+	Binding string
 }
 
 // CompleteConnect finishes a flow from the callback parameters in req.
@@ -131,12 +209,12 @@ func (v *Vault) CompleteConnect(ctx context.Context, req CallbackRequest) (*Call
 		return nil, ErrInvalidState
 	}
 	key := stateKey(state)
-	sealed, err := v.store.Take(ctx, key)
+	sealed, _, err := v.store.Get(ctx, key)
 	if errors.Is(err, ErrNotFound) {
 		return nil, ErrInvalidState
 	}
 	if err != nil {
-		return nil, fmt.Errorf("vault: take connect state: %w", err)
+		return nil, fmt.Errorf("vault: read connect state: %w", err)
 	}
 	plain, err := v.kr.Open(key, sealed)
 	if err != nil {
@@ -145,6 +223,18 @@ func (v *Vault) CompleteConnect(ctx context.Context, req CallbackRequest) (*Call
 	var st connectState
 	if err := json.Unmarshal(plain, &st); err != nil {
 		return nil, ErrInvalidState
+	}
+	if st.Binding == "" || subtle.ConstantTimeCompare([]byte(st.Binding), []byte(req.Binding)) != 1 {
+		// Another browser than the one that began the flow (a victim
+		// lured into finishing an attacker's flow, a leaked callback
+		// URL): no token request, and the state stays for its own
+		// browser.
+		return nil, ErrBrowserMismatch
+	}
+	if _, err := v.store.Take(ctx, key); errors.Is(err, ErrNotFound) {
+		return nil, ErrInvalidState // a concurrent callback took it first
+	} else if err != nil {
+		return nil, fmt.Errorf("vault: take connect state: %w", err)
 	}
 	if v.now().After(st.Expires) || st.Provider != provider {
 		// Expired, or issued for another provider's callback: a code
@@ -276,16 +366,28 @@ func (v *Vault) reconnect(ctx context.Context, e *entry, st connectState, g Gran
 	return next, nil
 }
 
-// SweepStates deletes connect flows that expired before now and returns how
-// many it deleted.
+// SweepStates deletes connect flows (begun or not) and connect sessions
+// that expired before now and returns how many it deleted.
 func (v *Vault) SweepStates(ctx context.Context) (int, error) {
+	n := 0
+	for _, prefix := range []string{statePrefix, flowPrefix, sessionPrefix} {
+		m, err := v.sweep(ctx, prefix)
+		n += m
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
+}
+
+func (v *Vault) sweep(ctx context.Context, prefix string) (int, error) {
 	type st struct {
 		key string
 		rev uint64
 		val []byte
 	}
 	var all []st
-	err := v.store.Scan(ctx, statePrefix, "", func(key string, value []byte, rev uint64) (bool, error) {
+	err := v.store.Scan(ctx, prefix, "", func(key string, value []byte, rev uint64) (bool, error) {
 		all = append(all, st{key, rev, slices.Clone(value)})
 		return true, nil
 	})
@@ -296,8 +398,10 @@ func (v *Vault) SweepStates(ctx context.Context) (int, error) {
 	now := v.now()
 	for _, s := range all {
 		plain, err := v.kr.Open(s.key, s.val)
-		var cs connectState
-		if err == nil && json.Unmarshal(plain, &cs) == nil && now.Before(cs.Expires) {
+		var rec struct {
+			Expires time.Time `json:"expires"`
+		}
+		if err == nil && json.Unmarshal(plain, &rec) == nil && now.Before(rec.Expires) {
 			continue
 		}
 		if _, err := v.store.Apply(ctx, Op{Key: s.key, Delete: true, IfRev: int64(s.rev)}); err == nil {
@@ -320,7 +424,7 @@ func parseReturnTo(s string) (*url.URL, error) {
 
 func (v *Vault) returnToAllowed(s string) bool {
 	u, err := parseReturnTo(s)
-	if err != nil || u.Fragment != "" {
+	if err != nil || u.Fragment != "" || !plainPath(u) {
 		return false
 	}
 	for _, a := range v.cfg.ReturnTo {
@@ -328,20 +432,35 @@ func (v *Vault) returnToAllowed(s string) bool {
 		if err != nil {
 			continue
 		}
-		if u.Scheme == au.Scheme && strings.EqualFold(u.Host, au.Host) && pathWithin(u.EscapedPath(), au.EscapedPath()) {
+		if u.Scheme == au.Scheme && strings.EqualFold(u.Host, au.Host) && pathWithin(u.Path, au.Path) {
 			return true
 		}
 	}
 	return false
 }
 
-// pathWithin reports whether p is base or below it, on segment boundaries
-// ("/app" allows "/app" and "/app/x", not "/apple").
-func pathWithin(p, base string) bool {
-	base = strings.TrimSuffix(base, "/")
-	if strings.Contains(p, "/../") || strings.HasSuffix(p, "/..") {
+// plainPath reports whether u's path, once percent-decoded, has no dot
+// segments ("." or "..", however encoded: a browser resolves them, and
+// so may the application's server) and no encoded slash or backslash
+// (which a server may decode into a separator). Paths are then compared
+// decoded, so no encoding slips a return_to out of its allowed prefix.
+func plainPath(u *url.URL) bool {
+	raw := strings.ToLower(u.EscapedPath())
+	if strings.Contains(raw, "%2f") || strings.Contains(raw, "%5c") || strings.Contains(u.Path, "\\") {
 		return false
 	}
+	for seg := range strings.SplitSeq(u.Path, "/") {
+		if seg == "." || seg == ".." {
+			return false
+		}
+	}
+	return true
+}
+
+// pathWithin reports whether p is base or below it, on segment boundaries
+// ("/app" allows "/app" and "/app/x", not "/apple"); both are decoded.
+func pathWithin(p, base string) bool {
+	base = strings.TrimSuffix(base, "/")
 	return p == base || strings.HasPrefix(p, base+"/") || (base == "" && p == "")
 }
 

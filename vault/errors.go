@@ -32,6 +32,14 @@ var (
 	// ErrInvalidState: a callback's state is unknown, already used, forged
 	// or expired.
 	ErrInvalidState = errors.New("vault: invalid or expired state")
+	// ErrBrowserMismatch: a callback came from a browser other than the
+	// one the flow was bound to (RFC 9700 §4.7): no token request is made.
+	ErrBrowserMismatch = errors.New("vault: callback from another browser than the flow's")
+	// ErrFlowInvalid: a start URL's flow is unknown, expired or already
+	// bound to a browser.
+	ErrFlowInvalid = errors.New("vault: connect flow invalid, expired or already started")
+	// ErrSessionInvalid: a connect session token is unknown or expired.
+	ErrSessionInvalid = errors.New("vault: connect session invalid or expired")
 	// ErrConsentDenied: the user (or the provider) declined the consent.
 	ErrConsentDenied = errors.New("vault: consent denied")
 	// ErrExchangeFailed: the provider refused the authorization code.

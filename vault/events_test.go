@@ -125,7 +125,7 @@ func (h *eventsHarness) reopen() {
 // connect runs a connect flow for owner and returns the connection.
 func (h *eventsHarness) connect(owner string) (*vault.Connection, error) {
 	h.t.Helper()
-	u, _, err := h.v.StartConnect(context.Background(), vault.ConnectRequest{Owner: owner, Provider: "fake", Scopes: []string{"read"}})
+	u, _, err := h.v.StartConnect(context.Background(), vault.ConnectRequest{Binding: "b", Owner: owner, Provider: "fake", Scopes: []string{"read"}})
 	if err != nil {
 		h.t.Fatalf("StartConnect = %v", err)
 	}
@@ -134,7 +134,7 @@ func (h *eventsHarness) connect(owner string) (*vault.Connection, error) {
 		h.store.armed.Store(true)
 	}
 	pu, _ := url.Parse(u)
-	res, err := h.v.CompleteConnect(context.Background(), vault.CallbackRequest{Provider: "fake", State: pu.Query().Get("state"), Code: "code"})
+	res, err := h.v.CompleteConnect(context.Background(), vault.CallbackRequest{Binding: "b", Provider: "fake", State: pu.Query().Get("state"), Code: "code"})
 	if err != nil {
 		return nil, err
 	}

@@ -181,7 +181,7 @@ func (v *Vault) RotateKeys(ctx context.Context) (uint32, int, error) {
 	if err != nil {
 		return 0, 0, err
 	}
-	n, err := Rewrap(ctx, v.store, v.kr, connPrefix, statePrefix, eventPrefix)
+	n, err := Rewrap(ctx, v.store, v.kr, connPrefix, statePrefix, flowPrefix, sessionPrefix, eventPrefix)
 	if err != nil {
 		return term, n, err
 	}

@@ -267,7 +267,7 @@ func TestVault_DeleteOwner(t *testing.T) {
 	ctx := context.Background()
 	h.connect("alice")
 	state := h.start(vault.ConnectRequest{Owner: "alice", Provider: "fake", Label: "second"})
-	if _, err := h.v.CompleteConnect(ctx, vault.CallbackRequest{Provider: "fake", State: state, Code: "code"}); err != nil {
+	if _, err := h.v.CompleteConnect(ctx, vault.CallbackRequest{Binding: "b", Provider: "fake", State: state, Code: "code"}); err != nil {
 		t.Fatal(err)
 	}
 	bob := h.connect("bob")

@@ -13,7 +13,7 @@ import (
 func (h *harness) connectAs(tenant, owner, label string) string {
 	h.t.Helper()
 	state := h.start(vault.ConnectRequest{Owner: owner, Tenant: tenant, Provider: "fake", Label: label})
-	res, err := h.v.CompleteConnect(context.Background(), vault.CallbackRequest{Provider: "fake", State: state, Code: "code"})
+	res, err := h.v.CompleteConnect(context.Background(), vault.CallbackRequest{Binding: "b", Provider: "fake", State: state, Code: "code"})
 	if err != nil {
 		h.t.Fatalf("CompleteConnect = %v", err)
 	}

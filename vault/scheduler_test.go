@@ -305,12 +305,12 @@ func (e *schedEnv) open() {
 func (e *schedEnv) connect(owner string) *vault.Connection {
 	e.t.Helper()
 	ctx := context.Background()
-	u, _, err := e.v.StartConnect(ctx, vault.ConnectRequest{Owner: owner, Provider: "fake"})
+	u, _, err := e.v.StartConnect(ctx, vault.ConnectRequest{Binding: "b", Owner: owner, Provider: "fake"})
 	if err != nil {
 		e.t.Fatal(err)
 	}
 	pu, _ := url.Parse(u)
-	res, err := e.v.CompleteConnect(ctx, vault.CallbackRequest{Provider: "fake", State: pu.Query().Get("state"), Code: "code"})
+	res, err := e.v.CompleteConnect(ctx, vault.CallbackRequest{Binding: "b", Provider: "fake", State: pu.Query().Get("state"), Code: "code"})
 	if err != nil {
 		e.t.Fatal(err)
 	}

@@ -35,6 +35,11 @@ const (
 	connPrefix  = "conn/"
 	statePrefix = "state/"
 	identPrefix = "ident/"
+	// flowPrefix holds the flows StartConnect began that no browser has
+	// opened yet (connect.go), sessionPrefix the connect sessions
+	// (session.go): both under the hash of their secret.
+	flowPrefix    = "flow/"
+	sessionPrefix = "session/"
 )
 
 // Config configures a Vault.
@@ -52,6 +57,11 @@ type Config struct {
 	DefaultReturnTo string
 	// StateTTL is how long a connect flow may take; default 10 minutes.
 	StateTTL time.Duration
+	// StartURL returns the URL a flow's browser opens first (the start
+	// URL, which binds the flow to that browser and goes on to the
+	// provider): StartConnect without a Binding returns it. Nil: every
+	// flow must be started with a Binding.
+	StartURL func(flow string) string
 	// DefaultMinValid is GetAccessToken's min_valid_for when the caller
 	// gives none; default 5 minutes.
 	DefaultMinValid time.Duration

@@ -208,6 +208,7 @@ func (h *harness) open() {
 	v, err := vault.Open(context.Background(), vault.Config{
 		Store: h.faults, Keyring: kr, Providers: map[string]vault.Provider{"fake": h.p},
 		ReturnTo: []string{"https://app.example/settings"}, Now: h.clock.Now,
+		StartURL: func(flow string) string { return "https://tv.example/connect/start?flow=" + flow },
 	})
 	if err != nil {
 		h.t.Fatal(err)
@@ -225,7 +226,7 @@ func (h *harness) reopen() {
 func (h *harness) connect(owner string) *vault.Connection {
 	h.t.Helper()
 	state := h.start(vault.ConnectRequest{Owner: owner, Provider: "fake", Scopes: []string{"read", "write"}})
-	res, err := h.v.CompleteConnect(context.Background(), vault.CallbackRequest{Provider: "fake", State: state, Code: "code"})
+	res, err := h.v.CompleteConnect(context.Background(), vault.CallbackRequest{Binding: "b", Provider: "fake", State: state, Code: "code"})
 	if err != nil {
 		h.t.Fatalf("CompleteConnect = %v", err)
 	}
@@ -234,6 +235,9 @@ func (h *harness) connect(owner string) *vault.Connection {
 
 func (h *harness) start(r vault.ConnectRequest) string {
 	h.t.Helper()
+	if r.Binding == "" {
+		r.Binding = "b" // the browser's binding hash, as the callback brings it
+	}
 	u, _, err := h.v.StartConnect(context.Background(), r)
 	if err != nil {
 		h.t.Fatalf("StartConnect = %v", err)
@@ -573,7 +577,7 @@ func TestVault_Connect_StateIsSingleUse(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			_, err := h.v.CompleteConnect(context.Background(), vault.CallbackRequest{Provider: "fake", State: state, Code: "code"})
+			_, err := h.v.CompleteConnect(context.Background(), vault.CallbackRequest{Binding: "b", Provider: "fake", State: state, Code: "code"})
 			switch {
 			case err == nil:
 				ok.Add(1)
@@ -609,7 +613,7 @@ func TestVault_Connect_BadCallbacks(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			state := tc.state()
 			h.clock.Add(tc.advance)
-			_, err := h.v.CompleteConnect(context.Background(), vault.CallbackRequest{Provider: tc.prov, State: state, Code: "code", Error: tc.errCode})
+			_, err := h.v.CompleteConnect(context.Background(), vault.CallbackRequest{Binding: "b", Provider: tc.prov, State: state, Code: "code", Error: tc.errCode})
 			if !errors.Is(err, tc.want) {
 				t.Errorf("CompleteConnect = %v; want %v", err, tc.want)
 			}
@@ -632,11 +636,19 @@ func TestVault_StartConnect_Validation(t *testing.T) {
 		{"return_to elsewhere", vault.ConnectRequest{Owner: "a", Provider: "fake", ReturnTo: "https://evil.example/settings"}, vault.ErrReturnToNotAllowed},
 		{"return_to sibling path", vault.ConnectRequest{Owner: "a", Provider: "fake", ReturnTo: "https://app.example/settingsx"}, vault.ErrReturnToNotAllowed},
 		{"return_to dot-dot", vault.ConnectRequest{Owner: "a", Provider: "fake", ReturnTo: "https://app.example/settings/../admin"}, vault.ErrReturnToNotAllowed},
+		{"return_to encoded dot-dot", vault.ConnectRequest{Owner: "a", Provider: "fake", ReturnTo: "https://app.example/settings/%2e%2e/%2e%2e/logout"}, vault.ErrReturnToNotAllowed},
+		{"return_to upper-case encoded dot-dot", vault.ConnectRequest{Owner: "a", Provider: "fake", ReturnTo: "https://app.example/settings/%2E%2E/logout"}, vault.ErrReturnToNotAllowed},
+		{"return_to half-encoded dot-dot", vault.ConnectRequest{Owner: "a", Provider: "fake", ReturnTo: "https://app.example/settings/.%2e/logout"}, vault.ErrReturnToNotAllowed},
+		{"return_to trailing dot-dot", vault.ConnectRequest{Owner: "a", Provider: "fake", ReturnTo: "https://app.example/settings/%2e%2e"}, vault.ErrReturnToNotAllowed},
+		{"return_to dot segment", vault.ConnectRequest{Owner: "a", Provider: "fake", ReturnTo: "https://app.example/settings/./x"}, vault.ErrReturnToNotAllowed},
+		{"return_to encoded slash", vault.ConnectRequest{Owner: "a", Provider: "fake", ReturnTo: "https://app.example/settings%2f..%2fadmin"}, vault.ErrReturnToNotAllowed},
+		{"return_to backslash", vault.ConnectRequest{Owner: "a", Provider: "fake", ReturnTo: "https://app.example/settings/..%5cadmin"}, vault.ErrReturnToNotAllowed},
 		{"return_to http downgrade", vault.ConnectRequest{Owner: "a", Provider: "fake", ReturnTo: "http://app.example/settings"}, vault.ErrReturnToNotAllowed},
 		{"return_to userinfo", vault.ConnectRequest{Owner: "a", Provider: "fake", ReturnTo: "https://app.example@evil.example/settings"}, vault.ErrReturnToNotAllowed},
 		{"return_to allowed", vault.ConnectRequest{Owner: "a", Provider: "fake", ReturnTo: "https://app.example/settings/slack?x=1"}, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			tc.req.Binding = "b"
 			_, _, err := h.v.StartConnect(context.Background(), tc.req)
 			if !errors.Is(err, tc.want) {
 				t.Errorf("StartConnect = %v; want %v", err, tc.want)
@@ -717,7 +729,7 @@ func TestVault_List_FiltersAndPages(t *testing.T) {
 func (h *harness) connectLabel(label string) {
 	h.t.Helper()
 	state := h.start(vault.ConnectRequest{Owner: "bob", Provider: "fake", Label: label})
-	if _, err := h.v.CompleteConnect(context.Background(), vault.CallbackRequest{Provider: "fake", State: state, Code: "code"}); err != nil {
+	if _, err := h.v.CompleteConnect(context.Background(), vault.CallbackRequest{Binding: "b", Provider: "fake", State: state, Code: "code"}); err != nil {
 		h.t.Fatal(err)
 	}
 }

@@ -546,12 +546,12 @@ func seed(ctx context.Context, o options, dir, fakeAddr string) (seal.MasterKey,
 	for i := range o.connections {
 		// Issued between 0 and 70% of a lifetime before the epoch.
 		clock.Set(epoch.Add(-time.Duration(rng.Float64() * 0.7 * float64(o.lifetime))))
-		u, _, err := v.StartConnect(ctx, vault.ConnectRequest{Owner: "user-" + strconv.Itoa(i), Provider: providerName})
+		u, _, err := v.StartConnect(ctx, vault.ConnectRequest{Binding: "b", Owner: "user-" + strconv.Itoa(i), Provider: providerName})
 		if err != nil {
 			return mk, err
 		}
 		pu, _ := url.Parse(u)
-		if _, err := v.CompleteConnect(ctx, vault.CallbackRequest{Provider: providerName, State: pu.Query().Get("state"), Code: "code"}); err != nil {
+		if _, err := v.CompleteConnect(ctx, vault.CallbackRequest{Binding: "b", Provider: providerName, State: pu.Query().Get("state"), Code: "code"}); err != nil {
 			return mk, err
 		}
 		if (i+1)%20000 == 0 {

@@ -137,12 +137,12 @@ func startReplicas(t *testing.T, c *etcdtest.Cluster, n int, p *rotatingProvider
 // the connection.
 func connectOn(t testing.TB, r *replica, all []*replica, owner string) *vault.Connection {
 	t.Helper()
-	u, _, err := r.v.StartConnect(t.Context(), vault.ConnectRequest{Owner: owner, Provider: "fake"})
+	u, _, err := r.v.StartConnect(t.Context(), vault.ConnectRequest{Binding: "b", Owner: owner, Provider: "fake"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	pu, _ := url.Parse(u)
-	res, err := r.v.CompleteConnect(t.Context(), vault.CallbackRequest{Provider: "fake", State: pu.Query().Get("state"), Code: "code"})
+	res, err := r.v.CompleteConnect(t.Context(), vault.CallbackRequest{Binding: "b", Provider: "fake", State: pu.Query().Get("state"), Code: "code"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -369,4 +369,52 @@ func TestReplicas_RotateKeys_WhileServing(t *testing.T) {
 	})
 	// A connection created on replica 0 under the new term reaches 1.
 	connectOn(t, rs[0], rs, "bob")
+}
+
+// Connect sessions and start-URL flows live in etcd like the rest: a
+// session created on one replica opens on another, a flow started on one
+// is bound on a second and completed on a third, once, and both expire.
+func TestReplicas_SessionsAndBoundFlows(t *testing.T) {
+	c := etcdtest.Start(t, 1)
+	clk := &testClock{t: time.Date(2026, 12, 4, 12, 0, 0, 0, time.UTC)}
+	p := &rotatingProvider{lifetime: time.Hour, now: clk.Now, live: map[string]bool{}}
+	rs := startReplicas(t, c, 3, p, clk, etcd.Options{}, vault.Config{
+		StartURL: func(flow string) string { return "https://tv.example/connect/start?flow=" + flow },
+	})
+	tok, s, err := rs[0].v.CreateSession(t.Context(), vault.SessionRequest{Owner: "alice", TTL: 10 * time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := rs[1].v.Session(t.Context(), tok)
+	if err != nil || got.ID != s.ID || got.Owner != "alice" {
+		t.Fatalf("Session on another replica = %+v, %v", got, err)
+	}
+	u, _, err := rs[0].v.StartConnect(t.Context(), vault.ConnectRequest{Owner: "alice", Provider: "fake"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	su, _ := url.Parse(u)
+	auth, err := rs[1].v.BeginConnect(t.Context(), su.Query().Get("flow"), "browser-a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rs[2].v.BeginConnect(t.Context(), su.Query().Get("flow"), "browser-b"); !errors.Is(err, vault.ErrFlowInvalid) {
+		t.Errorf("second BeginConnect = %v; want ErrFlowInvalid", err)
+	}
+	au, _ := url.Parse(auth)
+	cb := vault.CallbackRequest{Provider: "fake", State: au.Query().Get("state"), Code: "code", Binding: "browser-b"}
+	if _, err := rs[2].v.CompleteConnect(t.Context(), cb); !errors.Is(err, vault.ErrBrowserMismatch) {
+		t.Errorf("callback from another browser = %v; want ErrBrowserMismatch", err)
+	}
+	cb.Binding = "browser-a"
+	if res, err := rs[2].v.CompleteConnect(t.Context(), cb); err != nil || res.Connection.Owner != "alice" {
+		t.Fatalf("callback = %v, %v", res, err)
+	}
+	clk.Add(11 * time.Minute)
+	if _, err := rs[2].v.Session(t.Context(), tok); !errors.Is(err, vault.ErrSessionInvalid) {
+		t.Errorf("expired session = %v; want ErrSessionInvalid", err)
+	}
+	if n, err := rs[1].v.SweepStates(t.Context()); err != nil || n != 1 {
+		t.Errorf("SweepStates = %d, %v; want 1", n, err)
+	}
 }

@@ -125,12 +125,12 @@ func (h *eventsHarness) reopen() {
 // mustConnect runs a connect flow for owner and returns the connection.
 func (h *eventsHarness) mustConnect(owner string) *vault.Connection {
 	h.t.Helper()
-	u, _, err := h.v.StartConnect(context.Background(), vault.ConnectRequest{Owner: owner, Provider: "fake", Scopes: []string{"read"}})
+	u, _, err := h.v.StartConnect(context.Background(), vault.ConnectRequest{Binding: "b", Owner: owner, Provider: "fake", Scopes: []string{"read"}})
 	if err != nil {
 		h.t.Fatalf("StartConnect = %v", err)
 	}
 	pu, _ := url.Parse(u)
-	res, err := h.v.CompleteConnect(context.Background(), vault.CallbackRequest{Provider: "fake", State: pu.Query().Get("state"), Code: "code"})
+	res, err := h.v.CompleteConnect(context.Background(), vault.CallbackRequest{Binding: "b", Provider: "fake", State: pu.Query().Get("state"), Code: "code"})
 	if err != nil {
 		h.t.Fatalf("CompleteConnect = %v", err)
 	}
