@@ -318,6 +318,7 @@ type rule struct {
 var methodRules = map[string]rule{
 	tvv1.TokenVaultService_GetAccessToken_FullMethodName:     {needApplication, scopeConnection, auditAlways, true},
 	tvv1.TokenVaultService_StartConnect_FullMethodName:       {needApplication, scopeProvider, auditAlways, false},
+	tvv1.TokenVaultService_CreateConnectSession_FullMethodName: {needApplication, scopeHandler, auditAlways, false},
 	tvv1.TokenVaultService_GetConnection_FullMethodName:      {needApplication, scopeConnection, auditOperator, false},
 	tvv1.TokenVaultService_ListConnections_FullMethodName:    {needApplication, scopeHandler, auditOperator, false},
 	tvv1.TokenVaultService_ListProviders_FullMethodName:      {needApplication, scopeHandler, auditOperator, false},

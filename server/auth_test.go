@@ -405,6 +405,16 @@ func bufListen(t *testing.T, srv *server.Server) func(key string) *grpc.ClientCo
 	}
 }
 
+// browserGet is httpGet in the env's browser (its cookies).
+func (e *env) browserGet(url string) (int, error) {
+	resp, err := e.browser.Get(url)
+	if err != nil {
+		return 0, err
+	}
+	resp.Body.Close()
+	return resp.StatusCode, nil
+}
+
 func httpGet(url string) (int, error) {
 	resp, err := http.Get(url)
 	if err != nil {

@@ -9,6 +9,7 @@ import (
 	"math"
 	"net"
 	"net/http"
+	"net/http/cookiejar"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -134,6 +135,7 @@ func benchChild() error {
 	v, err := vault.Open(context.Background(), vault.Config{
 		Store: st, Keyring: kr, Providers: map[string]vault.Provider{"acme": server.AdaptProvider(p)}, Logger: log,
 		OnRefresh: metrics.ObserveRefresh,
+		StartURL:  server.StartURL("http://" + hl.Addr().String()),
 	})
 	if err != nil {
 		return err
@@ -147,7 +149,7 @@ func benchChild() error {
 		return err
 	}
 	srv := server.New(server.Config{Vault: v, Providers: []providers.Info{p.Info()}, Logger: log,
-		Auth: auth, Audit: audit, Metrics: metrics,
+		Auth: auth, Audit: audit, Metrics: metrics, PublicURL: "http://" + hl.Addr().String(),
 		Register:        func(s *grpc.Server) { s.RegisterService(&emptyDesc, struct{}{}) },
 		RegisteredRoles: map[string]server.Role{"/tokenvault.bench.Empty/Call": server.RoleApplication}})
 	ctx, cancel := context.WithCancel(context.Background())
@@ -155,11 +157,12 @@ func benchChild() error {
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ctx, gl, hl, time.Second) }()
 
-	u, _, err := v.StartConnect(ctx, vault.ConnectRequest{Binding: "b", Owner: "bench", Provider: "acme"})
+	u, _, err := v.StartConnect(ctx, vault.ConnectRequest{Owner: "bench", Provider: "acme"})
 	if err != nil {
 		return err
 	}
-	resp, err := http.Get(u)
+	jar, _ := cookiejar.New(nil)
+	resp, err := (&http.Client{Jar: jar}).Get(u)
 	if err != nil {
 		return err
 	}

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/tokenvault/tokenvault/server/connectpage"
 	"github.com/tokenvault/tokenvault/vault"
 	"github.com/tokenvault/tokenvault/vault/audit"
 )
@@ -16,7 +17,10 @@ import (
 // callbackHandler serves the provider's redirect back to the sidecar:
 // GET /oauth/callback/{provider}?code=...&state=... (or ?error=...).
 type callbackHandler struct {
-	v     *vault.Vault
+	v *vault.Vault
+	// page reads the browser's binding cookie, and is where flows the
+	// connect page started return to, with their outcome.
+	page  *connectpage.Handler
 	log   *slog.Logger
 	audit *audit.Log // nil: not audited
 	// failures bounds what failed callbacks write to the log and the
@@ -46,7 +50,8 @@ func (h *callbackHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	q := r.URL.Query()
 	provider := r.PathValue("provider")
-	res, err := h.v.CompleteConnect(r.Context(), vault.CallbackRequest{Provider: provider, State: q.Get("state"), Code: q.Get("code"), Error: q.Get("error")})
+	res, err := h.v.CompleteConnect(r.Context(), vault.CallbackRequest{Provider: provider, State: q.Get("state"), Code: q.Get("code"), Error: q.Get("error"),
+		Binding: h.page.BrowserBinding(r)})
 	if err != nil {
 		h.fail(w, r, res, err)
 		return
@@ -55,6 +60,15 @@ func (h *callbackHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.log.LogAttrs(r.Context(), slog.LevelInfo, "connected",
 		slog.String("connection", res.Connection.ID), slog.String("provider", provider),
 		slog.Bool("reconnected", res.Reconnected))
+	if h.page.IsPageURL(res.ReturnTo) {
+		st := connectpage.StatusConnected
+		if res.Reconnected {
+			st = connectpage.StatusReconnected
+		}
+		h.page.SecurityHeaders(w)
+		http.Redirect(w, r, connectpage.Outcome(res.ReturnTo, provider, st, res.Connection.ID), http.StatusSeeOther)
+		return
+	}
 	if res.ReturnTo != "" {
 		http.Redirect(w, r, withQuery(res.ReturnTo, "connection_id", res.Connection.ID, "status", "connected"), http.StatusSeeOther)
 		return
@@ -73,6 +87,9 @@ func (h *callbackHandler) fail(w http.ResponseWriter, r *http.Request, res *vaul
 	case errors.Is(err, vault.ErrInvalidState):
 		reason = "invalid_state"
 		p = page{Title: "This link is no longer valid", Message: "The connection request is unknown, was already used, or expired. Start connecting again from the application."}
+	case errors.Is(err, vault.ErrBrowserMismatch):
+		reason, st = "browser_mismatch", http.StatusForbidden
+		p = page{Title: "Finish connecting in the browser you started in", Message: "This connection was started in another browser, so it was not completed here and nothing was connected. If you started it, go back to that browser; otherwise close this page: someone may have sent you this link to connect your account to theirs."}
 	case errors.Is(err, vault.ErrInvalidArgument):
 		reason = "bad_request"
 		p = page{Title: "Connection failed", Message: "The service sent the browser back without an authorization. Start connecting again from the application."}
@@ -109,11 +126,27 @@ func (h *callbackHandler) fail(w http.ResponseWriter, r *http.Request, res *vaul
 		h.log.LogAttrs(r.Context(), lvl, "connect callback failed", attrs...)
 		h.recordFailure(r.PathValue("provider"), reason)
 	}
+	if res != nil && h.page.IsPageURL(res.ReturnTo) && !errors.Is(err, vault.ErrInvalidArgument) {
+		h.page.SecurityHeaders(w)
+		http.Redirect(w, r, connectpage.Outcome(res.ReturnTo, r.PathValue("provider"), pageStatus(reason), ""), http.StatusSeeOther)
+		return
+	}
 	if res != nil && res.ReturnTo != "" && !errors.Is(err, vault.ErrInvalidState) && !errors.Is(err, vault.ErrInvalidArgument) {
 		http.Redirect(w, r, withQuery(res.ReturnTo, "status", "error", "error", reason), http.StatusSeeOther)
 		return
 	}
 	render(w, st, p)
+}
+
+// pageStatus is the connect page's status for a failed callback's reason.
+func pageStatus(reason string) string {
+	switch reason {
+	case "access_denied":
+		return connectpage.StatusDenied
+	case "provider_unavailable":
+		return connectpage.StatusUnavailable
+	}
+	return connectpage.StatusFailed
 }
 
 func render(w http.ResponseWriter, status int, p page) {
@@ -158,6 +191,7 @@ var callbackOutcomes = map[string][2]string{
 	"invalid_state":          {"INVALID_ARGUMENT", "INVALID_STATE"},
 	"bad_request":            {"INVALID_ARGUMENT", "BAD_CALLBACK"},
 	"access_denied":          {"PERMISSION_DENIED", "CONSENT_DENIED"},
+	"browser_mismatch":       {"PERMISSION_DENIED", "BROWSER_MISMATCH"},
 	"provider_misconfigured": {"FAILED_PRECONDITION", ReasonProviderMisconfigured},
 	"provider_unavailable":   {"UNAVAILABLE", ReasonProviderUnavailable},
 	"exchange_failed":        {"FAILED_PRECONDITION", "EXCHANGE_FAILED"},

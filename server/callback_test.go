@@ -17,7 +17,7 @@ import (
 // redirects to, without following it.
 func (e *env) authorizeOnly(authURL string) *url.URL {
 	e.t.Helper()
-	c := &http.Client{CheckRedirect: func(req *http.Request, via []*http.Request) error {
+	c := &http.Client{Jar: e.browser.Jar, CheckRedirect: func(req *http.Request, via []*http.Request) error {
 		if strings.Contains(req.URL.Path, "/oauth/callback/") {
 			return http.ErrUseLastResponse
 		}
@@ -54,7 +54,7 @@ func TestCallback_HEADDoesNotRunIt(t *testing.T) {
 		t.Fatalf("HEAD callback made %d token requests; want 0", n)
 	}
 	// The state and the code are still good for the browser's GET.
-	if code, err := httpGet(cb.String()); err != nil || code != http.StatusOK {
+	if code, err := e.browserGet(cb.String()); err != nil || code != http.StatusOK {
 		t.Errorf("GET callback after HEAD = %d, %v; want 200", code, err)
 	}
 }
@@ -69,7 +69,7 @@ func TestCallback_StateWithoutCodeIs400(t *testing.T) {
 	q := cb.Query()
 	q.Del("code")
 	cb.RawQuery = q.Encode()
-	resp, err := http.Get(cb.String())
+	resp, err := e.browser.Get(cb.String())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -239,7 +239,7 @@ func (e *env) connectFast(req vault.ConnectRequest) {
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	resp, err := http.Get(u)
+	resp, err := e.browser.Get(u)
 	if err != nil {
 		e.t.Fatal(err)
 	}

@@ -2,7 +2,6 @@ package server_test
 
 import (
 	"context"
-	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -160,7 +159,7 @@ func TestLifecycle_StartConnect_AppMetadata(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	resp, err := http.Get(sc.AuthorizationUrl)
+	resp, err := e.browser.Get(sc.AuthorizationUrl)
 	if err != nil {
 		t.Fatal(err)
 	}

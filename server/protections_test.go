@@ -5,7 +5,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -214,10 +213,7 @@ func TestServer_PKCE_FreshVerifierPerFlow(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		u, err := url.Parse(sc.AuthorizationUrl)
-		if err != nil {
-			t.Fatal(err)
-		}
+		u := e.providerURL(sc.AuthorizationUrl)
 		q := u.Query()
 		ch := q.Get("code_challenge")
 		if q.Get("code_challenge_method") != "S256" || len(ch) != 43 {

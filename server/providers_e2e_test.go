@@ -120,7 +120,8 @@ func startE2ESidecar(t *testing.T, hs *httptest.Server, p providers.Provider) *e
 	name := p.Info().Name
 	skew := new(atomic.Int64)
 	v, err := vault.Open(ctx, vault.Config{Store: st, Keyring: kr, Providers: map[string]vault.Provider{name: server.AdaptProvider(p)},
-		Now: func() time.Time { return time.Now().Add(time.Duration(skew.Load())) }})
+		Now:      func() time.Time { return time.Now().Add(time.Duration(skew.Load())) },
+		StartURL: server.StartURL("http://" + hs.Listener.Addr().String())})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -128,7 +129,7 @@ func startE2ESidecar(t *testing.T, hs *httptest.Server, p providers.Provider) *e
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := server.New(server.Config{Vault: v, Providers: []providers.Info{p.Info()}, Auth: auth})
+	srv := server.New(server.Config{Vault: v, Providers: []providers.Info{p.Info()}, Auth: auth, PublicURL: "http://" + hs.Listener.Addr().String()})
 	hs.Config.Handler = srv.PublicHandler()
 	hs.Start()
 	t.Cleanup(hs.Close)
@@ -192,8 +193,16 @@ func TestProvidersE2E(t *testing.T) {
 			if err != nil {
 				t.Fatalf("StartConnect = %v", err)
 			}
-			browser := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
-			resp, err := browser.Get(start.AuthorizationUrl)
+			browser := &http.Client{Jar: newBrowser(t).Jar, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+			resp, err := browser.Get(start.AuthorizationUrl) // the start URL: binds the flow to this browser
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusSeeOther {
+				t.Fatalf("start URL answered %d", resp.StatusCode)
+			}
+			resp, err = browser.Get(resp.Header.Get("Location"))
 			if err != nil {
 				t.Fatal(err)
 			}

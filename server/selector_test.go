@@ -29,7 +29,7 @@ func (e *env) connectIn(tenant, owner, label string) string {
 	if err != nil {
 		e.t.Fatalf("StartConnect = %v", err)
 	}
-	resp, err := http.Get(sc.AuthorizationUrl)
+	resp, err := e.browser.Get(sc.AuthorizationUrl)
 	if err != nil {
 		e.t.Fatal(err)
 	}

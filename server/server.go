@@ -15,6 +15,7 @@
 package server
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -23,6 +24,7 @@ import (
 	"net/http"
 	"runtime"
 	"runtime/debug"
+	"strings"
 	"sync"
 	"time"
 
@@ -37,6 +39,7 @@ import (
 
 	tvv1 "github.com/tokenvault/tokenvault/proto/tokenvault/v1"
 	"github.com/tokenvault/tokenvault/providers"
+	"github.com/tokenvault/tokenvault/server/connectpage"
 	"github.com/tokenvault/tokenvault/vault"
 	"github.com/tokenvault/tokenvault/vault/audit"
 	"github.com/tokenvault/tokenvault/vault/webhook"
@@ -56,6 +59,19 @@ type Config struct {
 	// MaxConcurrentStreams bounds concurrent calls per connection; default
 	// 1000.
 	MaxConcurrentStreams uint32
+	// PublicURL is the public listener's URL as browsers reach it, without
+	// a trailing slash: the connect page's links (CreateConnectSession)
+	// and its cookies' Secure flag derive from it. The vault's start URLs
+	// (vault.Config.StartURL) must point here too (StartURL). Empty: the
+	// connect page answers on the public listener as http://127.0.0.1,
+	// and CreateConnectSession is refused.
+	PublicURL string
+	// ConnectPage configures the connect page: the application's name,
+	// logo and theme colour, popup origins, frame ancestors, and how each
+	// provider is presented (a provider without an entry is shown with its
+	// display name and default scopes). PublicURL, Logger and, when it is
+	// empty, Providers are filled in.
+	ConnectPage connectpage.Config
 	// ExtraHTTP, if set, is mounted on the public listener under its
 	// pattern (dev mode mounts the sandbox provider this way). Only what a
 	// browser must reach belongs there.
@@ -101,7 +117,8 @@ type Server struct {
 	log    *slog.Logger
 	grpc   *grpc.Server
 	health *health.Server
-	public *http.Server // the OAuth callback and ExtraHTTP, for browsers
+	public *http.Server // the OAuth callback, the connect page and ExtraHTTP, for browsers
+	page   *connectpage.Handler
 	api    *http.Server // the JSON gateway on the API listeners (gateway.go)
 	extra  []net.Listener
 
@@ -192,7 +209,7 @@ func New(cfg Config) *Server {
 			ClientId: p.ClientID, RedirectUrl: p.RedirectURL,
 		})
 	}
-	tvv1.RegisterTokenVaultServiceServer(s.grpc, &tokenService{v: cfg.Vault, providers: infos, stopping: s.stopping})
+	tvv1.RegisterTokenVaultServiceServer(s.grpc, &tokenService{v: cfg.Vault, providers: infos, publicURL: cfg.PublicURL, stopping: s.stopping})
 	tvv1.RegisterAdminServiceServer(s.grpc, &adminService{v: cfg.Vault, audit: cfg.Audit})
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	reflection.Register(s.grpc)
@@ -200,6 +217,11 @@ func New(cfg Config) *Server {
 		cfg.Register(s.grpc)
 	}
 
+	page, err := s.connectPage()
+	if err != nil {
+		panic(err) // cmd checks the page's configuration first (CheckConnectPage)
+	}
+	s.page = page
 	s.public = newHTTPServer(s.publicMux(), s.log)
 	s.healthGRPC = grpc.NewServer(grpc.MaxRecvMsgSize(4<<10), grpc.MaxHeaderListSize(8<<10), grpc.ConnectionTimeout(10*time.Second))
 	healthpb.RegisterHealthServer(s.healthGRPC, s.health)
@@ -235,7 +257,7 @@ func (s *Server) GRPC() *grpc.Server { return s.grpc }
 // scrapers goes on another listener.
 func (s *Server) publicMux() *http.ServeMux {
 	mux := http.NewServeMux()
-	cb := &callbackHandler{v: s.cfg.Vault, log: s.log, audit: s.cfg.Audit, failures: &failureBudget{}, now: s.cfg.Now}
+	cb := &callbackHandler{v: s.cfg.Vault, page: s.page, log: s.log, audit: s.cfg.Audit, failures: &failureBudget{}, now: s.cfg.Now}
 	if s.cfg.Metrics != nil {
 		if err := s.cfg.Metrics.Register(prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Name: "tokenvault_callback_failures_total",
@@ -245,10 +267,43 @@ func (s *Server) publicMux() *http.ServeMux {
 		}
 	}
 	mux.Handle("GET /oauth/callback/{provider}", cb)
+	s.page.Register(mux)
 	for pattern, h := range s.cfg.ExtraHTTP {
 		mux.Handle(pattern, h)
 	}
 	return mux
+}
+
+// StartURL returns the start URL of a flow on the public listener at
+// publicURL: set it as the vault's Config.StartURL.
+func StartURL(publicURL string) func(flow string) string {
+	return func(flow string) string { return connectpage.StartURL(publicURL, flow) }
+}
+
+// CheckConnectPage reports whether cfg's connect page would start.
+func CheckConnectPage(cfg Config) error {
+	_, err := (&Server{cfg: cfg, log: slog.New(slog.DiscardHandler)}).connectPage()
+	return err
+}
+
+// connectPage builds the connect page over the vault.
+func (s *Server) connectPage() (*connectpage.Handler, error) {
+	pc := s.cfg.ConnectPage
+	pc.PublicURL = strings.TrimSuffix(cmp.Or(s.cfg.PublicURL, "http://127.0.0.1"), "/")
+	pc.Logger = s.log
+	if pc.Now == nil {
+		pc.Now = s.cfg.Now
+	}
+	if len(pc.Providers) == 0 {
+		for _, p := range s.cfg.Providers {
+			pp := connectpage.Provider{Name: p.Name, DisplayName: p.DisplayName}
+			for _, sc := range p.DefaultScopes {
+				pp.Scopes = append(pp.Scopes, connectpage.Scope{Name: sc, Words: sc})
+			}
+			pc.Providers = append(pc.Providers, pp)
+		}
+	}
+	return connectpage.New(pc, &pageBackend{v: s.cfg.Vault, audit: s.cfg.Audit})
 }
 
 // newHTTPServer bounds what a client may hold of a listener.

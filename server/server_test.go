@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"net/http"
+	"net/http/cookiejar"
 	"net/http/httptest"
 	"net/url"
 	"path/filepath"
@@ -26,6 +27,7 @@ import (
 	"github.com/tokenvault/tokenvault/providers"
 	"github.com/tokenvault/tokenvault/providers/providertest"
 	"github.com/tokenvault/tokenvault/server"
+	"github.com/tokenvault/tokenvault/server/connectpage"
 	"github.com/tokenvault/tokenvault/vault"
 	"github.com/tokenvault/tokenvault/vault/audit"
 	"github.com/tokenvault/tokenvault/vault/bolt"
@@ -52,6 +54,9 @@ type env struct {
 	audit   *audit.Log
 	metrics *server.Metrics
 	lis     *bufconn.Listener
+	// browser is the end user's browser: it keeps cookies (the start URL
+	// binds each flow to it) and follows redirects.
+	browser *http.Client
 }
 
 // testKeys are the env's API keys, by name.
@@ -117,11 +122,12 @@ func newEnv(t testing.TB, fo providertest.Options) *env {
 // newEnvWith is newEnv with the provider's configuration edited.
 func newEnvWith(t testing.TB, fo providertest.Options, edit func(*providers.OAuth2Config)) *env {
 	t.Helper()
-	e := &env{t: t, clock: &clock{t: time.Now()}, metrics: server.NewMetrics()}
+	e := &env{t: t, clock: &clock{t: time.Now()}, metrics: server.NewMetrics(), browser: newBrowser(t)}
 	fo.Now = e.clock.Now
 	// The callback URL must be known before the fake is configured.
 	e.http = httptest.NewUnstartedServer(nil)
-	fo.RedirectURIs = []string{"http://" + e.http.Listener.Addr().String() + "/oauth/callback/acme"}
+	publicURL := "http://" + e.http.Listener.Addr().String()
+	fo.RedirectURIs = []string{publicURL + "/oauth/callback/acme"}
 	e.fake = providertest.Start(fo)
 	t.Cleanup(e.fake.Close)
 	pc := e.fake.Config()
@@ -150,13 +156,16 @@ func newEnvWith(t testing.TB, fo providertest.Options, edit func(*providers.OAut
 		ReturnTo:  []string{"https://app.example/done"},
 		Now:       e.clock.Now,
 		OnRefresh: e.metrics.ObserveRefresh,
+		StartURL:  server.StartURL(publicURL),
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	e.audit = audit.New(audit.Config{Store: st, Now: e.clock.Now})
 	t.Cleanup(e.audit.Close)
-	srv := server.New(server.Config{Vault: e.v, Providers: []providers.Info{p.Info()},
+	srv := server.New(server.Config{Vault: e.v, Providers: []providers.Info{p.Info()}, PublicURL: publicURL,
+		// Tests run hundreds of flows from one address in seconds.
+		ConnectPage: connectpage.Config{Limits: connectpage.Limits{PerAddress: 1e6, AddressBurst: 1e6}},
 		Auth: testAuth(t), Audit: e.audit, Metrics: e.metrics, Now: e.clock.Now})
 	e.srv = srv
 	e.http.Config.Handler = srv.PublicHandler()
@@ -179,7 +188,7 @@ func (e *env) connect(owner string) string {
 	if err != nil {
 		e.t.Fatalf("StartConnect = %v", err)
 	}
-	resp, err := http.Get(sc.AuthorizationUrl)
+	resp, err := e.browser.Get(sc.AuthorizationUrl)
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -192,6 +201,32 @@ func (e *env) connect(owner string) string {
 		e.t.Fatalf("ListConnections(%q) = %v, %v", owner, list, err)
 	}
 	return list.Connections[0].ConnectionId
+}
+
+// newBrowser is an end user's browser: a cookie jar, redirects followed.
+func newBrowser(t testing.TB) *http.Client {
+	jar, err := cookiejar.New(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &http.Client{Jar: jar}
+}
+
+// providerURL opens a start URL in the env's browser and returns where it
+// sends the browser: the provider's authorization URL.
+func (e *env) providerURL(startURL string) *url.URL {
+	e.t.Helper()
+	c := &http.Client{Jar: e.browser.Jar, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	resp, err := c.Get(startURL)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	resp.Body.Close()
+	u, err := url.Parse(resp.Header.Get("Location"))
+	if err != nil || resp.StatusCode != http.StatusSeeOther || !u.IsAbs() {
+		e.t.Fatalf("start URL answered %d to %q; want a redirect to the provider", resp.StatusCode, resp.Header.Get("Location"))
+	}
+	return u
 }
 
 func reason(err error) string {
@@ -435,7 +470,7 @@ func TestServer_Callback_Pages(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	resp, err := http.Get(sc.AuthorizationUrl)
+	resp, err := e.browser.Get(sc.AuthorizationUrl)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -454,7 +489,7 @@ func TestServer_ReturnTo_Redirect(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &http.Client{CheckRedirect: func(req *http.Request, via []*http.Request) error {
+	c := &http.Client{Jar: e.browser.Jar, CheckRedirect: func(req *http.Request, via []*http.Request) error {
 		if req.URL.Host == "app.example" {
 			return http.ErrUseLastResponse
 		}

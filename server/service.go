@@ -11,6 +11,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	tvv1 "github.com/tokenvault/tokenvault/proto/tokenvault/v1"
+	"github.com/tokenvault/tokenvault/server/connectpage"
 	"github.com/tokenvault/tokenvault/vault"
 	"github.com/tokenvault/tokenvault/vault/audit"
 )
@@ -20,6 +21,7 @@ type tokenService struct {
 	tvv1.UnimplementedTokenVaultServiceServer
 	v         *vault.Vault
 	providers []*tvv1.Provider
+	publicURL string // the public listener's URL: the connect page's links
 	stopping  <-chan struct{} // closed when the server stops: WatchEvents ends
 }
 
@@ -73,6 +75,50 @@ func (s *tokenService) StartConnect(ctx context.Context, req *tvv1.StartConnectR
 		return nil, toStatus(err)
 	}
 	return &tvv1.StartConnectResponse{AuthorizationUrl: u, ExpireTime: timestamppb.New(exp)}, nil
+}
+
+// CreateConnectSession stores a connect session for the owner and returns
+// the page's link. A credential limited to some providers gets a page
+// offering only those. The token is in the answer only: the audit record
+// and the log have the method, the caller and the outcome.
+func (s *tokenService) CreateConnectSession(ctx context.Context, req *tvv1.CreateConnectSessionRequest) (*tvv1.CreateConnectSessionResponse, error) {
+	if req.GetOwner() == "" {
+		return nil, invalidArgument("owner is required")
+	}
+	if s.publicURL == "" {
+		return nil, statusWithReason(codes.FailedPrecondition, ReasonInvalidArgument, "the connect page is not served: no public URL is configured", nil)
+	}
+	var ttl time.Duration
+	if d := req.GetTtl(); d != nil {
+		if err := d.CheckValid(); err != nil || d.AsDuration() < 0 || d.AsDuration() > vault.MaxSessionTTL {
+			return nil, invalidArgument("ttl must be a duration from 0 to 1h")
+		}
+		ttl = d.AsDuration()
+	}
+	provs := slices.Clone(req.GetProviders())
+	c := CallerFromContext(ctx)
+	if c != nil && c.Limited() {
+		for _, p := range provs {
+			if !c.AllowsProvider(p) {
+				return nil, errProviderDenied
+			}
+		}
+		if len(provs) == 0 {
+			for _, p := range s.providers {
+				if c.AllowsProvider(p.Name) {
+					provs = append(provs, p.Name)
+				}
+			}
+		}
+	}
+	tok, cs, err := s.v.CreateSession(ctx, vault.SessionRequest{
+		Owner: req.GetOwner(), Tenant: req.GetTenant(), Providers: provs, ReturnTo: req.GetReturnTo(),
+		AllowDisconnect: req.GetAllowDisconnect(), TTL: ttl, AppMetadata: req.GetAppMetadata(), CreatedBy: callerName(ctx),
+	})
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &tvv1.CreateConnectSessionResponse{Url: connectpage.SessionURL(s.publicURL, tok), ExpireTime: timestamppb.New(cs.Expires)}, nil
 }
 
 func (s *tokenService) GetConnection(ctx context.Context, req *tvv1.GetConnectionRequest) (*tvv1.GetConnectionResponse, error) {

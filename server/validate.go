@@ -52,6 +52,9 @@ var (
 	boundAppMeta  = bound{maxLen: 256, maxItems: 32, maxKey: 64} // vault.CheckAppMetadata is stricter
 	boundAppKeys  = bound{maxLen: 64, maxItems: 32}
 	boundRecords  = bound{maxItems: 1000, records: true}
+	// a connect session's providers, and its life (vault.MaxSessionTTL)
+	boundProviders  = bound{maxLen: 64, maxItems: 64}
+	boundSessionTTL = bound{maxDur: time.Hour}
 )
 
 // fieldBounds is THE validation table: every string, repeated, map and
@@ -84,6 +87,13 @@ var fieldBounds = map[protoreflect.FullName]bound{
 	"tokenvault.v1.StartConnectRequest.purpose":      boundText,
 	"tokenvault.v1.StartConnectRequest.options":      boundOptions,
 	"tokenvault.v1.StartConnectRequest.app_metadata": boundAppMeta,
+
+	"tokenvault.v1.CreateConnectSessionRequest.owner":        boundOwner,
+	"tokenvault.v1.CreateConnectSessionRequest.tenant":       boundOwner,
+	"tokenvault.v1.CreateConnectSessionRequest.providers":    boundProviders,
+	"tokenvault.v1.CreateConnectSessionRequest.return_to":    boundURL,
+	"tokenvault.v1.CreateConnectSessionRequest.ttl":          boundSessionTTL,
+	"tokenvault.v1.CreateConnectSessionRequest.app_metadata": boundAppMeta,
 
 	"tokenvault.v1.GetConnectionRequest.connection_id": boundID,
 	"tokenvault.v1.GetConnectionRequest.selector":      boundNested,

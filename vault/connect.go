@@ -26,7 +26,11 @@ type ConnectRequest struct {
 	Owner, Tenant, Provider, Label, Purpose string
 	Scopes                                  []string
 	ReturnTo                                string
-	Options                                 map[string]string
+	// ReturnToPage says ReturnTo is the sidecar's own connect page (set by
+	// the server for the page's flows, never from a request): it is not
+	// checked against the allowlist.
+	ReturnToPage bool
+	Options      map[string]string
 	// AppMetadata is set on the connection the flow creates, or merged
 	// into the one it reconnects (bounded by CheckAppMetadata).
 	AppMetadata map[string]string
@@ -91,9 +95,11 @@ func (v *Vault) StartConnect(ctx context.Context, r ConnectRequest) (string, tim
 	if err != nil {
 		return "", time.Time{}, err
 	}
-	if r.ReturnTo == "" {
+	switch {
+	case r.ReturnToPage:
+	case r.ReturnTo == "":
 		r.ReturnTo = v.cfg.DefaultReturnTo
-	} else if !v.returnToAllowed(r.ReturnTo) {
+	case !v.returnToAllowed(r.ReturnTo):
 		return "", time.Time{}, ErrReturnToNotAllowed
 	}
 	st := connectState{

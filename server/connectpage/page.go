@@ -46,6 +46,10 @@ type Session struct {
 	ReturnTo        string   // where "Back to the application" goes; may be empty
 	AllowDisconnect bool
 	Expires         time.Time
+	// AppMetadata and CreatedBy go onto the connections the session's
+	// flows create: the application's labels and its credential.
+	AppMetadata map[string]string
+	CreatedBy   string
 }
 
 // A Connection is what the page shows of one of the owner's connections.

@@ -801,8 +801,11 @@ func (x *StartConnectRequest) GetAppMetadata() map[string]string {
 }
 
 type StartConnectResponse struct {
-	state            protoimpl.MessageState `protogen:"open.v1"`
-	AuthorizationUrl string                 `protobuf:"bytes,1,opt,name=authorization_url,json=authorizationUrl,proto3" json:"authorization_url,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The URL to send the browser to: the sidecar's start URL
+	// (<public_url>/connect/start?flow=...). It binds the flow to the first
+	// browser that opens it, then redirects to the provider.
+	AuthorizationUrl string `protobuf:"bytes,1,opt,name=authorization_url,json=authorizationUrl,proto3" json:"authorization_url,omitempty"`
 	// After this the flow can no longer complete.
 	ExpireTime    *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=expire_time,json=expireTime,proto3" json:"expire_time,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -853,6 +856,161 @@ func (x *StartConnectResponse) GetExpireTime() *timestamppb.Timestamp {
 	return nil
 }
 
+type CreateConnectSessionRequest struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Owner  string                 `protobuf:"bytes,1,opt,name=owner,proto3" json:"owner,omitempty"`
+	Tenant string                 `protobuf:"bytes,2,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	// The providers the page offers; empty means every configured provider
+	// (every provider the calling credential may use).
+	Providers []string `protobuf:"bytes,3,rep,name=providers,proto3" json:"providers,omitempty"`
+	// Where the page's "back" link goes, and the full-page mode returns to;
+	// must be on the return_to allowlist. Empty means the configured default.
+	ReturnTo string `protobuf:"bytes,4,opt,name=return_to,json=returnTo,proto3" json:"return_to,omitempty"`
+	// Whether the page offers Disconnect (revocation at the provider).
+	AllowDisconnect bool `protobuf:"varint,5,opt,name=allow_disconnect,json=allowDisconnect,proto3" json:"allow_disconnect,omitempty"`
+	// How long the link works, up to 1h; default 30 minutes.
+	Ttl *durationpb.Duration `protobuf:"bytes,6,opt,name=ttl,proto3" json:"ttl,omitempty"`
+	// Application metadata set on the connections the page's flows create
+	// (merged into those they reconnect).
+	AppMetadata   map[string]string `protobuf:"bytes,7,rep,name=app_metadata,json=appMetadata,proto3" json:"app_metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateConnectSessionRequest) Reset() {
+	*x = CreateConnectSessionRequest{}
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateConnectSessionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateConnectSessionRequest) ProtoMessage() {}
+
+func (x *CreateConnectSessionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateConnectSessionRequest.ProtoReflect.Descriptor instead.
+func (*CreateConnectSessionRequest) Descriptor() ([]byte, []int) {
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *CreateConnectSessionRequest) GetOwner() string {
+	if x != nil {
+		return x.Owner
+	}
+	return ""
+}
+
+func (x *CreateConnectSessionRequest) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *CreateConnectSessionRequest) GetProviders() []string {
+	if x != nil {
+		return x.Providers
+	}
+	return nil
+}
+
+func (x *CreateConnectSessionRequest) GetReturnTo() string {
+	if x != nil {
+		return x.ReturnTo
+	}
+	return ""
+}
+
+func (x *CreateConnectSessionRequest) GetAllowDisconnect() bool {
+	if x != nil {
+		return x.AllowDisconnect
+	}
+	return false
+}
+
+func (x *CreateConnectSessionRequest) GetTtl() *durationpb.Duration {
+	if x != nil {
+		return x.Ttl
+	}
+	return nil
+}
+
+func (x *CreateConnectSessionRequest) GetAppMetadata() map[string]string {
+	if x != nil {
+		return x.AppMetadata
+	}
+	return nil
+}
+
+type CreateConnectSessionResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The link to the connect page (<public_url>/connect/s/<token>). It is a
+	// secret for the owner's browser only: do not log it.
+	Url string `protobuf:"bytes,1,opt,name=url,proto3" json:"url,omitempty"`
+	// After this the link no longer opens the page.
+	ExpireTime    *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=expire_time,json=expireTime,proto3" json:"expire_time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateConnectSessionResponse) Reset() {
+	*x = CreateConnectSessionResponse{}
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateConnectSessionResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateConnectSessionResponse) ProtoMessage() {}
+
+func (x *CreateConnectSessionResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateConnectSessionResponse.ProtoReflect.Descriptor instead.
+func (*CreateConnectSessionResponse) Descriptor() ([]byte, []int) {
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *CreateConnectSessionResponse) GetUrl() string {
+	if x != nil {
+		return x.Url
+	}
+	return ""
+}
+
+func (x *CreateConnectSessionResponse) GetExpireTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpireTime
+	}
+	return nil
+}
+
 type GetConnectionRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The connection, by id; or set selector instead, never both.
@@ -866,7 +1024,7 @@ type GetConnectionRequest struct {
 
 func (x *GetConnectionRequest) Reset() {
 	*x = GetConnectionRequest{}
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[6]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -878,7 +1036,7 @@ func (x *GetConnectionRequest) String() string {
 func (*GetConnectionRequest) ProtoMessage() {}
 
 func (x *GetConnectionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[6]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -891,7 +1049,7 @@ func (x *GetConnectionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetConnectionRequest.ProtoReflect.Descriptor instead.
 func (*GetConnectionRequest) Descriptor() ([]byte, []int) {
-	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{6}
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *GetConnectionRequest) GetConnectionId() string {
@@ -917,7 +1075,7 @@ type GetConnectionResponse struct {
 
 func (x *GetConnectionResponse) Reset() {
 	*x = GetConnectionResponse{}
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[7]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -929,7 +1087,7 @@ func (x *GetConnectionResponse) String() string {
 func (*GetConnectionResponse) ProtoMessage() {}
 
 func (x *GetConnectionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[7]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -942,7 +1100,7 @@ func (x *GetConnectionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetConnectionResponse.ProtoReflect.Descriptor instead.
 func (*GetConnectionResponse) Descriptor() ([]byte, []int) {
-	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{7}
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *GetConnectionResponse) GetConnection() *Connection {
@@ -971,7 +1129,7 @@ type ListConnectionsRequest struct {
 
 func (x *ListConnectionsRequest) Reset() {
 	*x = ListConnectionsRequest{}
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[8]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -983,7 +1141,7 @@ func (x *ListConnectionsRequest) String() string {
 func (*ListConnectionsRequest) ProtoMessage() {}
 
 func (x *ListConnectionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[8]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -996,7 +1154,7 @@ func (x *ListConnectionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListConnectionsRequest.ProtoReflect.Descriptor instead.
 func (*ListConnectionsRequest) Descriptor() ([]byte, []int) {
-	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{8}
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ListConnectionsRequest) GetOwner() string {
@@ -1059,7 +1217,7 @@ type ListConnectionsResponse struct {
 
 func (x *ListConnectionsResponse) Reset() {
 	*x = ListConnectionsResponse{}
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[9]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1071,7 +1229,7 @@ func (x *ListConnectionsResponse) String() string {
 func (*ListConnectionsResponse) ProtoMessage() {}
 
 func (x *ListConnectionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[9]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1084,7 +1242,7 @@ func (x *ListConnectionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListConnectionsResponse.ProtoReflect.Descriptor instead.
 func (*ListConnectionsResponse) Descriptor() ([]byte, []int) {
-	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{9}
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ListConnectionsResponse) GetConnections() []*Connection {
@@ -1112,7 +1270,7 @@ type RevokeConnectionRequest struct {
 
 func (x *RevokeConnectionRequest) Reset() {
 	*x = RevokeConnectionRequest{}
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[10]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1124,7 +1282,7 @@ func (x *RevokeConnectionRequest) String() string {
 func (*RevokeConnectionRequest) ProtoMessage() {}
 
 func (x *RevokeConnectionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[10]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1137,7 +1295,7 @@ func (x *RevokeConnectionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeConnectionRequest.ProtoReflect.Descriptor instead.
 func (*RevokeConnectionRequest) Descriptor() ([]byte, []int) {
-	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{10}
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *RevokeConnectionRequest) GetConnectionId() string {
@@ -1168,7 +1326,7 @@ type RevokeConnectionResponse struct {
 
 func (x *RevokeConnectionResponse) Reset() {
 	*x = RevokeConnectionResponse{}
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[11]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1180,7 +1338,7 @@ func (x *RevokeConnectionResponse) String() string {
 func (*RevokeConnectionResponse) ProtoMessage() {}
 
 func (x *RevokeConnectionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[11]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1193,7 +1351,7 @@ func (x *RevokeConnectionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeConnectionResponse.ProtoReflect.Descriptor instead.
 func (*RevokeConnectionResponse) Descriptor() ([]byte, []int) {
-	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{11}
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *RevokeConnectionResponse) GetConnection() *Connection {
@@ -1231,7 +1389,7 @@ type UpdateConnectionRequest struct {
 
 func (x *UpdateConnectionRequest) Reset() {
 	*x = UpdateConnectionRequest{}
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[12]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1243,7 +1401,7 @@ func (x *UpdateConnectionRequest) String() string {
 func (*UpdateConnectionRequest) ProtoMessage() {}
 
 func (x *UpdateConnectionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[12]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1256,7 +1414,7 @@ func (x *UpdateConnectionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateConnectionRequest.ProtoReflect.Descriptor instead.
 func (*UpdateConnectionRequest) Descriptor() ([]byte, []int) {
-	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{12}
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *UpdateConnectionRequest) GetConnectionId() string {
@@ -1289,7 +1447,7 @@ type UpdateConnectionResponse struct {
 
 func (x *UpdateConnectionResponse) Reset() {
 	*x = UpdateConnectionResponse{}
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[13]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1301,7 +1459,7 @@ func (x *UpdateConnectionResponse) String() string {
 func (*UpdateConnectionResponse) ProtoMessage() {}
 
 func (x *UpdateConnectionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[13]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1314,7 +1472,7 @@ func (x *UpdateConnectionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateConnectionResponse.ProtoReflect.Descriptor instead.
 func (*UpdateConnectionResponse) Descriptor() ([]byte, []int) {
-	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{13}
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *UpdateConnectionResponse) GetConnection() *Connection {
@@ -1335,7 +1493,7 @@ type DeleteConnectionRequest struct {
 
 func (x *DeleteConnectionRequest) Reset() {
 	*x = DeleteConnectionRequest{}
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[14]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1347,7 +1505,7 @@ func (x *DeleteConnectionRequest) String() string {
 func (*DeleteConnectionRequest) ProtoMessage() {}
 
 func (x *DeleteConnectionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[14]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1360,7 +1518,7 @@ func (x *DeleteConnectionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteConnectionRequest.ProtoReflect.Descriptor instead.
 func (*DeleteConnectionRequest) Descriptor() ([]byte, []int) {
-	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{14}
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *DeleteConnectionRequest) GetConnectionId() string {
@@ -1390,7 +1548,7 @@ type DeleteConnectionResponse struct {
 
 func (x *DeleteConnectionResponse) Reset() {
 	*x = DeleteConnectionResponse{}
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[15]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1402,7 +1560,7 @@ func (x *DeleteConnectionResponse) String() string {
 func (*DeleteConnectionResponse) ProtoMessage() {}
 
 func (x *DeleteConnectionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[15]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1415,7 +1573,7 @@ func (x *DeleteConnectionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteConnectionResponse.ProtoReflect.Descriptor instead.
 func (*DeleteConnectionResponse) Descriptor() ([]byte, []int) {
-	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{15}
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *DeleteConnectionResponse) GetProviderRevoked() bool {
@@ -1442,7 +1600,7 @@ type DeleteOwnerRequest struct {
 
 func (x *DeleteOwnerRequest) Reset() {
 	*x = DeleteOwnerRequest{}
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[16]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1454,7 +1612,7 @@ func (x *DeleteOwnerRequest) String() string {
 func (*DeleteOwnerRequest) ProtoMessage() {}
 
 func (x *DeleteOwnerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[16]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1467,7 +1625,7 @@ func (x *DeleteOwnerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteOwnerRequest.ProtoReflect.Descriptor instead.
 func (*DeleteOwnerRequest) Descriptor() ([]byte, []int) {
-	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{16}
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *DeleteOwnerRequest) GetOwner() string {
@@ -1497,7 +1655,7 @@ type DeleteOwnerResponse struct {
 
 func (x *DeleteOwnerResponse) Reset() {
 	*x = DeleteOwnerResponse{}
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[17]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1509,7 +1667,7 @@ func (x *DeleteOwnerResponse) String() string {
 func (*DeleteOwnerResponse) ProtoMessage() {}
 
 func (x *DeleteOwnerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[17]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1522,7 +1680,7 @@ func (x *DeleteOwnerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteOwnerResponse.ProtoReflect.Descriptor instead.
 func (*DeleteOwnerResponse) Descriptor() ([]byte, []int) {
-	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{17}
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *DeleteOwnerResponse) GetConnectionIds() []string {
@@ -1548,7 +1706,7 @@ type ValidateConnectionRequest struct {
 
 func (x *ValidateConnectionRequest) Reset() {
 	*x = ValidateConnectionRequest{}
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[18]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1560,7 +1718,7 @@ func (x *ValidateConnectionRequest) String() string {
 func (*ValidateConnectionRequest) ProtoMessage() {}
 
 func (x *ValidateConnectionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[18]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1573,7 +1731,7 @@ func (x *ValidateConnectionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ValidateConnectionRequest.ProtoReflect.Descriptor instead.
 func (*ValidateConnectionRequest) Descriptor() ([]byte, []int) {
-	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{18}
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ValidateConnectionRequest) GetConnectionId() string {
@@ -1595,7 +1753,7 @@ type ValidateConnectionResponse struct {
 
 func (x *ValidateConnectionResponse) Reset() {
 	*x = ValidateConnectionResponse{}
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[19]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1607,7 +1765,7 @@ func (x *ValidateConnectionResponse) String() string {
 func (*ValidateConnectionResponse) ProtoMessage() {}
 
 func (x *ValidateConnectionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[19]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1620,7 +1778,7 @@ func (x *ValidateConnectionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ValidateConnectionResponse.ProtoReflect.Descriptor instead.
 func (*ValidateConnectionResponse) Descriptor() ([]byte, []int) {
-	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{19}
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ValidateConnectionResponse) GetConnection() *Connection {
@@ -1645,7 +1803,7 @@ type ListProvidersRequest struct {
 
 func (x *ListProvidersRequest) Reset() {
 	*x = ListProvidersRequest{}
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[20]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1657,7 +1815,7 @@ func (x *ListProvidersRequest) String() string {
 func (*ListProvidersRequest) ProtoMessage() {}
 
 func (x *ListProvidersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[20]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1670,7 +1828,7 @@ func (x *ListProvidersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListProvidersRequest.ProtoReflect.Descriptor instead.
 func (*ListProvidersRequest) Descriptor() ([]byte, []int) {
-	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{20}
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{22}
 }
 
 type ListProvidersResponse struct {
@@ -1682,7 +1840,7 @@ type ListProvidersResponse struct {
 
 func (x *ListProvidersResponse) Reset() {
 	*x = ListProvidersResponse{}
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[21]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1694,7 +1852,7 @@ func (x *ListProvidersResponse) String() string {
 func (*ListProvidersResponse) ProtoMessage() {}
 
 func (x *ListProvidersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[21]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1707,7 +1865,7 @@ func (x *ListProvidersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListProvidersResponse.ProtoReflect.Descriptor instead.
 func (*ListProvidersResponse) Descriptor() ([]byte, []int) {
-	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{21}
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ListProvidersResponse) GetProviders() []*Provider {
@@ -1740,7 +1898,7 @@ type Provider struct {
 
 func (x *Provider) Reset() {
 	*x = Provider{}
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[22]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1752,7 +1910,7 @@ func (x *Provider) String() string {
 func (*Provider) ProtoMessage() {}
 
 func (x *Provider) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[22]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1765,7 +1923,7 @@ func (x *Provider) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Provider.ProtoReflect.Descriptor instead.
 func (*Provider) Descriptor() ([]byte, []int) {
-	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{22}
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *Provider) GetName() string {
@@ -1856,7 +2014,7 @@ type ImportedCredential struct {
 
 func (x *ImportedCredential) Reset() {
 	*x = ImportedCredential{}
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[23]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1868,7 +2026,7 @@ func (x *ImportedCredential) String() string {
 func (*ImportedCredential) ProtoMessage() {}
 
 func (x *ImportedCredential) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[23]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1881,7 +2039,7 @@ func (x *ImportedCredential) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImportedCredential.ProtoReflect.Descriptor instead.
 func (*ImportedCredential) Descriptor() ([]byte, []int) {
-	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{23}
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ImportedCredential) GetName() string {
@@ -1949,7 +2107,7 @@ type ImportedConnection struct {
 
 func (x *ImportedConnection) Reset() {
 	*x = ImportedConnection{}
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[24]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1961,7 +2119,7 @@ func (x *ImportedConnection) String() string {
 func (*ImportedConnection) ProtoMessage() {}
 
 func (x *ImportedConnection) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[24]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1974,7 +2132,7 @@ func (x *ImportedConnection) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImportedConnection.ProtoReflect.Descriptor instead.
 func (*ImportedConnection) Descriptor() ([]byte, []int) {
-	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{24}
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ImportedConnection) GetOwner() string {
@@ -2061,7 +2219,7 @@ type ImportConnectionsRequest struct {
 
 func (x *ImportConnectionsRequest) Reset() {
 	*x = ImportConnectionsRequest{}
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[25]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2073,7 +2231,7 @@ func (x *ImportConnectionsRequest) String() string {
 func (*ImportConnectionsRequest) ProtoMessage() {}
 
 func (x *ImportConnectionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[25]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2086,7 +2244,7 @@ func (x *ImportConnectionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImportConnectionsRequest.ProtoReflect.Descriptor instead.
 func (*ImportConnectionsRequest) Descriptor() ([]byte, []int) {
-	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{25}
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ImportConnectionsRequest) GetConnections() []*ImportedConnection {
@@ -2129,7 +2287,7 @@ type ImportResult struct {
 
 func (x *ImportResult) Reset() {
 	*x = ImportResult{}
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[26]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2141,7 +2299,7 @@ func (x *ImportResult) String() string {
 func (*ImportResult) ProtoMessage() {}
 
 func (x *ImportResult) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[26]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2154,7 +2312,7 @@ func (x *ImportResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImportResult.ProtoReflect.Descriptor instead.
 func (*ImportResult) Descriptor() ([]byte, []int) {
-	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{26}
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ImportResult) GetIndex() int32 {
@@ -2201,7 +2359,7 @@ type ImportConnectionsResponse struct {
 
 func (x *ImportConnectionsResponse) Reset() {
 	*x = ImportConnectionsResponse{}
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[27]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2213,7 +2371,7 @@ func (x *ImportConnectionsResponse) String() string {
 func (*ImportConnectionsResponse) ProtoMessage() {}
 
 func (x *ImportConnectionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[27]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2226,7 +2384,7 @@ func (x *ImportConnectionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ImportConnectionsResponse.ProtoReflect.Descriptor instead.
 func (*ImportConnectionsResponse) Descriptor() ([]byte, []int) {
-	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{27}
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ImportConnectionsResponse) GetResults() []*ImportResult {
@@ -2246,7 +2404,7 @@ type ExchangeLegacyTokensRequest struct {
 
 func (x *ExchangeLegacyTokensRequest) Reset() {
 	*x = ExchangeLegacyTokensRequest{}
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[28]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2258,7 +2416,7 @@ func (x *ExchangeLegacyTokensRequest) String() string {
 func (*ExchangeLegacyTokensRequest) ProtoMessage() {}
 
 func (x *ExchangeLegacyTokensRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[28]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2271,7 +2429,7 @@ func (x *ExchangeLegacyTokensRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExchangeLegacyTokensRequest.ProtoReflect.Descriptor instead.
 func (*ExchangeLegacyTokensRequest) Descriptor() ([]byte, []int) {
-	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{28}
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ExchangeLegacyTokensRequest) GetProvider() string {
@@ -2302,7 +2460,7 @@ type ExchangeResult struct {
 
 func (x *ExchangeResult) Reset() {
 	*x = ExchangeResult{}
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[29]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2314,7 +2472,7 @@ func (x *ExchangeResult) String() string {
 func (*ExchangeResult) ProtoMessage() {}
 
 func (x *ExchangeResult) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[29]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2327,7 +2485,7 @@ func (x *ExchangeResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExchangeResult.ProtoReflect.Descriptor instead.
 func (*ExchangeResult) Descriptor() ([]byte, []int) {
-	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{29}
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ExchangeResult) GetConnectionId() string {
@@ -2360,7 +2518,7 @@ type ExchangeLegacyTokensResponse struct {
 
 func (x *ExchangeLegacyTokensResponse) Reset() {
 	*x = ExchangeLegacyTokensResponse{}
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[30]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2372,7 +2530,7 @@ func (x *ExchangeLegacyTokensResponse) String() string {
 func (*ExchangeLegacyTokensResponse) ProtoMessage() {}
 
 func (x *ExchangeLegacyTokensResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[30]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2385,7 +2543,7 @@ func (x *ExchangeLegacyTokensResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExchangeLegacyTokensResponse.ProtoReflect.Descriptor instead.
 func (*ExchangeLegacyTokensResponse) Descriptor() ([]byte, []int) {
-	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{30}
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ExchangeLegacyTokensResponse) GetResults() []*ExchangeResult {
@@ -2403,7 +2561,7 @@ type RotateKeysRequest struct {
 
 func (x *RotateKeysRequest) Reset() {
 	*x = RotateKeysRequest{}
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[31]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2415,7 +2573,7 @@ func (x *RotateKeysRequest) String() string {
 func (*RotateKeysRequest) ProtoMessage() {}
 
 func (x *RotateKeysRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[31]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2428,7 +2586,7 @@ func (x *RotateKeysRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateKeysRequest.ProtoReflect.Descriptor instead.
 func (*RotateKeysRequest) Descriptor() ([]byte, []int) {
-	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{31}
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{33}
 }
 
 type RotateKeysResponse struct {
@@ -2443,7 +2601,7 @@ type RotateKeysResponse struct {
 
 func (x *RotateKeysResponse) Reset() {
 	*x = RotateKeysResponse{}
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[32]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2455,7 +2613,7 @@ func (x *RotateKeysResponse) String() string {
 func (*RotateKeysResponse) ProtoMessage() {}
 
 func (x *RotateKeysResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[32]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2468,7 +2626,7 @@ func (x *RotateKeysResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateKeysResponse.ProtoReflect.Descriptor instead.
 func (*RotateKeysResponse) Descriptor() ([]byte, []int) {
-	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{32}
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *RotateKeysResponse) GetTerm() uint32 {
@@ -2511,7 +2669,7 @@ type Event struct {
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[33]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2523,7 +2681,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[33]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2536,7 +2694,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{33}
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *Event) GetEventId() string {
@@ -2606,7 +2764,7 @@ type WatchEventsRequest struct {
 
 func (x *WatchEventsRequest) Reset() {
 	*x = WatchEventsRequest{}
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[34]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2618,7 +2776,7 @@ func (x *WatchEventsRequest) String() string {
 func (*WatchEventsRequest) ProtoMessage() {}
 
 func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[34]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2631,7 +2789,7 @@ func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEventsRequest.ProtoReflect.Descriptor instead.
 func (*WatchEventsRequest) Descriptor() ([]byte, []int) {
-	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{34}
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *WatchEventsRequest) GetAfterSequence() uint64 {
@@ -2657,7 +2815,7 @@ type WatchEventsResponse struct {
 
 func (x *WatchEventsResponse) Reset() {
 	*x = WatchEventsResponse{}
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[35]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2669,7 +2827,7 @@ func (x *WatchEventsResponse) String() string {
 func (*WatchEventsResponse) ProtoMessage() {}
 
 func (x *WatchEventsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[35]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2682,7 +2840,7 @@ func (x *WatchEventsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEventsResponse.ProtoReflect.Descriptor instead.
 func (*WatchEventsResponse) Descriptor() ([]byte, []int) {
-	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{35}
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *WatchEventsResponse) GetEvent() *Event {
@@ -2716,7 +2874,7 @@ type AuditEvent struct {
 
 func (x *AuditEvent) Reset() {
 	*x = AuditEvent{}
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[36]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2728,7 +2886,7 @@ func (x *AuditEvent) String() string {
 func (*AuditEvent) ProtoMessage() {}
 
 func (x *AuditEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[36]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2741,7 +2899,7 @@ func (x *AuditEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditEvent.ProtoReflect.Descriptor instead.
 func (*AuditEvent) Descriptor() ([]byte, []int) {
-	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{36}
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *AuditEvent) GetAuditId() string {
@@ -2822,7 +2980,7 @@ type ListAuditEventsRequest struct {
 
 func (x *ListAuditEventsRequest) Reset() {
 	*x = ListAuditEventsRequest{}
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[37]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2834,7 +2992,7 @@ func (x *ListAuditEventsRequest) String() string {
 func (*ListAuditEventsRequest) ProtoMessage() {}
 
 func (x *ListAuditEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[37]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2847,7 +3005,7 @@ func (x *ListAuditEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAuditEventsRequest.ProtoReflect.Descriptor instead.
 func (*ListAuditEventsRequest) Descriptor() ([]byte, []int) {
-	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{37}
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *ListAuditEventsRequest) GetConnectionId() string {
@@ -2895,7 +3053,7 @@ type ListAuditEventsResponse struct {
 
 func (x *ListAuditEventsResponse) Reset() {
 	*x = ListAuditEventsResponse{}
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[38]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2907,7 +3065,7 @@ func (x *ListAuditEventsResponse) String() string {
 func (*ListAuditEventsResponse) ProtoMessage() {}
 
 func (x *ListAuditEventsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[38]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2920,7 +3078,7 @@ func (x *ListAuditEventsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAuditEventsResponse.ProtoReflect.Descriptor instead.
 func (*ListAuditEventsResponse) Descriptor() ([]byte, []int) {
-	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{38}
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *ListAuditEventsResponse) GetEvents() []*AuditEvent {
@@ -3025,6 +3183,21 @@ const file_tokenvault_v1_tokenvault_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x80\x01\n" +
 	"\x14StartConnectResponse\x12+\n" +
 	"\x11authorization_url\x18\x01 \x01(\tR\x10authorizationUrl\x12;\n" +
+	"\vexpire_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"expireTime\"\xfe\x02\n" +
+	"\x1bCreateConnectSessionRequest\x12\x14\n" +
+	"\x05owner\x18\x01 \x01(\tR\x05owner\x12\x16\n" +
+	"\x06tenant\x18\x02 \x01(\tR\x06tenant\x12\x1c\n" +
+	"\tproviders\x18\x03 \x03(\tR\tproviders\x12\x1b\n" +
+	"\treturn_to\x18\x04 \x01(\tR\breturnTo\x12)\n" +
+	"\x10allow_disconnect\x18\x05 \x01(\bR\x0fallowDisconnect\x12+\n" +
+	"\x03ttl\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\x03ttl\x12^\n" +
+	"\fapp_metadata\x18\a \x03(\v2;.tokenvault.v1.CreateConnectSessionRequest.AppMetadataEntryR\vappMetadata\x1a>\n" +
+	"\x10AppMetadataEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"m\n" +
+	"\x1cCreateConnectSessionResponse\x12\x10\n" +
+	"\x03url\x18\x01 \x01(\tR\x03url\x12;\n" +
 	"\vexpire_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"expireTime\"z\n" +
 	"\x14GetConnectionRequest\x12#\n" +
@@ -3202,10 +3375,11 @@ const file_tokenvault_v1_tokenvault_proto_rawDesc = "" +
 	"\x17IMPORT_OUTCOME_IMPORTED\x10\x01\x12\x1c\n" +
 	"\x18IMPORT_OUTCOME_DUPLICATE\x10\x02\x12\x1a\n" +
 	"\x16IMPORT_OUTCOME_REFUSED\x10\x03\x12\x18\n" +
-	"\x14IMPORT_OUTCOME_VALID\x10\x042\xad\b\n" +
+	"\x14IMPORT_OUTCOME_VALID\x10\x042\x9e\t\n" +
 	"\x11TokenVaultService\x12]\n" +
 	"\x0eGetAccessToken\x12$.tokenvault.v1.GetAccessTokenRequest\x1a%.tokenvault.v1.GetAccessTokenResponse\x12W\n" +
-	"\fStartConnect\x12\".tokenvault.v1.StartConnectRequest\x1a#.tokenvault.v1.StartConnectResponse\x12Z\n" +
+	"\fStartConnect\x12\".tokenvault.v1.StartConnectRequest\x1a#.tokenvault.v1.StartConnectResponse\x12o\n" +
+	"\x14CreateConnectSession\x12*.tokenvault.v1.CreateConnectSessionRequest\x1a+.tokenvault.v1.CreateConnectSessionResponse\x12Z\n" +
 	"\rGetConnection\x12#.tokenvault.v1.GetConnectionRequest\x1a$.tokenvault.v1.GetConnectionResponse\x12`\n" +
 	"\x0fListConnections\x12%.tokenvault.v1.ListConnectionsRequest\x1a&.tokenvault.v1.ListConnectionsResponse\x12c\n" +
 	"\x10RevokeConnection\x12&.tokenvault.v1.RevokeConnectionRequest\x1a'.tokenvault.v1.RevokeConnectionResponse\x12i\n" +
@@ -3235,7 +3409,7 @@ func file_tokenvault_v1_tokenvault_proto_rawDescGZIP() []byte {
 }
 
 var file_tokenvault_v1_tokenvault_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_tokenvault_v1_tokenvault_proto_msgTypes = make([]protoimpl.MessageInfo, 48)
+var file_tokenvault_v1_tokenvault_proto_msgTypes = make([]protoimpl.MessageInfo, 51)
 var file_tokenvault_v1_tokenvault_proto_goTypes = []any{
 	(ConnectionStatus)(0),                // 0: tokenvault.v1.ConnectionStatus
 	(ImportOutcome)(0),                   // 1: tokenvault.v1.ImportOutcome
@@ -3245,127 +3419,135 @@ var file_tokenvault_v1_tokenvault_proto_goTypes = []any{
 	(*GetAccessTokenResponse)(nil),       // 5: tokenvault.v1.GetAccessTokenResponse
 	(*StartConnectRequest)(nil),          // 6: tokenvault.v1.StartConnectRequest
 	(*StartConnectResponse)(nil),         // 7: tokenvault.v1.StartConnectResponse
-	(*GetConnectionRequest)(nil),         // 8: tokenvault.v1.GetConnectionRequest
-	(*GetConnectionResponse)(nil),        // 9: tokenvault.v1.GetConnectionResponse
-	(*ListConnectionsRequest)(nil),       // 10: tokenvault.v1.ListConnectionsRequest
-	(*ListConnectionsResponse)(nil),      // 11: tokenvault.v1.ListConnectionsResponse
-	(*RevokeConnectionRequest)(nil),      // 12: tokenvault.v1.RevokeConnectionRequest
-	(*RevokeConnectionResponse)(nil),     // 13: tokenvault.v1.RevokeConnectionResponse
-	(*UpdateConnectionRequest)(nil),      // 14: tokenvault.v1.UpdateConnectionRequest
-	(*UpdateConnectionResponse)(nil),     // 15: tokenvault.v1.UpdateConnectionResponse
-	(*DeleteConnectionRequest)(nil),      // 16: tokenvault.v1.DeleteConnectionRequest
-	(*DeleteConnectionResponse)(nil),     // 17: tokenvault.v1.DeleteConnectionResponse
-	(*DeleteOwnerRequest)(nil),           // 18: tokenvault.v1.DeleteOwnerRequest
-	(*DeleteOwnerResponse)(nil),          // 19: tokenvault.v1.DeleteOwnerResponse
-	(*ValidateConnectionRequest)(nil),    // 20: tokenvault.v1.ValidateConnectionRequest
-	(*ValidateConnectionResponse)(nil),   // 21: tokenvault.v1.ValidateConnectionResponse
-	(*ListProvidersRequest)(nil),         // 22: tokenvault.v1.ListProvidersRequest
-	(*ListProvidersResponse)(nil),        // 23: tokenvault.v1.ListProvidersResponse
-	(*Provider)(nil),                     // 24: tokenvault.v1.Provider
-	(*ImportedCredential)(nil),           // 25: tokenvault.v1.ImportedCredential
-	(*ImportedConnection)(nil),           // 26: tokenvault.v1.ImportedConnection
-	(*ImportConnectionsRequest)(nil),     // 27: tokenvault.v1.ImportConnectionsRequest
-	(*ImportResult)(nil),                 // 28: tokenvault.v1.ImportResult
-	(*ImportConnectionsResponse)(nil),    // 29: tokenvault.v1.ImportConnectionsResponse
-	(*ExchangeLegacyTokensRequest)(nil),  // 30: tokenvault.v1.ExchangeLegacyTokensRequest
-	(*ExchangeResult)(nil),               // 31: tokenvault.v1.ExchangeResult
-	(*ExchangeLegacyTokensResponse)(nil), // 32: tokenvault.v1.ExchangeLegacyTokensResponse
-	(*RotateKeysRequest)(nil),            // 33: tokenvault.v1.RotateKeysRequest
-	(*RotateKeysResponse)(nil),           // 34: tokenvault.v1.RotateKeysResponse
-	(*Event)(nil),                        // 35: tokenvault.v1.Event
-	(*WatchEventsRequest)(nil),           // 36: tokenvault.v1.WatchEventsRequest
-	(*WatchEventsResponse)(nil),          // 37: tokenvault.v1.WatchEventsResponse
-	(*AuditEvent)(nil),                   // 38: tokenvault.v1.AuditEvent
-	(*ListAuditEventsRequest)(nil),       // 39: tokenvault.v1.ListAuditEventsRequest
-	(*ListAuditEventsResponse)(nil),      // 40: tokenvault.v1.ListAuditEventsResponse
-	nil,                                  // 41: tokenvault.v1.Connection.MetadataEntry
-	nil,                                  // 42: tokenvault.v1.Connection.AppMetadataEntry
-	nil,                                  // 43: tokenvault.v1.GetAccessTokenResponse.MetadataEntry
-	nil,                                  // 44: tokenvault.v1.StartConnectRequest.OptionsEntry
-	nil,                                  // 45: tokenvault.v1.StartConnectRequest.AppMetadataEntry
-	nil,                                  // 46: tokenvault.v1.ListConnectionsRequest.AppMetadataEntry
-	nil,                                  // 47: tokenvault.v1.UpdateConnectionRequest.SetAppMetadataEntry
-	nil,                                  // 48: tokenvault.v1.ImportedConnection.MetadataEntry
-	nil,                                  // 49: tokenvault.v1.ImportedConnection.AppMetadataEntry
-	(*timestamppb.Timestamp)(nil),        // 50: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),          // 51: google.protobuf.Duration
+	(*CreateConnectSessionRequest)(nil),  // 8: tokenvault.v1.CreateConnectSessionRequest
+	(*CreateConnectSessionResponse)(nil), // 9: tokenvault.v1.CreateConnectSessionResponse
+	(*GetConnectionRequest)(nil),         // 10: tokenvault.v1.GetConnectionRequest
+	(*GetConnectionResponse)(nil),        // 11: tokenvault.v1.GetConnectionResponse
+	(*ListConnectionsRequest)(nil),       // 12: tokenvault.v1.ListConnectionsRequest
+	(*ListConnectionsResponse)(nil),      // 13: tokenvault.v1.ListConnectionsResponse
+	(*RevokeConnectionRequest)(nil),      // 14: tokenvault.v1.RevokeConnectionRequest
+	(*RevokeConnectionResponse)(nil),     // 15: tokenvault.v1.RevokeConnectionResponse
+	(*UpdateConnectionRequest)(nil),      // 16: tokenvault.v1.UpdateConnectionRequest
+	(*UpdateConnectionResponse)(nil),     // 17: tokenvault.v1.UpdateConnectionResponse
+	(*DeleteConnectionRequest)(nil),      // 18: tokenvault.v1.DeleteConnectionRequest
+	(*DeleteConnectionResponse)(nil),     // 19: tokenvault.v1.DeleteConnectionResponse
+	(*DeleteOwnerRequest)(nil),           // 20: tokenvault.v1.DeleteOwnerRequest
+	(*DeleteOwnerResponse)(nil),          // 21: tokenvault.v1.DeleteOwnerResponse
+	(*ValidateConnectionRequest)(nil),    // 22: tokenvault.v1.ValidateConnectionRequest
+	(*ValidateConnectionResponse)(nil),   // 23: tokenvault.v1.ValidateConnectionResponse
+	(*ListProvidersRequest)(nil),         // 24: tokenvault.v1.ListProvidersRequest
+	(*ListProvidersResponse)(nil),        // 25: tokenvault.v1.ListProvidersResponse
+	(*Provider)(nil),                     // 26: tokenvault.v1.Provider
+	(*ImportedCredential)(nil),           // 27: tokenvault.v1.ImportedCredential
+	(*ImportedConnection)(nil),           // 28: tokenvault.v1.ImportedConnection
+	(*ImportConnectionsRequest)(nil),     // 29: tokenvault.v1.ImportConnectionsRequest
+	(*ImportResult)(nil),                 // 30: tokenvault.v1.ImportResult
+	(*ImportConnectionsResponse)(nil),    // 31: tokenvault.v1.ImportConnectionsResponse
+	(*ExchangeLegacyTokensRequest)(nil),  // 32: tokenvault.v1.ExchangeLegacyTokensRequest
+	(*ExchangeResult)(nil),               // 33: tokenvault.v1.ExchangeResult
+	(*ExchangeLegacyTokensResponse)(nil), // 34: tokenvault.v1.ExchangeLegacyTokensResponse
+	(*RotateKeysRequest)(nil),            // 35: tokenvault.v1.RotateKeysRequest
+	(*RotateKeysResponse)(nil),           // 36: tokenvault.v1.RotateKeysResponse
+	(*Event)(nil),                        // 37: tokenvault.v1.Event
+	(*WatchEventsRequest)(nil),           // 38: tokenvault.v1.WatchEventsRequest
+	(*WatchEventsResponse)(nil),          // 39: tokenvault.v1.WatchEventsResponse
+	(*AuditEvent)(nil),                   // 40: tokenvault.v1.AuditEvent
+	(*ListAuditEventsRequest)(nil),       // 41: tokenvault.v1.ListAuditEventsRequest
+	(*ListAuditEventsResponse)(nil),      // 42: tokenvault.v1.ListAuditEventsResponse
+	nil,                                  // 43: tokenvault.v1.Connection.MetadataEntry
+	nil,                                  // 44: tokenvault.v1.Connection.AppMetadataEntry
+	nil,                                  // 45: tokenvault.v1.GetAccessTokenResponse.MetadataEntry
+	nil,                                  // 46: tokenvault.v1.StartConnectRequest.OptionsEntry
+	nil,                                  // 47: tokenvault.v1.StartConnectRequest.AppMetadataEntry
+	nil,                                  // 48: tokenvault.v1.CreateConnectSessionRequest.AppMetadataEntry
+	nil,                                  // 49: tokenvault.v1.ListConnectionsRequest.AppMetadataEntry
+	nil,                                  // 50: tokenvault.v1.UpdateConnectionRequest.SetAppMetadataEntry
+	nil,                                  // 51: tokenvault.v1.ImportedConnection.MetadataEntry
+	nil,                                  // 52: tokenvault.v1.ImportedConnection.AppMetadataEntry
+	(*timestamppb.Timestamp)(nil),        // 53: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),          // 54: google.protobuf.Duration
 }
 var file_tokenvault_v1_tokenvault_proto_depIdxs = []int32{
 	0,  // 0: tokenvault.v1.Connection.status:type_name -> tokenvault.v1.ConnectionStatus
-	41, // 1: tokenvault.v1.Connection.metadata:type_name -> tokenvault.v1.Connection.MetadataEntry
-	50, // 2: tokenvault.v1.Connection.create_time:type_name -> google.protobuf.Timestamp
-	50, // 3: tokenvault.v1.Connection.update_time:type_name -> google.protobuf.Timestamp
-	50, // 4: tokenvault.v1.Connection.last_refresh_time:type_name -> google.protobuf.Timestamp
-	50, // 5: tokenvault.v1.Connection.last_used_time:type_name -> google.protobuf.Timestamp
-	50, // 6: tokenvault.v1.Connection.last_validated_time:type_name -> google.protobuf.Timestamp
-	50, // 7: tokenvault.v1.Connection.token_expire_time:type_name -> google.protobuf.Timestamp
-	42, // 8: tokenvault.v1.Connection.app_metadata:type_name -> tokenvault.v1.Connection.AppMetadataEntry
-	51, // 9: tokenvault.v1.GetAccessTokenRequest.min_valid_for:type_name -> google.protobuf.Duration
+	43, // 1: tokenvault.v1.Connection.metadata:type_name -> tokenvault.v1.Connection.MetadataEntry
+	53, // 2: tokenvault.v1.Connection.create_time:type_name -> google.protobuf.Timestamp
+	53, // 3: tokenvault.v1.Connection.update_time:type_name -> google.protobuf.Timestamp
+	53, // 4: tokenvault.v1.Connection.last_refresh_time:type_name -> google.protobuf.Timestamp
+	53, // 5: tokenvault.v1.Connection.last_used_time:type_name -> google.protobuf.Timestamp
+	53, // 6: tokenvault.v1.Connection.last_validated_time:type_name -> google.protobuf.Timestamp
+	53, // 7: tokenvault.v1.Connection.token_expire_time:type_name -> google.protobuf.Timestamp
+	44, // 8: tokenvault.v1.Connection.app_metadata:type_name -> tokenvault.v1.Connection.AppMetadataEntry
+	54, // 9: tokenvault.v1.GetAccessTokenRequest.min_valid_for:type_name -> google.protobuf.Duration
 	3,  // 10: tokenvault.v1.GetAccessTokenRequest.selector:type_name -> tokenvault.v1.ConnectionSelector
-	50, // 11: tokenvault.v1.GetAccessTokenResponse.expire_time:type_name -> google.protobuf.Timestamp
-	43, // 12: tokenvault.v1.GetAccessTokenResponse.metadata:type_name -> tokenvault.v1.GetAccessTokenResponse.MetadataEntry
-	44, // 13: tokenvault.v1.StartConnectRequest.options:type_name -> tokenvault.v1.StartConnectRequest.OptionsEntry
-	45, // 14: tokenvault.v1.StartConnectRequest.app_metadata:type_name -> tokenvault.v1.StartConnectRequest.AppMetadataEntry
-	50, // 15: tokenvault.v1.StartConnectResponse.expire_time:type_name -> google.protobuf.Timestamp
-	3,  // 16: tokenvault.v1.GetConnectionRequest.selector:type_name -> tokenvault.v1.ConnectionSelector
-	2,  // 17: tokenvault.v1.GetConnectionResponse.connection:type_name -> tokenvault.v1.Connection
-	0,  // 18: tokenvault.v1.ListConnectionsRequest.status:type_name -> tokenvault.v1.ConnectionStatus
-	46, // 19: tokenvault.v1.ListConnectionsRequest.app_metadata:type_name -> tokenvault.v1.ListConnectionsRequest.AppMetadataEntry
-	2,  // 20: tokenvault.v1.ListConnectionsResponse.connections:type_name -> tokenvault.v1.Connection
-	2,  // 21: tokenvault.v1.RevokeConnectionResponse.connection:type_name -> tokenvault.v1.Connection
-	47, // 22: tokenvault.v1.UpdateConnectionRequest.set_app_metadata:type_name -> tokenvault.v1.UpdateConnectionRequest.SetAppMetadataEntry
-	2,  // 23: tokenvault.v1.UpdateConnectionResponse.connection:type_name -> tokenvault.v1.Connection
-	2,  // 24: tokenvault.v1.ValidateConnectionResponse.connection:type_name -> tokenvault.v1.Connection
-	24, // 25: tokenvault.v1.ListProvidersResponse.providers:type_name -> tokenvault.v1.Provider
-	50, // 26: tokenvault.v1.ImportedCredential.expire_time:type_name -> google.protobuf.Timestamp
-	48, // 27: tokenvault.v1.ImportedConnection.metadata:type_name -> tokenvault.v1.ImportedConnection.MetadataEntry
-	25, // 28: tokenvault.v1.ImportedConnection.credentials:type_name -> tokenvault.v1.ImportedCredential
-	49, // 29: tokenvault.v1.ImportedConnection.app_metadata:type_name -> tokenvault.v1.ImportedConnection.AppMetadataEntry
-	26, // 30: tokenvault.v1.ImportConnectionsRequest.connections:type_name -> tokenvault.v1.ImportedConnection
-	1,  // 31: tokenvault.v1.ImportResult.outcome:type_name -> tokenvault.v1.ImportOutcome
-	0,  // 32: tokenvault.v1.ImportResult.status:type_name -> tokenvault.v1.ConnectionStatus
-	28, // 33: tokenvault.v1.ImportConnectionsResponse.results:type_name -> tokenvault.v1.ImportResult
-	31, // 34: tokenvault.v1.ExchangeLegacyTokensResponse.results:type_name -> tokenvault.v1.ExchangeResult
-	50, // 35: tokenvault.v1.Event.time:type_name -> google.protobuf.Timestamp
-	2,  // 36: tokenvault.v1.Event.connection:type_name -> tokenvault.v1.Connection
-	35, // 37: tokenvault.v1.WatchEventsResponse.event:type_name -> tokenvault.v1.Event
-	50, // 38: tokenvault.v1.AuditEvent.time:type_name -> google.protobuf.Timestamp
-	38, // 39: tokenvault.v1.ListAuditEventsResponse.events:type_name -> tokenvault.v1.AuditEvent
-	4,  // 40: tokenvault.v1.TokenVaultService.GetAccessToken:input_type -> tokenvault.v1.GetAccessTokenRequest
-	6,  // 41: tokenvault.v1.TokenVaultService.StartConnect:input_type -> tokenvault.v1.StartConnectRequest
-	8,  // 42: tokenvault.v1.TokenVaultService.GetConnection:input_type -> tokenvault.v1.GetConnectionRequest
-	10, // 43: tokenvault.v1.TokenVaultService.ListConnections:input_type -> tokenvault.v1.ListConnectionsRequest
-	12, // 44: tokenvault.v1.TokenVaultService.RevokeConnection:input_type -> tokenvault.v1.RevokeConnectionRequest
-	20, // 45: tokenvault.v1.TokenVaultService.ValidateConnection:input_type -> tokenvault.v1.ValidateConnectionRequest
-	14, // 46: tokenvault.v1.TokenVaultService.UpdateConnection:input_type -> tokenvault.v1.UpdateConnectionRequest
-	16, // 47: tokenvault.v1.TokenVaultService.DeleteConnection:input_type -> tokenvault.v1.DeleteConnectionRequest
-	18, // 48: tokenvault.v1.TokenVaultService.DeleteOwner:input_type -> tokenvault.v1.DeleteOwnerRequest
-	22, // 49: tokenvault.v1.TokenVaultService.ListProviders:input_type -> tokenvault.v1.ListProvidersRequest
-	36, // 50: tokenvault.v1.TokenVaultService.WatchEvents:input_type -> tokenvault.v1.WatchEventsRequest
-	33, // 51: tokenvault.v1.AdminService.RotateKeys:input_type -> tokenvault.v1.RotateKeysRequest
-	39, // 52: tokenvault.v1.AdminService.ListAuditEvents:input_type -> tokenvault.v1.ListAuditEventsRequest
-	27, // 53: tokenvault.v1.AdminService.ImportConnections:input_type -> tokenvault.v1.ImportConnectionsRequest
-	30, // 54: tokenvault.v1.AdminService.ExchangeLegacyTokens:input_type -> tokenvault.v1.ExchangeLegacyTokensRequest
-	5,  // 55: tokenvault.v1.TokenVaultService.GetAccessToken:output_type -> tokenvault.v1.GetAccessTokenResponse
-	7,  // 56: tokenvault.v1.TokenVaultService.StartConnect:output_type -> tokenvault.v1.StartConnectResponse
-	9,  // 57: tokenvault.v1.TokenVaultService.GetConnection:output_type -> tokenvault.v1.GetConnectionResponse
-	11, // 58: tokenvault.v1.TokenVaultService.ListConnections:output_type -> tokenvault.v1.ListConnectionsResponse
-	13, // 59: tokenvault.v1.TokenVaultService.RevokeConnection:output_type -> tokenvault.v1.RevokeConnectionResponse
-	21, // 60: tokenvault.v1.TokenVaultService.ValidateConnection:output_type -> tokenvault.v1.ValidateConnectionResponse
-	15, // 61: tokenvault.v1.TokenVaultService.UpdateConnection:output_type -> tokenvault.v1.UpdateConnectionResponse
-	17, // 62: tokenvault.v1.TokenVaultService.DeleteConnection:output_type -> tokenvault.v1.DeleteConnectionResponse
-	19, // 63: tokenvault.v1.TokenVaultService.DeleteOwner:output_type -> tokenvault.v1.DeleteOwnerResponse
-	23, // 64: tokenvault.v1.TokenVaultService.ListProviders:output_type -> tokenvault.v1.ListProvidersResponse
-	37, // 65: tokenvault.v1.TokenVaultService.WatchEvents:output_type -> tokenvault.v1.WatchEventsResponse
-	34, // 66: tokenvault.v1.AdminService.RotateKeys:output_type -> tokenvault.v1.RotateKeysResponse
-	40, // 67: tokenvault.v1.AdminService.ListAuditEvents:output_type -> tokenvault.v1.ListAuditEventsResponse
-	29, // 68: tokenvault.v1.AdminService.ImportConnections:output_type -> tokenvault.v1.ImportConnectionsResponse
-	32, // 69: tokenvault.v1.AdminService.ExchangeLegacyTokens:output_type -> tokenvault.v1.ExchangeLegacyTokensResponse
-	55, // [55:70] is the sub-list for method output_type
-	40, // [40:55] is the sub-list for method input_type
-	40, // [40:40] is the sub-list for extension type_name
-	40, // [40:40] is the sub-list for extension extendee
-	0,  // [0:40] is the sub-list for field type_name
+	53, // 11: tokenvault.v1.GetAccessTokenResponse.expire_time:type_name -> google.protobuf.Timestamp
+	45, // 12: tokenvault.v1.GetAccessTokenResponse.metadata:type_name -> tokenvault.v1.GetAccessTokenResponse.MetadataEntry
+	46, // 13: tokenvault.v1.StartConnectRequest.options:type_name -> tokenvault.v1.StartConnectRequest.OptionsEntry
+	47, // 14: tokenvault.v1.StartConnectRequest.app_metadata:type_name -> tokenvault.v1.StartConnectRequest.AppMetadataEntry
+	53, // 15: tokenvault.v1.StartConnectResponse.expire_time:type_name -> google.protobuf.Timestamp
+	54, // 16: tokenvault.v1.CreateConnectSessionRequest.ttl:type_name -> google.protobuf.Duration
+	48, // 17: tokenvault.v1.CreateConnectSessionRequest.app_metadata:type_name -> tokenvault.v1.CreateConnectSessionRequest.AppMetadataEntry
+	53, // 18: tokenvault.v1.CreateConnectSessionResponse.expire_time:type_name -> google.protobuf.Timestamp
+	3,  // 19: tokenvault.v1.GetConnectionRequest.selector:type_name -> tokenvault.v1.ConnectionSelector
+	2,  // 20: tokenvault.v1.GetConnectionResponse.connection:type_name -> tokenvault.v1.Connection
+	0,  // 21: tokenvault.v1.ListConnectionsRequest.status:type_name -> tokenvault.v1.ConnectionStatus
+	49, // 22: tokenvault.v1.ListConnectionsRequest.app_metadata:type_name -> tokenvault.v1.ListConnectionsRequest.AppMetadataEntry
+	2,  // 23: tokenvault.v1.ListConnectionsResponse.connections:type_name -> tokenvault.v1.Connection
+	2,  // 24: tokenvault.v1.RevokeConnectionResponse.connection:type_name -> tokenvault.v1.Connection
+	50, // 25: tokenvault.v1.UpdateConnectionRequest.set_app_metadata:type_name -> tokenvault.v1.UpdateConnectionRequest.SetAppMetadataEntry
+	2,  // 26: tokenvault.v1.UpdateConnectionResponse.connection:type_name -> tokenvault.v1.Connection
+	2,  // 27: tokenvault.v1.ValidateConnectionResponse.connection:type_name -> tokenvault.v1.Connection
+	26, // 28: tokenvault.v1.ListProvidersResponse.providers:type_name -> tokenvault.v1.Provider
+	53, // 29: tokenvault.v1.ImportedCredential.expire_time:type_name -> google.protobuf.Timestamp
+	51, // 30: tokenvault.v1.ImportedConnection.metadata:type_name -> tokenvault.v1.ImportedConnection.MetadataEntry
+	27, // 31: tokenvault.v1.ImportedConnection.credentials:type_name -> tokenvault.v1.ImportedCredential
+	52, // 32: tokenvault.v1.ImportedConnection.app_metadata:type_name -> tokenvault.v1.ImportedConnection.AppMetadataEntry
+	28, // 33: tokenvault.v1.ImportConnectionsRequest.connections:type_name -> tokenvault.v1.ImportedConnection
+	1,  // 34: tokenvault.v1.ImportResult.outcome:type_name -> tokenvault.v1.ImportOutcome
+	0,  // 35: tokenvault.v1.ImportResult.status:type_name -> tokenvault.v1.ConnectionStatus
+	30, // 36: tokenvault.v1.ImportConnectionsResponse.results:type_name -> tokenvault.v1.ImportResult
+	33, // 37: tokenvault.v1.ExchangeLegacyTokensResponse.results:type_name -> tokenvault.v1.ExchangeResult
+	53, // 38: tokenvault.v1.Event.time:type_name -> google.protobuf.Timestamp
+	2,  // 39: tokenvault.v1.Event.connection:type_name -> tokenvault.v1.Connection
+	37, // 40: tokenvault.v1.WatchEventsResponse.event:type_name -> tokenvault.v1.Event
+	53, // 41: tokenvault.v1.AuditEvent.time:type_name -> google.protobuf.Timestamp
+	40, // 42: tokenvault.v1.ListAuditEventsResponse.events:type_name -> tokenvault.v1.AuditEvent
+	4,  // 43: tokenvault.v1.TokenVaultService.GetAccessToken:input_type -> tokenvault.v1.GetAccessTokenRequest
+	6,  // 44: tokenvault.v1.TokenVaultService.StartConnect:input_type -> tokenvault.v1.StartConnectRequest
+	8,  // 45: tokenvault.v1.TokenVaultService.CreateConnectSession:input_type -> tokenvault.v1.CreateConnectSessionRequest
+	10, // 46: tokenvault.v1.TokenVaultService.GetConnection:input_type -> tokenvault.v1.GetConnectionRequest
+	12, // 47: tokenvault.v1.TokenVaultService.ListConnections:input_type -> tokenvault.v1.ListConnectionsRequest
+	14, // 48: tokenvault.v1.TokenVaultService.RevokeConnection:input_type -> tokenvault.v1.RevokeConnectionRequest
+	22, // 49: tokenvault.v1.TokenVaultService.ValidateConnection:input_type -> tokenvault.v1.ValidateConnectionRequest
+	16, // 50: tokenvault.v1.TokenVaultService.UpdateConnection:input_type -> tokenvault.v1.UpdateConnectionRequest
+	18, // 51: tokenvault.v1.TokenVaultService.DeleteConnection:input_type -> tokenvault.v1.DeleteConnectionRequest
+	20, // 52: tokenvault.v1.TokenVaultService.DeleteOwner:input_type -> tokenvault.v1.DeleteOwnerRequest
+	24, // 53: tokenvault.v1.TokenVaultService.ListProviders:input_type -> tokenvault.v1.ListProvidersRequest
+	38, // 54: tokenvault.v1.TokenVaultService.WatchEvents:input_type -> tokenvault.v1.WatchEventsRequest
+	35, // 55: tokenvault.v1.AdminService.RotateKeys:input_type -> tokenvault.v1.RotateKeysRequest
+	41, // 56: tokenvault.v1.AdminService.ListAuditEvents:input_type -> tokenvault.v1.ListAuditEventsRequest
+	29, // 57: tokenvault.v1.AdminService.ImportConnections:input_type -> tokenvault.v1.ImportConnectionsRequest
+	32, // 58: tokenvault.v1.AdminService.ExchangeLegacyTokens:input_type -> tokenvault.v1.ExchangeLegacyTokensRequest
+	5,  // 59: tokenvault.v1.TokenVaultService.GetAccessToken:output_type -> tokenvault.v1.GetAccessTokenResponse
+	7,  // 60: tokenvault.v1.TokenVaultService.StartConnect:output_type -> tokenvault.v1.StartConnectResponse
+	9,  // 61: tokenvault.v1.TokenVaultService.CreateConnectSession:output_type -> tokenvault.v1.CreateConnectSessionResponse
+	11, // 62: tokenvault.v1.TokenVaultService.GetConnection:output_type -> tokenvault.v1.GetConnectionResponse
+	13, // 63: tokenvault.v1.TokenVaultService.ListConnections:output_type -> tokenvault.v1.ListConnectionsResponse
+	15, // 64: tokenvault.v1.TokenVaultService.RevokeConnection:output_type -> tokenvault.v1.RevokeConnectionResponse
+	23, // 65: tokenvault.v1.TokenVaultService.ValidateConnection:output_type -> tokenvault.v1.ValidateConnectionResponse
+	17, // 66: tokenvault.v1.TokenVaultService.UpdateConnection:output_type -> tokenvault.v1.UpdateConnectionResponse
+	19, // 67: tokenvault.v1.TokenVaultService.DeleteConnection:output_type -> tokenvault.v1.DeleteConnectionResponse
+	21, // 68: tokenvault.v1.TokenVaultService.DeleteOwner:output_type -> tokenvault.v1.DeleteOwnerResponse
+	25, // 69: tokenvault.v1.TokenVaultService.ListProviders:output_type -> tokenvault.v1.ListProvidersResponse
+	39, // 70: tokenvault.v1.TokenVaultService.WatchEvents:output_type -> tokenvault.v1.WatchEventsResponse
+	36, // 71: tokenvault.v1.AdminService.RotateKeys:output_type -> tokenvault.v1.RotateKeysResponse
+	42, // 72: tokenvault.v1.AdminService.ListAuditEvents:output_type -> tokenvault.v1.ListAuditEventsResponse
+	31, // 73: tokenvault.v1.AdminService.ImportConnections:output_type -> tokenvault.v1.ImportConnectionsResponse
+	34, // 74: tokenvault.v1.AdminService.ExchangeLegacyTokens:output_type -> tokenvault.v1.ExchangeLegacyTokensResponse
+	59, // [59:75] is the sub-list for method output_type
+	43, // [43:59] is the sub-list for method input_type
+	43, // [43:43] is the sub-list for extension type_name
+	43, // [43:43] is the sub-list for extension extendee
+	0,  // [0:43] is the sub-list for field type_name
 }
 
 func init() { file_tokenvault_v1_tokenvault_proto_init() }
@@ -3379,7 +3561,7 @@ func file_tokenvault_v1_tokenvault_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tokenvault_v1_tokenvault_proto_rawDesc), len(file_tokenvault_v1_tokenvault_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   48,
+			NumMessages:   51,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

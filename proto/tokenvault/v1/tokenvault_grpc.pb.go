@@ -54,17 +54,18 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	TokenVaultService_GetAccessToken_FullMethodName     = "/tokenvault.v1.TokenVaultService/GetAccessToken"
-	TokenVaultService_StartConnect_FullMethodName       = "/tokenvault.v1.TokenVaultService/StartConnect"
-	TokenVaultService_GetConnection_FullMethodName      = "/tokenvault.v1.TokenVaultService/GetConnection"
-	TokenVaultService_ListConnections_FullMethodName    = "/tokenvault.v1.TokenVaultService/ListConnections"
-	TokenVaultService_RevokeConnection_FullMethodName   = "/tokenvault.v1.TokenVaultService/RevokeConnection"
-	TokenVaultService_ValidateConnection_FullMethodName = "/tokenvault.v1.TokenVaultService/ValidateConnection"
-	TokenVaultService_UpdateConnection_FullMethodName   = "/tokenvault.v1.TokenVaultService/UpdateConnection"
-	TokenVaultService_DeleteConnection_FullMethodName   = "/tokenvault.v1.TokenVaultService/DeleteConnection"
-	TokenVaultService_DeleteOwner_FullMethodName        = "/tokenvault.v1.TokenVaultService/DeleteOwner"
-	TokenVaultService_ListProviders_FullMethodName      = "/tokenvault.v1.TokenVaultService/ListProviders"
-	TokenVaultService_WatchEvents_FullMethodName        = "/tokenvault.v1.TokenVaultService/WatchEvents"
+	TokenVaultService_GetAccessToken_FullMethodName       = "/tokenvault.v1.TokenVaultService/GetAccessToken"
+	TokenVaultService_StartConnect_FullMethodName         = "/tokenvault.v1.TokenVaultService/StartConnect"
+	TokenVaultService_CreateConnectSession_FullMethodName = "/tokenvault.v1.TokenVaultService/CreateConnectSession"
+	TokenVaultService_GetConnection_FullMethodName        = "/tokenvault.v1.TokenVaultService/GetConnection"
+	TokenVaultService_ListConnections_FullMethodName      = "/tokenvault.v1.TokenVaultService/ListConnections"
+	TokenVaultService_RevokeConnection_FullMethodName     = "/tokenvault.v1.TokenVaultService/RevokeConnection"
+	TokenVaultService_ValidateConnection_FullMethodName   = "/tokenvault.v1.TokenVaultService/ValidateConnection"
+	TokenVaultService_UpdateConnection_FullMethodName     = "/tokenvault.v1.TokenVaultService/UpdateConnection"
+	TokenVaultService_DeleteConnection_FullMethodName     = "/tokenvault.v1.TokenVaultService/DeleteConnection"
+	TokenVaultService_DeleteOwner_FullMethodName          = "/tokenvault.v1.TokenVaultService/DeleteOwner"
+	TokenVaultService_ListProviders_FullMethodName        = "/tokenvault.v1.TokenVaultService/ListProviders"
+	TokenVaultService_WatchEvents_FullMethodName          = "/tokenvault.v1.TokenVaultService/WatchEvents"
 )
 
 // TokenVaultServiceClient is the client API for TokenVaultService service.
@@ -78,8 +79,14 @@ type TokenVaultServiceClient interface {
 	// for at least min_valid_for, refreshing at the provider first if needed.
 	GetAccessToken(ctx context.Context, in *GetAccessTokenRequest, opts ...grpc.CallOption) (*GetAccessTokenResponse, error)
 	// StartConnect begins the authorization-code flow and returns the URL to
-	// send the end user's browser to.
+	// send the end user's browser to: the sidecar's start URL, which binds
+	// the flow to the browser that opens it and goes on to the provider.
 	StartConnect(ctx context.Context, in *StartConnectRequest, opts ...grpc.CallOption) (*StartConnectResponse, error)
+	// CreateConnectSession returns a link to the connect page for one owner:
+	// the page lists the providers, the owner's connections and their state,
+	// and lets the end user connect, reconnect and (if allowed) disconnect
+	// them. The link's token is random, stored only hashed, and expires.
+	CreateConnectSession(ctx context.Context, in *CreateConnectSessionRequest, opts ...grpc.CallOption) (*CreateConnectSessionResponse, error)
 	// GetConnection returns one connection, without token material.
 	GetConnection(ctx context.Context, in *GetConnectionRequest, opts ...grpc.CallOption) (*GetConnectionResponse, error)
 	// ListConnections lists connections, filtered and paginated.
@@ -141,6 +148,16 @@ func (c *tokenVaultServiceClient) StartConnect(ctx context.Context, in *StartCon
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(StartConnectResponse)
 	err := c.cc.Invoke(ctx, TokenVaultService_StartConnect_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *tokenVaultServiceClient) CreateConnectSession(ctx context.Context, in *CreateConnectSessionRequest, opts ...grpc.CallOption) (*CreateConnectSessionResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CreateConnectSessionResponse)
+	err := c.cc.Invoke(ctx, TokenVaultService_CreateConnectSession_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -257,8 +274,14 @@ type TokenVaultServiceServer interface {
 	// for at least min_valid_for, refreshing at the provider first if needed.
 	GetAccessToken(context.Context, *GetAccessTokenRequest) (*GetAccessTokenResponse, error)
 	// StartConnect begins the authorization-code flow and returns the URL to
-	// send the end user's browser to.
+	// send the end user's browser to: the sidecar's start URL, which binds
+	// the flow to the browser that opens it and goes on to the provider.
 	StartConnect(context.Context, *StartConnectRequest) (*StartConnectResponse, error)
+	// CreateConnectSession returns a link to the connect page for one owner:
+	// the page lists the providers, the owner's connections and their state,
+	// and lets the end user connect, reconnect and (if allowed) disconnect
+	// them. The link's token is random, stored only hashed, and expires.
+	CreateConnectSession(context.Context, *CreateConnectSessionRequest) (*CreateConnectSessionResponse, error)
 	// GetConnection returns one connection, without token material.
 	GetConnection(context.Context, *GetConnectionRequest) (*GetConnectionResponse, error)
 	// ListConnections lists connections, filtered and paginated.
@@ -311,6 +334,9 @@ func (UnimplementedTokenVaultServiceServer) GetAccessToken(context.Context, *Get
 }
 func (UnimplementedTokenVaultServiceServer) StartConnect(context.Context, *StartConnectRequest) (*StartConnectResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method StartConnect not implemented")
+}
+func (UnimplementedTokenVaultServiceServer) CreateConnectSession(context.Context, *CreateConnectSessionRequest) (*CreateConnectSessionResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CreateConnectSession not implemented")
 }
 func (UnimplementedTokenVaultServiceServer) GetConnection(context.Context, *GetConnectionRequest) (*GetConnectionResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetConnection not implemented")
@@ -392,6 +418,24 @@ func _TokenVaultService_StartConnect_Handler(srv interface{}, ctx context.Contex
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(TokenVaultServiceServer).StartConnect(ctx, req.(*StartConnectRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _TokenVaultService_CreateConnectSession_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CreateConnectSessionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(TokenVaultServiceServer).CreateConnectSession(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: TokenVaultService_CreateConnectSession_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(TokenVaultServiceServer).CreateConnectSession(ctx, req.(*CreateConnectSessionRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -565,6 +609,10 @@ var TokenVaultService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "StartConnect",
 			Handler:    _TokenVaultService_StartConnect_Handler,
+		},
+		{
+			MethodName: "CreateConnectSession",
+			Handler:    _TokenVaultService_CreateConnectSession_Handler,
 		},
 		{
 			MethodName: "GetConnection",

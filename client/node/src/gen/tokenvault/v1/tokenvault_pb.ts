@@ -47,7 +47,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file tokenvault/v1/tokenvault.proto.
  */
 export const file_tokenvault_v1_tokenvault: GenFile = /*@__PURE__*/
-  fileDesc("Ch50b2tlbnZhdWx0L3YxL3Rva2VudmF1bHQucHJvdG8SDXRva2VudmF1bHQudjEihQcKCkNvbm5lY3Rpb24SFQoNY29ubmVjdGlvbl9pZBgBIAEoCRINCgVvd25lchgCIAEoCRIOCgZ0ZW5hbnQYAyABKAkSEAoIcHJvdmlkZXIYBCABKAkSDQoFbGFiZWwYBSABKAkSDwoHcHVycG9zZRgGIAEoCRIvCgZzdGF0dXMYByABKA4yHy50b2tlbnZhdWx0LnYxLkNvbm5lY3Rpb25TdGF0dXMSFQoNc3RhdHVzX3JlYXNvbhgIIAEoCRIYChByZXF1ZXN0ZWRfc2NvcGVzGAkgAygJEhYKDmdyYW50ZWRfc2NvcGVzGAogAygJEhYKDm1pc3Npbmdfc2NvcGVzGAsgAygJEg8KB2FjY291bnQYDCABKAkSOQoIbWV0YWRhdGEYDSADKAsyJy50b2tlbnZhdWx0LnYxLkNvbm5lY3Rpb24uTWV0YWRhdGFFbnRyeRIvCgtjcmVhdGVfdGltZRgOIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLdXBkYXRlX3RpbWUYDyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjUKEWxhc3RfcmVmcmVzaF90aW1lGBAgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIyCg5sYXN0X3VzZWRfdGltZRgRIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASNwoTbGFzdF92YWxpZGF0ZWRfdGltZRgSIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASNQoRdG9rZW5fZXhwaXJlX3RpbWUYEyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhIKCmdlbmVyYXRpb24YFCABKAQSEwoLY3JlZGVudGlhbHMYFSADKAkSQAoMYXBwX21ldGFkYXRhGBYgAygLMioudG9rZW52YXVsdC52MS5Db25uZWN0aW9uLkFwcE1ldGFkYXRhRW50cnkSEgoKY3JlYXRlZF9ieRgXIAEoCRIQCghpbXBvcnRlZBgYIAEoCBovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEaMgoQQXBwTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIlQKEkNvbm5lY3Rpb25TZWxlY3RvchINCgVvd25lchgBIAEoCRIQCghwcm92aWRlchgCIAEoCRINCgVsYWJlbBgDIAEoCRIOCgZ0ZW5hbnQYBCABKAkiwAEKFUdldEFjY2Vzc1Rva2VuUmVxdWVzdBIVCg1jb25uZWN0aW9uX2lkGAEgASgJEjAKDW1pbl92YWxpZF9mb3IYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SFQoNZm9yY2VfcmVmcmVzaBgDIAEoCBISCgpjcmVkZW50aWFsGAQgASgJEjMKCHNlbGVjdG9yGAUgASgLMiEudG9rZW52YXVsdC52MS5Db25uZWN0aW9uU2VsZWN0b3IixAIKFkdldEFjY2Vzc1Rva2VuUmVzcG9uc2USFAoMYWNjZXNzX3Rva2VuGAEgASgJEhIKCnRva2VuX3R5cGUYAiABKAkSLwoLZXhwaXJlX3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhYKDmdyYW50ZWRfc2NvcGVzGAQgAygJEhYKDm1pc3Npbmdfc2NvcGVzGAUgAygJEkUKCG1ldGFkYXRhGAYgAygLMjMudG9rZW52YXVsdC52MS5HZXRBY2Nlc3NUb2tlblJlc3BvbnNlLk1ldGFkYXRhRW50cnkSFQoNY29ubmVjdGlvbl9pZBgHIAEoCRIQCghwcm92aWRlchgIIAEoCRovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEi+gIKE1N0YXJ0Q29ubmVjdFJlcXVlc3QSDQoFb3duZXIYASABKAkSDgoGdGVuYW50GAIgASgJEhAKCHByb3ZpZGVyGAMgASgJEg4KBnNjb3BlcxgEIAMoCRIRCglyZXR1cm5fdG8YBSABKAkSDQoFbGFiZWwYBiABKAkSDwoHcHVycG9zZRgHIAEoCRJACgdvcHRpb25zGAggAygLMi8udG9rZW52YXVsdC52MS5TdGFydENvbm5lY3RSZXF1ZXN0Lk9wdGlvbnNFbnRyeRJJCgxhcHBfbWV0YWRhdGEYCSADKAsyMy50b2tlbnZhdWx0LnYxLlN0YXJ0Q29ubmVjdFJlcXVlc3QuQXBwTWV0YWRhdGFFbnRyeRouCgxPcHRpb25zRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ARoyChBBcHBNZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiYgoUU3RhcnRDb25uZWN0UmVzcG9uc2USGQoRYXV0aG9yaXphdGlvbl91cmwYASABKAkSLwoLZXhwaXJlX3RpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wImIKFEdldENvbm5lY3Rpb25SZXF1ZXN0EhUKDWNvbm5lY3Rpb25faWQYASABKAkSMwoIc2VsZWN0b3IYAiABKAsyIS50b2tlbnZhdWx0LnYxLkNvbm5lY3Rpb25TZWxlY3RvciJGChVHZXRDb25uZWN0aW9uUmVzcG9uc2USLQoKY29ubmVjdGlvbhgBIAEoCzIZLnRva2VudmF1bHQudjEuQ29ubmVjdGlvbiKjAgoWTGlzdENvbm5lY3Rpb25zUmVxdWVzdBINCgVvd25lchgBIAEoCRIQCghwcm92aWRlchgCIAEoCRIvCgZzdGF0dXMYAyABKA4yHy50b2tlbnZhdWx0LnYxLkNvbm5lY3Rpb25TdGF0dXMSDgoGdGVuYW50GAQgASgJEhEKCXBhZ2Vfc2l6ZRgFIAEoBRISCgpwYWdlX3Rva2VuGAYgASgJEkwKDGFwcF9tZXRhZGF0YRgHIAMoCzI2LnRva2VudmF1bHQudjEuTGlzdENvbm5lY3Rpb25zUmVxdWVzdC5BcHBNZXRhZGF0YUVudHJ5GjIKEEFwcE1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJiChdMaXN0Q29ubmVjdGlvbnNSZXNwb25zZRIuCgtjb25uZWN0aW9ucxgBIAMoCzIZLnRva2VudmF1bHQudjEuQ29ubmVjdGlvbhIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiQAoXUmV2b2tlQ29ubmVjdGlvblJlcXVlc3QSFQoNY29ubmVjdGlvbl9pZBgBIAEoCRIOCgZyZWFzb24YAiABKAkiewoYUmV2b2tlQ29ubmVjdGlvblJlc3BvbnNlEi0KCmNvbm5lY3Rpb24YASABKAsyGS50b2tlbnZhdWx0LnYxLkNvbm5lY3Rpb24SGAoQcHJvdmlkZXJfcmV2b2tlZBgCIAEoCBIWCg5wcm92aWRlcl9lcnJvchgDIAEoCSLaAQoXVXBkYXRlQ29ubmVjdGlvblJlcXVlc3QSFQoNY29ubmVjdGlvbl9pZBgBIAEoCRJUChBzZXRfYXBwX21ldGFkYXRhGAIgAygLMjoudG9rZW52YXVsdC52MS5VcGRhdGVDb25uZWN0aW9uUmVxdWVzdC5TZXRBcHBNZXRhZGF0YUVudHJ5EhsKE3JlbW92ZV9hcHBfbWV0YWRhdGEYAyADKAkaNQoTU2V0QXBwTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIkkKGFVwZGF0ZUNvbm5lY3Rpb25SZXNwb25zZRItCgpjb25uZWN0aW9uGAEgASgLMhkudG9rZW52YXVsdC52MS5Db25uZWN0aW9uIkAKF0RlbGV0ZUNvbm5lY3Rpb25SZXF1ZXN0EhUKDWNvbm5lY3Rpb25faWQYASABKAkSDgoGcmVhc29uGAIgASgJIkwKGERlbGV0ZUNvbm5lY3Rpb25SZXNwb25zZRIYChBwcm92aWRlcl9yZXZva2VkGAEgASgIEhYKDnByb3ZpZGVyX2Vycm9yGAIgASgJIjMKEkRlbGV0ZU93bmVyUmVxdWVzdBINCgVvd25lchgBIAEoCRIOCgZyZWFzb24YAiABKAkiSAoTRGVsZXRlT3duZXJSZXNwb25zZRIWCg5jb25uZWN0aW9uX2lkcxgBIAMoCRIZChFwcm92aWRlcl9mYWlsdXJlcxgCIAEoBSIyChlWYWxpZGF0ZUNvbm5lY3Rpb25SZXF1ZXN0EhUKDWNvbm5lY3Rpb25faWQYASABKAkiWQoaVmFsaWRhdGVDb25uZWN0aW9uUmVzcG9uc2USLQoKY29ubmVjdGlvbhgBIAEoCzIZLnRva2VudmF1bHQudjEuQ29ubmVjdGlvbhIMCgRsaXZlGAIgASgIIhYKFExpc3RQcm92aWRlcnNSZXF1ZXN0IkMKFUxpc3RQcm92aWRlcnNSZXNwb25zZRIqCglwcm92aWRlcnMYASADKAsyFy50b2tlbnZhdWx0LnYxLlByb3ZpZGVyIt8BCghQcm92aWRlchIMCgRuYW1lGAEgASgJEgwKBGtpbmQYAiABKAkSFAoMZGlzcGxheV9uYW1lGAMgASgJEhYKDmRlZmF1bHRfc2NvcGVzGAQgAygJEgwKBHBrY2UYBSABKAgSGAoQc3VwcG9ydHNfcmVmcmVzaBgGIAEoCBIbChNzdXBwb3J0c19yZXZvY2F0aW9uGAcgASgIEhEKCWNsaWVudF9pZBgIIAEoCRIUCgxyZWRpcmVjdF91cmwYCSABKAkSGwoTc3VwcG9ydHNfdmFsaWRhdGlvbhgKIAEoCCKkAQoSSW1wb3J0ZWRDcmVkZW50aWFsEgwKBG5hbWUYASABKAkSFAoMYWNjZXNzX3Rva2VuGAIgASgJEhUKDXJlZnJlc2hfdG9rZW4YAyABKAkSLwoLZXhwaXJlX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhIKCnRva2VuX3R5cGUYBSABKAkSDgoGc2NvcGVzGAYgAygJIroDChJJbXBvcnRlZENvbm5lY3Rpb24SDQoFb3duZXIYASABKAkSDgoGdGVuYW50GAIgASgJEhAKCHByb3ZpZGVyGAMgASgJEg0KBWxhYmVsGAQgASgJEg8KB3B1cnBvc2UYBSABKAkSQQoIbWV0YWRhdGEYBiADKAsyLy50b2tlbnZhdWx0LnYxLkltcG9ydGVkQ29ubmVjdGlvbi5NZXRhZGF0YUVudHJ5Eg8KB2FjY291bnQYByABKAkSNgoLY3JlZGVudGlhbHMYCCADKAsyIS50b2tlbnZhdWx0LnYxLkltcG9ydGVkQ3JlZGVudGlhbBJICgxhcHBfbWV0YWRhdGEYCSADKAsyMi50b2tlbnZhdWx0LnYxLkltcG9ydGVkQ29ubmVjdGlvbi5BcHBNZXRhZGF0YUVudHJ5EhgKEHJlcXVlc3RlZF9zY29wZXMYCiADKAkaLwoNTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBGjIKEEFwcE1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJzChhJbXBvcnRDb25uZWN0aW9uc1JlcXVlc3QSNgoLY29ubmVjdGlvbnMYASADKAsyIS50b2tlbnZhdWx0LnYxLkltcG9ydGVkQ29ubmVjdGlvbhIPCgdkcnlfcnVuGAIgASgIEg4KBnZlcmlmeRgDIAEoCCKkAQoMSW1wb3J0UmVzdWx0Eg0KBWluZGV4GAEgASgFEi0KB291dGNvbWUYAiABKA4yHC50b2tlbnZhdWx0LnYxLkltcG9ydE91dGNvbWUSFQoNY29ubmVjdGlvbl9pZBgDIAEoCRIOCgZyZWFzb24YBCABKAkSLwoGc3RhdHVzGAUgASgOMh8udG9rZW52YXVsdC52MS5Db25uZWN0aW9uU3RhdHVzIkkKGUltcG9ydENvbm5lY3Rpb25zUmVzcG9uc2USLAoHcmVzdWx0cxgBIAMoCzIbLnRva2VudmF1bHQudjEuSW1wb3J0UmVzdWx0IkAKG0V4Y2hhbmdlTGVnYWN5VG9rZW5zUmVxdWVzdBIQCghwcm92aWRlchgBIAEoCRIPCgdkcnlfcnVuGAIgASgIIkgKDkV4Y2hhbmdlUmVzdWx0EhUKDWNvbm5lY3Rpb25faWQYASABKAkSDwoHb3V0Y29tZRgCIAEoCRIOCgZyZWFzb24YAyABKAkiTgocRXhjaGFuZ2VMZWdhY3lUb2tlbnNSZXNwb25zZRIuCgdyZXN1bHRzGAEgAygLMh0udG9rZW52YXVsdC52MS5FeGNoYW5nZVJlc3VsdCITChFSb3RhdGVLZXlzUmVxdWVzdCI1ChJSb3RhdGVLZXlzUmVzcG9uc2USDAoEdGVybRgBIAEoDRIRCglyZXdyYXBwZWQYAiABKAMi0QEKBUV2ZW50EhAKCGV2ZW50X2lkGAEgASgJEgwKBHR5cGUYAiABKAkSEAoIc2VxdWVuY2UYAyABKAQSGwoTY29ubmVjdGlvbl9zZXF1ZW5jZRgEIAEoBBIoCgR0aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBItCgpjb25uZWN0aW9uGAYgASgLMhkudG9rZW52YXVsdC52MS5Db25uZWN0aW9uEg4KBnJlYXNvbhgHIAEoCRIQCghpbXBvcnRlZBgIIAEoCCI7ChJXYXRjaEV2ZW50c1JlcXVlc3QSFgoOYWZ0ZXJfc2VxdWVuY2UYASABKAQSDQoFdHlwZXMYAiADKAkiOgoTV2F0Y2hFdmVudHNSZXNwb25zZRIjCgVldmVudBgBIAEoCzIULnRva2VudmF1bHQudjEuRXZlbnQiwAEKCkF1ZGl0RXZlbnQSEAoIYXVkaXRfaWQYASABKAkSKAoEdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDgoGY2FsbGVyGAMgASgJEgwKBHJvbGUYBCABKAkSDgoGbWV0aG9kGAUgASgJEhUKDWNvbm5lY3Rpb25faWQYBiABKAkSEAoIcHJvdmlkZXIYByABKAkSDwoHb3V0Y29tZRgIIAEoCRIOCgZyZWFzb24YCSABKAkidgoWTGlzdEF1ZGl0RXZlbnRzUmVxdWVzdBIVCg1jb25uZWN0aW9uX2lkGAEgASgJEg4KBmNhbGxlchgCIAEoCRIOCgZtZXRob2QYAyABKAkSEQoJcGFnZV9zaXplGAQgASgFEhIKCnBhZ2VfdG9rZW4YBSABKAkiXQoXTGlzdEF1ZGl0RXZlbnRzUmVzcG9uc2USKQoGZXZlbnRzGAEgAygLMhkudG9rZW52YXVsdC52MS5BdWRpdEV2ZW50EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSqWAQoQQ29ubmVjdGlvblN0YXR1cxIhCh1DT05ORUNUSU9OX1NUQVRVU19VTlNQRUNJRklFRBAAEhwKGENPTk5FQ1RJT05fU1RBVFVTX0FDVElWRRABEiIKHkNPTk5FQ1RJT05fU1RBVFVTX05FRURTX1JFQVVUSBACEh0KGUNPTk5FQ1RJT05fU1RBVFVTX1JFVk9LRUQQAyqgAQoNSW1wb3J0T3V0Y29tZRIeChpJTVBPUlRfT1VUQ09NRV9VTlNQRUNJRklFRBAAEhsKF0lNUE9SVF9PVVRDT01FX0lNUE9SVEVEEAESHAoYSU1QT1JUX09VVENPTUVfRFVQTElDQVRFEAISGgoWSU1QT1JUX09VVENPTUVfUkVGVVNFRBADEhgKFElNUE9SVF9PVVRDT01FX1ZBTElEEAQyrQgKEVRva2VuVmF1bHRTZXJ2aWNlEl0KDkdldEFjY2Vzc1Rva2VuEiQudG9rZW52YXVsdC52MS5HZXRBY2Nlc3NUb2tlblJlcXVlc3QaJS50b2tlbnZhdWx0LnYxLkdldEFjY2Vzc1Rva2VuUmVzcG9uc2USVwoMU3RhcnRDb25uZWN0EiIudG9rZW52YXVsdC52MS5TdGFydENvbm5lY3RSZXF1ZXN0GiMudG9rZW52YXVsdC52MS5TdGFydENvbm5lY3RSZXNwb25zZRJaCg1HZXRDb25uZWN0aW9uEiMudG9rZW52YXVsdC52MS5HZXRDb25uZWN0aW9uUmVxdWVzdBokLnRva2VudmF1bHQudjEuR2V0Q29ubmVjdGlvblJlc3BvbnNlEmAKD0xpc3RDb25uZWN0aW9ucxIlLnRva2VudmF1bHQudjEuTGlzdENvbm5lY3Rpb25zUmVxdWVzdBomLnRva2VudmF1bHQudjEuTGlzdENvbm5lY3Rpb25zUmVzcG9uc2USYwoQUmV2b2tlQ29ubmVjdGlvbhImLnRva2VudmF1bHQudjEuUmV2b2tlQ29ubmVjdGlvblJlcXVlc3QaJy50b2tlbnZhdWx0LnYxLlJldm9rZUNvbm5lY3Rpb25SZXNwb25zZRJpChJWYWxpZGF0ZUNvbm5lY3Rpb24SKC50b2tlbnZhdWx0LnYxLlZhbGlkYXRlQ29ubmVjdGlvblJlcXVlc3QaKS50b2tlbnZhdWx0LnYxLlZhbGlkYXRlQ29ubmVjdGlvblJlc3BvbnNlEmMKEFVwZGF0ZUNvbm5lY3Rpb24SJi50b2tlbnZhdWx0LnYxLlVwZGF0ZUNvbm5lY3Rpb25SZXF1ZXN0GicudG9rZW52YXVsdC52MS5VcGRhdGVDb25uZWN0aW9uUmVzcG9uc2USYwoQRGVsZXRlQ29ubmVjdGlvbhImLnRva2VudmF1bHQudjEuRGVsZXRlQ29ubmVjdGlvblJlcXVlc3QaJy50b2tlbnZhdWx0LnYxLkRlbGV0ZUNvbm5lY3Rpb25SZXNwb25zZRJUCgtEZWxldGVPd25lchIhLnRva2VudmF1bHQudjEuRGVsZXRlT3duZXJSZXF1ZXN0GiIudG9rZW52YXVsdC52MS5EZWxldGVPd25lclJlc3BvbnNlEloKDUxpc3RQcm92aWRlcnMSIy50b2tlbnZhdWx0LnYxLkxpc3RQcm92aWRlcnNSZXF1ZXN0GiQudG9rZW52YXVsdC52MS5MaXN0UHJvdmlkZXJzUmVzcG9uc2USVgoLV2F0Y2hFdmVudHMSIS50b2tlbnZhdWx0LnYxLldhdGNoRXZlbnRzUmVxdWVzdBoiLnRva2VudmF1bHQudjEuV2F0Y2hFdmVudHNSZXNwb25zZTABMpwDCgxBZG1pblNlcnZpY2USUQoKUm90YXRlS2V5cxIgLnRva2VudmF1bHQudjEuUm90YXRlS2V5c1JlcXVlc3QaIS50b2tlbnZhdWx0LnYxLlJvdGF0ZUtleXNSZXNwb25zZRJgCg9MaXN0QXVkaXRFdmVudHMSJS50b2tlbnZhdWx0LnYxLkxpc3RBdWRpdEV2ZW50c1JlcXVlc3QaJi50b2tlbnZhdWx0LnYxLkxpc3RBdWRpdEV2ZW50c1Jlc3BvbnNlEmYKEUltcG9ydENvbm5lY3Rpb25zEicudG9rZW52YXVsdC52MS5JbXBvcnRDb25uZWN0aW9uc1JlcXVlc3QaKC50b2tlbnZhdWx0LnYxLkltcG9ydENvbm5lY3Rpb25zUmVzcG9uc2USbwoURXhjaGFuZ2VMZWdhY3lUb2tlbnMSKi50b2tlbnZhdWx0LnYxLkV4Y2hhbmdlTGVnYWN5VG9rZW5zUmVxdWVzdBorLnRva2VudmF1bHQudjEuRXhjaGFuZ2VMZWdhY3lUb2tlbnNSZXNwb25zZUJDWkFnaXRodWIuY29tL3Rva2VudmF1bHQvdG9rZW52YXVsdC9wcm90by90b2tlbnZhdWx0L3YxO3Rva2VudmF1bHR2MWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("Ch50b2tlbnZhdWx0L3YxL3Rva2VudmF1bHQucHJvdG8SDXRva2VudmF1bHQudjEihQcKCkNvbm5lY3Rpb24SFQoNY29ubmVjdGlvbl9pZBgBIAEoCRINCgVvd25lchgCIAEoCRIOCgZ0ZW5hbnQYAyABKAkSEAoIcHJvdmlkZXIYBCABKAkSDQoFbGFiZWwYBSABKAkSDwoHcHVycG9zZRgGIAEoCRIvCgZzdGF0dXMYByABKA4yHy50b2tlbnZhdWx0LnYxLkNvbm5lY3Rpb25TdGF0dXMSFQoNc3RhdHVzX3JlYXNvbhgIIAEoCRIYChByZXF1ZXN0ZWRfc2NvcGVzGAkgAygJEhYKDmdyYW50ZWRfc2NvcGVzGAogAygJEhYKDm1pc3Npbmdfc2NvcGVzGAsgAygJEg8KB2FjY291bnQYDCABKAkSOQoIbWV0YWRhdGEYDSADKAsyJy50b2tlbnZhdWx0LnYxLkNvbm5lY3Rpb24uTWV0YWRhdGFFbnRyeRIvCgtjcmVhdGVfdGltZRgOIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLdXBkYXRlX3RpbWUYDyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjUKEWxhc3RfcmVmcmVzaF90aW1lGBAgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIyCg5sYXN0X3VzZWRfdGltZRgRIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASNwoTbGFzdF92YWxpZGF0ZWRfdGltZRgSIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASNQoRdG9rZW5fZXhwaXJlX3RpbWUYEyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhIKCmdlbmVyYXRpb24YFCABKAQSEwoLY3JlZGVudGlhbHMYFSADKAkSQAoMYXBwX21ldGFkYXRhGBYgAygLMioudG9rZW52YXVsdC52MS5Db25uZWN0aW9uLkFwcE1ldGFkYXRhRW50cnkSEgoKY3JlYXRlZF9ieRgXIAEoCRIQCghpbXBvcnRlZBgYIAEoCBovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEaMgoQQXBwTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIlQKEkNvbm5lY3Rpb25TZWxlY3RvchINCgVvd25lchgBIAEoCRIQCghwcm92aWRlchgCIAEoCRINCgVsYWJlbBgDIAEoCRIOCgZ0ZW5hbnQYBCABKAkiwAEKFUdldEFjY2Vzc1Rva2VuUmVxdWVzdBIVCg1jb25uZWN0aW9uX2lkGAEgASgJEjAKDW1pbl92YWxpZF9mb3IYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SFQoNZm9yY2VfcmVmcmVzaBgDIAEoCBISCgpjcmVkZW50aWFsGAQgASgJEjMKCHNlbGVjdG9yGAUgASgLMiEudG9rZW52YXVsdC52MS5Db25uZWN0aW9uU2VsZWN0b3IixAIKFkdldEFjY2Vzc1Rva2VuUmVzcG9uc2USFAoMYWNjZXNzX3Rva2VuGAEgASgJEhIKCnRva2VuX3R5cGUYAiABKAkSLwoLZXhwaXJlX3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhYKDmdyYW50ZWRfc2NvcGVzGAQgAygJEhYKDm1pc3Npbmdfc2NvcGVzGAUgAygJEkUKCG1ldGFkYXRhGAYgAygLMjMudG9rZW52YXVsdC52MS5HZXRBY2Nlc3NUb2tlblJlc3BvbnNlLk1ldGFkYXRhRW50cnkSFQoNY29ubmVjdGlvbl9pZBgHIAEoCRIQCghwcm92aWRlchgIIAEoCRovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEi+gIKE1N0YXJ0Q29ubmVjdFJlcXVlc3QSDQoFb3duZXIYASABKAkSDgoGdGVuYW50GAIgASgJEhAKCHByb3ZpZGVyGAMgASgJEg4KBnNjb3BlcxgEIAMoCRIRCglyZXR1cm5fdG8YBSABKAkSDQoFbGFiZWwYBiABKAkSDwoHcHVycG9zZRgHIAEoCRJACgdvcHRpb25zGAggAygLMi8udG9rZW52YXVsdC52MS5TdGFydENvbm5lY3RSZXF1ZXN0Lk9wdGlvbnNFbnRyeRJJCgxhcHBfbWV0YWRhdGEYCSADKAsyMy50b2tlbnZhdWx0LnYxLlN0YXJ0Q29ubmVjdFJlcXVlc3QuQXBwTWV0YWRhdGFFbnRyeRouCgxPcHRpb25zRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ARoyChBBcHBNZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiYgoUU3RhcnRDb25uZWN0UmVzcG9uc2USGQoRYXV0aG9yaXphdGlvbl91cmwYASABKAkSLwoLZXhwaXJlX3RpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIqsCChtDcmVhdGVDb25uZWN0U2Vzc2lvblJlcXVlc3QSDQoFb3duZXIYASABKAkSDgoGdGVuYW50GAIgASgJEhEKCXByb3ZpZGVycxgDIAMoCRIRCglyZXR1cm5fdG8YBCABKAkSGAoQYWxsb3dfZGlzY29ubmVjdBgFIAEoCBImCgN0dGwYBiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SUQoMYXBwX21ldGFkYXRhGAcgAygLMjsudG9rZW52YXVsdC52MS5DcmVhdGVDb25uZWN0U2Vzc2lvblJlcXVlc3QuQXBwTWV0YWRhdGFFbnRyeRoyChBBcHBNZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiXAocQ3JlYXRlQ29ubmVjdFNlc3Npb25SZXNwb25zZRILCgN1cmwYASABKAkSLwoLZXhwaXJlX3RpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wImIKFEdldENvbm5lY3Rpb25SZXF1ZXN0EhUKDWNvbm5lY3Rpb25faWQYASABKAkSMwoIc2VsZWN0b3IYAiABKAsyIS50b2tlbnZhdWx0LnYxLkNvbm5lY3Rpb25TZWxlY3RvciJGChVHZXRDb25uZWN0aW9uUmVzcG9uc2USLQoKY29ubmVjdGlvbhgBIAEoCzIZLnRva2VudmF1bHQudjEuQ29ubmVjdGlvbiKjAgoWTGlzdENvbm5lY3Rpb25zUmVxdWVzdBINCgVvd25lchgBIAEoCRIQCghwcm92aWRlchgCIAEoCRIvCgZzdGF0dXMYAyABKA4yHy50b2tlbnZhdWx0LnYxLkNvbm5lY3Rpb25TdGF0dXMSDgoGdGVuYW50GAQgASgJEhEKCXBhZ2Vfc2l6ZRgFIAEoBRISCgpwYWdlX3Rva2VuGAYgASgJEkwKDGFwcF9tZXRhZGF0YRgHIAMoCzI2LnRva2VudmF1bHQudjEuTGlzdENvbm5lY3Rpb25zUmVxdWVzdC5BcHBNZXRhZGF0YUVudHJ5GjIKEEFwcE1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJiChdMaXN0Q29ubmVjdGlvbnNSZXNwb25zZRIuCgtjb25uZWN0aW9ucxgBIAMoCzIZLnRva2VudmF1bHQudjEuQ29ubmVjdGlvbhIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiQAoXUmV2b2tlQ29ubmVjdGlvblJlcXVlc3QSFQoNY29ubmVjdGlvbl9pZBgBIAEoCRIOCgZyZWFzb24YAiABKAkiewoYUmV2b2tlQ29ubmVjdGlvblJlc3BvbnNlEi0KCmNvbm5lY3Rpb24YASABKAsyGS50b2tlbnZhdWx0LnYxLkNvbm5lY3Rpb24SGAoQcHJvdmlkZXJfcmV2b2tlZBgCIAEoCBIWCg5wcm92aWRlcl9lcnJvchgDIAEoCSLaAQoXVXBkYXRlQ29ubmVjdGlvblJlcXVlc3QSFQoNY29ubmVjdGlvbl9pZBgBIAEoCRJUChBzZXRfYXBwX21ldGFkYXRhGAIgAygLMjoudG9rZW52YXVsdC52MS5VcGRhdGVDb25uZWN0aW9uUmVxdWVzdC5TZXRBcHBNZXRhZGF0YUVudHJ5EhsKE3JlbW92ZV9hcHBfbWV0YWRhdGEYAyADKAkaNQoTU2V0QXBwTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIkkKGFVwZGF0ZUNvbm5lY3Rpb25SZXNwb25zZRItCgpjb25uZWN0aW9uGAEgASgLMhkudG9rZW52YXVsdC52MS5Db25uZWN0aW9uIkAKF0RlbGV0ZUNvbm5lY3Rpb25SZXF1ZXN0EhUKDWNvbm5lY3Rpb25faWQYASABKAkSDgoGcmVhc29uGAIgASgJIkwKGERlbGV0ZUNvbm5lY3Rpb25SZXNwb25zZRIYChBwcm92aWRlcl9yZXZva2VkGAEgASgIEhYKDnByb3ZpZGVyX2Vycm9yGAIgASgJIjMKEkRlbGV0ZU93bmVyUmVxdWVzdBINCgVvd25lchgBIAEoCRIOCgZyZWFzb24YAiABKAkiSAoTRGVsZXRlT3duZXJSZXNwb25zZRIWCg5jb25uZWN0aW9uX2lkcxgBIAMoCRIZChFwcm92aWRlcl9mYWlsdXJlcxgCIAEoBSIyChlWYWxpZGF0ZUNvbm5lY3Rpb25SZXF1ZXN0EhUKDWNvbm5lY3Rpb25faWQYASABKAkiWQoaVmFsaWRhdGVDb25uZWN0aW9uUmVzcG9uc2USLQoKY29ubmVjdGlvbhgBIAEoCzIZLnRva2VudmF1bHQudjEuQ29ubmVjdGlvbhIMCgRsaXZlGAIgASgIIhYKFExpc3RQcm92aWRlcnNSZXF1ZXN0IkMKFUxpc3RQcm92aWRlcnNSZXNwb25zZRIqCglwcm92aWRlcnMYASADKAsyFy50b2tlbnZhdWx0LnYxLlByb3ZpZGVyIt8BCghQcm92aWRlchIMCgRuYW1lGAEgASgJEgwKBGtpbmQYAiABKAkSFAoMZGlzcGxheV9uYW1lGAMgASgJEhYKDmRlZmF1bHRfc2NvcGVzGAQgAygJEgwKBHBrY2UYBSABKAgSGAoQc3VwcG9ydHNfcmVmcmVzaBgGIAEoCBIbChNzdXBwb3J0c19yZXZvY2F0aW9uGAcgASgIEhEKCWNsaWVudF9pZBgIIAEoCRIUCgxyZWRpcmVjdF91cmwYCSABKAkSGwoTc3VwcG9ydHNfdmFsaWRhdGlvbhgKIAEoCCKkAQoSSW1wb3J0ZWRDcmVkZW50aWFsEgwKBG5hbWUYASABKAkSFAoMYWNjZXNzX3Rva2VuGAIgASgJEhUKDXJlZnJlc2hfdG9rZW4YAyABKAkSLwoLZXhwaXJlX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhIKCnRva2VuX3R5cGUYBSABKAkSDgoGc2NvcGVzGAYgAygJIroDChJJbXBvcnRlZENvbm5lY3Rpb24SDQoFb3duZXIYASABKAkSDgoGdGVuYW50GAIgASgJEhAKCHByb3ZpZGVyGAMgASgJEg0KBWxhYmVsGAQgASgJEg8KB3B1cnBvc2UYBSABKAkSQQoIbWV0YWRhdGEYBiADKAsyLy50b2tlbnZhdWx0LnYxLkltcG9ydGVkQ29ubmVjdGlvbi5NZXRhZGF0YUVudHJ5Eg8KB2FjY291bnQYByABKAkSNgoLY3JlZGVudGlhbHMYCCADKAsyIS50b2tlbnZhdWx0LnYxLkltcG9ydGVkQ3JlZGVudGlhbBJICgxhcHBfbWV0YWRhdGEYCSADKAsyMi50b2tlbnZhdWx0LnYxLkltcG9ydGVkQ29ubmVjdGlvbi5BcHBNZXRhZGF0YUVudHJ5EhgKEHJlcXVlc3RlZF9zY29wZXMYCiADKAkaLwoNTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBGjIKEEFwcE1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJzChhJbXBvcnRDb25uZWN0aW9uc1JlcXVlc3QSNgoLY29ubmVjdGlvbnMYASADKAsyIS50b2tlbnZhdWx0LnYxLkltcG9ydGVkQ29ubmVjdGlvbhIPCgdkcnlfcnVuGAIgASgIEg4KBnZlcmlmeRgDIAEoCCKkAQoMSW1wb3J0UmVzdWx0Eg0KBWluZGV4GAEgASgFEi0KB291dGNvbWUYAiABKA4yHC50b2tlbnZhdWx0LnYxLkltcG9ydE91dGNvbWUSFQoNY29ubmVjdGlvbl9pZBgDIAEoCRIOCgZyZWFzb24YBCABKAkSLwoGc3RhdHVzGAUgASgOMh8udG9rZW52YXVsdC52MS5Db25uZWN0aW9uU3RhdHVzIkkKGUltcG9ydENvbm5lY3Rpb25zUmVzcG9uc2USLAoHcmVzdWx0cxgBIAMoCzIbLnRva2VudmF1bHQudjEuSW1wb3J0UmVzdWx0IkAKG0V4Y2hhbmdlTGVnYWN5VG9rZW5zUmVxdWVzdBIQCghwcm92aWRlchgBIAEoCRIPCgdkcnlfcnVuGAIgASgIIkgKDkV4Y2hhbmdlUmVzdWx0EhUKDWNvbm5lY3Rpb25faWQYASABKAkSDwoHb3V0Y29tZRgCIAEoCRIOCgZyZWFzb24YAyABKAkiTgocRXhjaGFuZ2VMZWdhY3lUb2tlbnNSZXNwb25zZRIuCgdyZXN1bHRzGAEgAygLMh0udG9rZW52YXVsdC52MS5FeGNoYW5nZVJlc3VsdCITChFSb3RhdGVLZXlzUmVxdWVzdCI1ChJSb3RhdGVLZXlzUmVzcG9uc2USDAoEdGVybRgBIAEoDRIRCglyZXdyYXBwZWQYAiABKAMi0QEKBUV2ZW50EhAKCGV2ZW50X2lkGAEgASgJEgwKBHR5cGUYAiABKAkSEAoIc2VxdWVuY2UYAyABKAQSGwoTY29ubmVjdGlvbl9zZXF1ZW5jZRgEIAEoBBIoCgR0aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBItCgpjb25uZWN0aW9uGAYgASgLMhkudG9rZW52YXVsdC52MS5Db25uZWN0aW9uEg4KBnJlYXNvbhgHIAEoCRIQCghpbXBvcnRlZBgIIAEoCCI7ChJXYXRjaEV2ZW50c1JlcXVlc3QSFgoOYWZ0ZXJfc2VxdWVuY2UYASABKAQSDQoFdHlwZXMYAiADKAkiOgoTV2F0Y2hFdmVudHNSZXNwb25zZRIjCgVldmVudBgBIAEoCzIULnRva2VudmF1bHQudjEuRXZlbnQiwAEKCkF1ZGl0RXZlbnQSEAoIYXVkaXRfaWQYASABKAkSKAoEdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDgoGY2FsbGVyGAMgASgJEgwKBHJvbGUYBCABKAkSDgoGbWV0aG9kGAUgASgJEhUKDWNvbm5lY3Rpb25faWQYBiABKAkSEAoIcHJvdmlkZXIYByABKAkSDwoHb3V0Y29tZRgIIAEoCRIOCgZyZWFzb24YCSABKAkidgoWTGlzdEF1ZGl0RXZlbnRzUmVxdWVzdBIVCg1jb25uZWN0aW9uX2lkGAEgASgJEg4KBmNhbGxlchgCIAEoCRIOCgZtZXRob2QYAyABKAkSEQoJcGFnZV9zaXplGAQgASgFEhIKCnBhZ2VfdG9rZW4YBSABKAkiXQoXTGlzdEF1ZGl0RXZlbnRzUmVzcG9uc2USKQoGZXZlbnRzGAEgAygLMhkudG9rZW52YXVsdC52MS5BdWRpdEV2ZW50EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSqWAQoQQ29ubmVjdGlvblN0YXR1cxIhCh1DT05ORUNUSU9OX1NUQVRVU19VTlNQRUNJRklFRBAAEhwKGENPTk5FQ1RJT05fU1RBVFVTX0FDVElWRRABEiIKHkNPTk5FQ1RJT05fU1RBVFVTX05FRURTX1JFQVVUSBACEh0KGUNPTk5FQ1RJT05fU1RBVFVTX1JFVk9LRUQQAyqgAQoNSW1wb3J0T3V0Y29tZRIeChpJTVBPUlRfT1VUQ09NRV9VTlNQRUNJRklFRBAAEhsKF0lNUE9SVF9PVVRDT01FX0lNUE9SVEVEEAESHAoYSU1QT1JUX09VVENPTUVfRFVQTElDQVRFEAISGgoWSU1QT1JUX09VVENPTUVfUkVGVVNFRBADEhgKFElNUE9SVF9PVVRDT01FX1ZBTElEEAQyngkKEVRva2VuVmF1bHRTZXJ2aWNlEl0KDkdldEFjY2Vzc1Rva2VuEiQudG9rZW52YXVsdC52MS5HZXRBY2Nlc3NUb2tlblJlcXVlc3QaJS50b2tlbnZhdWx0LnYxLkdldEFjY2Vzc1Rva2VuUmVzcG9uc2USVwoMU3RhcnRDb25uZWN0EiIudG9rZW52YXVsdC52MS5TdGFydENvbm5lY3RSZXF1ZXN0GiMudG9rZW52YXVsdC52MS5TdGFydENvbm5lY3RSZXNwb25zZRJvChRDcmVhdGVDb25uZWN0U2Vzc2lvbhIqLnRva2VudmF1bHQudjEuQ3JlYXRlQ29ubmVjdFNlc3Npb25SZXF1ZXN0GisudG9rZW52YXVsdC52MS5DcmVhdGVDb25uZWN0U2Vzc2lvblJlc3BvbnNlEloKDUdldENvbm5lY3Rpb24SIy50b2tlbnZhdWx0LnYxLkdldENvbm5lY3Rpb25SZXF1ZXN0GiQudG9rZW52YXVsdC52MS5HZXRDb25uZWN0aW9uUmVzcG9uc2USYAoPTGlzdENvbm5lY3Rpb25zEiUudG9rZW52YXVsdC52MS5MaXN0Q29ubmVjdGlvbnNSZXF1ZXN0GiYudG9rZW52YXVsdC52MS5MaXN0Q29ubmVjdGlvbnNSZXNwb25zZRJjChBSZXZva2VDb25uZWN0aW9uEiYudG9rZW52YXVsdC52MS5SZXZva2VDb25uZWN0aW9uUmVxdWVzdBonLnRva2VudmF1bHQudjEuUmV2b2tlQ29ubmVjdGlvblJlc3BvbnNlEmkKElZhbGlkYXRlQ29ubmVjdGlvbhIoLnRva2VudmF1bHQudjEuVmFsaWRhdGVDb25uZWN0aW9uUmVxdWVzdBopLnRva2VudmF1bHQudjEuVmFsaWRhdGVDb25uZWN0aW9uUmVzcG9uc2USYwoQVXBkYXRlQ29ubmVjdGlvbhImLnRva2VudmF1bHQudjEuVXBkYXRlQ29ubmVjdGlvblJlcXVlc3QaJy50b2tlbnZhdWx0LnYxLlVwZGF0ZUNvbm5lY3Rpb25SZXNwb25zZRJjChBEZWxldGVDb25uZWN0aW9uEiYudG9rZW52YXVsdC52MS5EZWxldGVDb25uZWN0aW9uUmVxdWVzdBonLnRva2VudmF1bHQudjEuRGVsZXRlQ29ubmVjdGlvblJlc3BvbnNlElQKC0RlbGV0ZU93bmVyEiEudG9rZW52YXVsdC52MS5EZWxldGVPd25lclJlcXVlc3QaIi50b2tlbnZhdWx0LnYxLkRlbGV0ZU93bmVyUmVzcG9uc2USWgoNTGlzdFByb3ZpZGVycxIjLnRva2VudmF1bHQudjEuTGlzdFByb3ZpZGVyc1JlcXVlc3QaJC50b2tlbnZhdWx0LnYxLkxpc3RQcm92aWRlcnNSZXNwb25zZRJWCgtXYXRjaEV2ZW50cxIhLnRva2VudmF1bHQudjEuV2F0Y2hFdmVudHNSZXF1ZXN0GiIudG9rZW52YXVsdC52MS5XYXRjaEV2ZW50c1Jlc3BvbnNlMAEynAMKDEFkbWluU2VydmljZRJRCgpSb3RhdGVLZXlzEiAudG9rZW52YXVsdC52MS5Sb3RhdGVLZXlzUmVxdWVzdBohLnRva2VudmF1bHQudjEuUm90YXRlS2V5c1Jlc3BvbnNlEmAKD0xpc3RBdWRpdEV2ZW50cxIlLnRva2VudmF1bHQudjEuTGlzdEF1ZGl0RXZlbnRzUmVxdWVzdBomLnRva2VudmF1bHQudjEuTGlzdEF1ZGl0RXZlbnRzUmVzcG9uc2USZgoRSW1wb3J0Q29ubmVjdGlvbnMSJy50b2tlbnZhdWx0LnYxLkltcG9ydENvbm5lY3Rpb25zUmVxdWVzdBooLnRva2VudmF1bHQudjEuSW1wb3J0Q29ubmVjdGlvbnNSZXNwb25zZRJvChRFeGNoYW5nZUxlZ2FjeVRva2VucxIqLnRva2VudmF1bHQudjEuRXhjaGFuZ2VMZWdhY3lUb2tlbnNSZXF1ZXN0GisudG9rZW52YXVsdC52MS5FeGNoYW5nZUxlZ2FjeVRva2Vuc1Jlc3BvbnNlQkNaQWdpdGh1Yi5jb20vdG9rZW52YXVsdC90b2tlbnZhdWx0L3Byb3RvL3Rva2VudmF1bHQvdjE7dG9rZW52YXVsdHYxYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * Connection is one end user's grant at one provider, without token material.
@@ -442,6 +442,10 @@ export const StartConnectRequestSchema: GenMessage<StartConnectRequest> = /*@__P
  */
 export type StartConnectResponse = Message<"tokenvault.v1.StartConnectResponse"> & {
   /**
+   * The URL to send the browser to: the sidecar's start URL
+   * (<public_url>/connect/start?flow=...). It binds the flow to the first
+   * browser that opens it, then redirects to the provider.
+   *
    * @generated from field: string authorization_url = 1;
    */
   authorizationUrl: string;
@@ -460,6 +464,93 @@ export type StartConnectResponse = Message<"tokenvault.v1.StartConnectResponse">
  */
 export const StartConnectResponseSchema: GenMessage<StartConnectResponse> = /*@__PURE__*/
   messageDesc(file_tokenvault_v1_tokenvault, 5);
+
+/**
+ * @generated from message tokenvault.v1.CreateConnectSessionRequest
+ */
+export type CreateConnectSessionRequest = Message<"tokenvault.v1.CreateConnectSessionRequest"> & {
+  /**
+   * @generated from field: string owner = 1;
+   */
+  owner: string;
+
+  /**
+   * @generated from field: string tenant = 2;
+   */
+  tenant: string;
+
+  /**
+   * The providers the page offers; empty means every configured provider
+   * (every provider the calling credential may use).
+   *
+   * @generated from field: repeated string providers = 3;
+   */
+  providers: string[];
+
+  /**
+   * Where the page's "back" link goes, and the full-page mode returns to;
+   * must be on the return_to allowlist. Empty means the configured default.
+   *
+   * @generated from field: string return_to = 4;
+   */
+  returnTo: string;
+
+  /**
+   * Whether the page offers Disconnect (revocation at the provider).
+   *
+   * @generated from field: bool allow_disconnect = 5;
+   */
+  allowDisconnect: boolean;
+
+  /**
+   * How long the link works, up to 1h; default 30 minutes.
+   *
+   * @generated from field: google.protobuf.Duration ttl = 6;
+   */
+  ttl?: Duration | undefined;
+
+  /**
+   * Application metadata set on the connections the page's flows create
+   * (merged into those they reconnect).
+   *
+   * @generated from field: map<string, string> app_metadata = 7;
+   */
+  appMetadata: { [key: string]: string };
+};
+
+/**
+ * Describes the message tokenvault.v1.CreateConnectSessionRequest.
+ * Use `create(CreateConnectSessionRequestSchema)` to create a new message.
+ */
+export const CreateConnectSessionRequestSchema: GenMessage<CreateConnectSessionRequest> = /*@__PURE__*/
+  messageDesc(file_tokenvault_v1_tokenvault, 6);
+
+/**
+ * @generated from message tokenvault.v1.CreateConnectSessionResponse
+ */
+export type CreateConnectSessionResponse = Message<"tokenvault.v1.CreateConnectSessionResponse"> & {
+  /**
+   * The link to the connect page (<public_url>/connect/s/<token>). It is a
+   * secret for the owner's browser only: do not log it.
+   *
+   * @generated from field: string url = 1;
+   */
+  url: string;
+
+  /**
+   * After this the link no longer opens the page.
+   *
+   * @generated from field: google.protobuf.Timestamp expire_time = 2;
+   */
+  expireTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message tokenvault.v1.CreateConnectSessionResponse.
+ * Use `create(CreateConnectSessionResponseSchema)` to create a new message.
+ */
+export const CreateConnectSessionResponseSchema: GenMessage<CreateConnectSessionResponse> = /*@__PURE__*/
+  messageDesc(file_tokenvault_v1_tokenvault, 7);
 
 /**
  * @generated from message tokenvault.v1.GetConnectionRequest
@@ -486,7 +577,7 @@ export type GetConnectionRequest = Message<"tokenvault.v1.GetConnectionRequest">
  * Use `create(GetConnectionRequestSchema)` to create a new message.
  */
 export const GetConnectionRequestSchema: GenMessage<GetConnectionRequest> = /*@__PURE__*/
-  messageDesc(file_tokenvault_v1_tokenvault, 6);
+  messageDesc(file_tokenvault_v1_tokenvault, 8);
 
 /**
  * @generated from message tokenvault.v1.GetConnectionResponse
@@ -503,7 +594,7 @@ export type GetConnectionResponse = Message<"tokenvault.v1.GetConnectionResponse
  * Use `create(GetConnectionResponseSchema)` to create a new message.
  */
 export const GetConnectionResponseSchema: GenMessage<GetConnectionResponse> = /*@__PURE__*/
-  messageDesc(file_tokenvault_v1_tokenvault, 7);
+  messageDesc(file_tokenvault_v1_tokenvault, 9);
 
 /**
  * @generated from message tokenvault.v1.ListConnectionsRequest
@@ -557,7 +648,7 @@ export type ListConnectionsRequest = Message<"tokenvault.v1.ListConnectionsReque
  * Use `create(ListConnectionsRequestSchema)` to create a new message.
  */
 export const ListConnectionsRequestSchema: GenMessage<ListConnectionsRequest> = /*@__PURE__*/
-  messageDesc(file_tokenvault_v1_tokenvault, 8);
+  messageDesc(file_tokenvault_v1_tokenvault, 10);
 
 /**
  * @generated from message tokenvault.v1.ListConnectionsResponse
@@ -581,7 +672,7 @@ export type ListConnectionsResponse = Message<"tokenvault.v1.ListConnectionsResp
  * Use `create(ListConnectionsResponseSchema)` to create a new message.
  */
 export const ListConnectionsResponseSchema: GenMessage<ListConnectionsResponse> = /*@__PURE__*/
-  messageDesc(file_tokenvault_v1_tokenvault, 9);
+  messageDesc(file_tokenvault_v1_tokenvault, 11);
 
 /**
  * @generated from message tokenvault.v1.RevokeConnectionRequest
@@ -605,7 +696,7 @@ export type RevokeConnectionRequest = Message<"tokenvault.v1.RevokeConnectionReq
  * Use `create(RevokeConnectionRequestSchema)` to create a new message.
  */
 export const RevokeConnectionRequestSchema: GenMessage<RevokeConnectionRequest> = /*@__PURE__*/
-  messageDesc(file_tokenvault_v1_tokenvault, 10);
+  messageDesc(file_tokenvault_v1_tokenvault, 12);
 
 /**
  * @generated from message tokenvault.v1.RevokeConnectionResponse
@@ -637,7 +728,7 @@ export type RevokeConnectionResponse = Message<"tokenvault.v1.RevokeConnectionRe
  * Use `create(RevokeConnectionResponseSchema)` to create a new message.
  */
 export const RevokeConnectionResponseSchema: GenMessage<RevokeConnectionResponse> = /*@__PURE__*/
-  messageDesc(file_tokenvault_v1_tokenvault, 11);
+  messageDesc(file_tokenvault_v1_tokenvault, 13);
 
 /**
  * @generated from message tokenvault.v1.UpdateConnectionRequest
@@ -669,7 +760,7 @@ export type UpdateConnectionRequest = Message<"tokenvault.v1.UpdateConnectionReq
  * Use `create(UpdateConnectionRequestSchema)` to create a new message.
  */
 export const UpdateConnectionRequestSchema: GenMessage<UpdateConnectionRequest> = /*@__PURE__*/
-  messageDesc(file_tokenvault_v1_tokenvault, 12);
+  messageDesc(file_tokenvault_v1_tokenvault, 14);
 
 /**
  * @generated from message tokenvault.v1.UpdateConnectionResponse
@@ -686,7 +777,7 @@ export type UpdateConnectionResponse = Message<"tokenvault.v1.UpdateConnectionRe
  * Use `create(UpdateConnectionResponseSchema)` to create a new message.
  */
 export const UpdateConnectionResponseSchema: GenMessage<UpdateConnectionResponse> = /*@__PURE__*/
-  messageDesc(file_tokenvault_v1_tokenvault, 13);
+  messageDesc(file_tokenvault_v1_tokenvault, 15);
 
 /**
  * @generated from message tokenvault.v1.DeleteConnectionRequest
@@ -710,7 +801,7 @@ export type DeleteConnectionRequest = Message<"tokenvault.v1.DeleteConnectionReq
  * Use `create(DeleteConnectionRequestSchema)` to create a new message.
  */
 export const DeleteConnectionRequestSchema: GenMessage<DeleteConnectionRequest> = /*@__PURE__*/
-  messageDesc(file_tokenvault_v1_tokenvault, 14);
+  messageDesc(file_tokenvault_v1_tokenvault, 16);
 
 /**
  * @generated from message tokenvault.v1.DeleteConnectionResponse
@@ -737,7 +828,7 @@ export type DeleteConnectionResponse = Message<"tokenvault.v1.DeleteConnectionRe
  * Use `create(DeleteConnectionResponseSchema)` to create a new message.
  */
 export const DeleteConnectionResponseSchema: GenMessage<DeleteConnectionResponse> = /*@__PURE__*/
-  messageDesc(file_tokenvault_v1_tokenvault, 15);
+  messageDesc(file_tokenvault_v1_tokenvault, 17);
 
 /**
  * @generated from message tokenvault.v1.DeleteOwnerRequest
@@ -759,7 +850,7 @@ export type DeleteOwnerRequest = Message<"tokenvault.v1.DeleteOwnerRequest"> & {
  * Use `create(DeleteOwnerRequestSchema)` to create a new message.
  */
 export const DeleteOwnerRequestSchema: GenMessage<DeleteOwnerRequest> = /*@__PURE__*/
-  messageDesc(file_tokenvault_v1_tokenvault, 16);
+  messageDesc(file_tokenvault_v1_tokenvault, 18);
 
 /**
  * @generated from message tokenvault.v1.DeleteOwnerResponse
@@ -786,7 +877,7 @@ export type DeleteOwnerResponse = Message<"tokenvault.v1.DeleteOwnerResponse"> &
  * Use `create(DeleteOwnerResponseSchema)` to create a new message.
  */
 export const DeleteOwnerResponseSchema: GenMessage<DeleteOwnerResponse> = /*@__PURE__*/
-  messageDesc(file_tokenvault_v1_tokenvault, 17);
+  messageDesc(file_tokenvault_v1_tokenvault, 19);
 
 /**
  * @generated from message tokenvault.v1.ValidateConnectionRequest
@@ -803,7 +894,7 @@ export type ValidateConnectionRequest = Message<"tokenvault.v1.ValidateConnectio
  * Use `create(ValidateConnectionRequestSchema)` to create a new message.
  */
 export const ValidateConnectionRequestSchema: GenMessage<ValidateConnectionRequest> = /*@__PURE__*/
-  messageDesc(file_tokenvault_v1_tokenvault, 18);
+  messageDesc(file_tokenvault_v1_tokenvault, 20);
 
 /**
  * @generated from message tokenvault.v1.ValidateConnectionResponse
@@ -828,7 +919,7 @@ export type ValidateConnectionResponse = Message<"tokenvault.v1.ValidateConnecti
  * Use `create(ValidateConnectionResponseSchema)` to create a new message.
  */
 export const ValidateConnectionResponseSchema: GenMessage<ValidateConnectionResponse> = /*@__PURE__*/
-  messageDesc(file_tokenvault_v1_tokenvault, 19);
+  messageDesc(file_tokenvault_v1_tokenvault, 21);
 
 /**
  * @generated from message tokenvault.v1.ListProvidersRequest
@@ -841,7 +932,7 @@ export type ListProvidersRequest = Message<"tokenvault.v1.ListProvidersRequest">
  * Use `create(ListProvidersRequestSchema)` to create a new message.
  */
 export const ListProvidersRequestSchema: GenMessage<ListProvidersRequest> = /*@__PURE__*/
-  messageDesc(file_tokenvault_v1_tokenvault, 20);
+  messageDesc(file_tokenvault_v1_tokenvault, 22);
 
 /**
  * @generated from message tokenvault.v1.ListProvidersResponse
@@ -858,7 +949,7 @@ export type ListProvidersResponse = Message<"tokenvault.v1.ListProvidersResponse
  * Use `create(ListProvidersResponseSchema)` to create a new message.
  */
 export const ListProvidersResponseSchema: GenMessage<ListProvidersResponse> = /*@__PURE__*/
-  messageDesc(file_tokenvault_v1_tokenvault, 21);
+  messageDesc(file_tokenvault_v1_tokenvault, 23);
 
 /**
  * Provider describes a configured provider. It never carries secrets.
@@ -928,7 +1019,7 @@ export type Provider = Message<"tokenvault.v1.Provider"> & {
  * Use `create(ProviderSchema)` to create a new message.
  */
 export const ProviderSchema: GenMessage<Provider> = /*@__PURE__*/
-  messageDesc(file_tokenvault_v1_tokenvault, 22);
+  messageDesc(file_tokenvault_v1_tokenvault, 24);
 
 /**
  * ImportedCredential is one credential of an imported grant.
@@ -977,7 +1068,7 @@ export type ImportedCredential = Message<"tokenvault.v1.ImportedCredential"> & {
  * Use `create(ImportedCredentialSchema)` to create a new message.
  */
 export const ImportedCredentialSchema: GenMessage<ImportedCredential> = /*@__PURE__*/
-  messageDesc(file_tokenvault_v1_tokenvault, 23);
+  messageDesc(file_tokenvault_v1_tokenvault, 25);
 
 /**
  * ImportedConnection is one grant to import.
@@ -1048,7 +1139,7 @@ export type ImportedConnection = Message<"tokenvault.v1.ImportedConnection"> & {
  * Use `create(ImportedConnectionSchema)` to create a new message.
  */
 export const ImportedConnectionSchema: GenMessage<ImportedConnection> = /*@__PURE__*/
-  messageDesc(file_tokenvault_v1_tokenvault, 24);
+  messageDesc(file_tokenvault_v1_tokenvault, 26);
 
 /**
  * @generated from message tokenvault.v1.ImportConnectionsRequest
@@ -1080,7 +1171,7 @@ export type ImportConnectionsRequest = Message<"tokenvault.v1.ImportConnectionsR
  * Use `create(ImportConnectionsRequestSchema)` to create a new message.
  */
 export const ImportConnectionsRequestSchema: GenMessage<ImportConnectionsRequest> = /*@__PURE__*/
-  messageDesc(file_tokenvault_v1_tokenvault, 25);
+  messageDesc(file_tokenvault_v1_tokenvault, 27);
 
 /**
  * @generated from message tokenvault.v1.ImportResult
@@ -1127,7 +1218,7 @@ export type ImportResult = Message<"tokenvault.v1.ImportResult"> & {
  * Use `create(ImportResultSchema)` to create a new message.
  */
 export const ImportResultSchema: GenMessage<ImportResult> = /*@__PURE__*/
-  messageDesc(file_tokenvault_v1_tokenvault, 26);
+  messageDesc(file_tokenvault_v1_tokenvault, 28);
 
 /**
  * @generated from message tokenvault.v1.ImportConnectionsResponse
@@ -1144,7 +1235,7 @@ export type ImportConnectionsResponse = Message<"tokenvault.v1.ImportConnections
  * Use `create(ImportConnectionsResponseSchema)` to create a new message.
  */
 export const ImportConnectionsResponseSchema: GenMessage<ImportConnectionsResponse> = /*@__PURE__*/
-  messageDesc(file_tokenvault_v1_tokenvault, 27);
+  messageDesc(file_tokenvault_v1_tokenvault, 29);
 
 /**
  * @generated from message tokenvault.v1.ExchangeLegacyTokensRequest
@@ -1166,7 +1257,7 @@ export type ExchangeLegacyTokensRequest = Message<"tokenvault.v1.ExchangeLegacyT
  * Use `create(ExchangeLegacyTokensRequestSchema)` to create a new message.
  */
 export const ExchangeLegacyTokensRequestSchema: GenMessage<ExchangeLegacyTokensRequest> = /*@__PURE__*/
-  messageDesc(file_tokenvault_v1_tokenvault, 28);
+  messageDesc(file_tokenvault_v1_tokenvault, 30);
 
 /**
  * @generated from message tokenvault.v1.ExchangeResult
@@ -1198,7 +1289,7 @@ export type ExchangeResult = Message<"tokenvault.v1.ExchangeResult"> & {
  * Use `create(ExchangeResultSchema)` to create a new message.
  */
 export const ExchangeResultSchema: GenMessage<ExchangeResult> = /*@__PURE__*/
-  messageDesc(file_tokenvault_v1_tokenvault, 29);
+  messageDesc(file_tokenvault_v1_tokenvault, 31);
 
 /**
  * @generated from message tokenvault.v1.ExchangeLegacyTokensResponse
@@ -1215,7 +1306,7 @@ export type ExchangeLegacyTokensResponse = Message<"tokenvault.v1.ExchangeLegacy
  * Use `create(ExchangeLegacyTokensResponseSchema)` to create a new message.
  */
 export const ExchangeLegacyTokensResponseSchema: GenMessage<ExchangeLegacyTokensResponse> = /*@__PURE__*/
-  messageDesc(file_tokenvault_v1_tokenvault, 30);
+  messageDesc(file_tokenvault_v1_tokenvault, 32);
 
 /**
  * @generated from message tokenvault.v1.RotateKeysRequest
@@ -1228,7 +1319,7 @@ export type RotateKeysRequest = Message<"tokenvault.v1.RotateKeysRequest"> & {
  * Use `create(RotateKeysRequestSchema)` to create a new message.
  */
 export const RotateKeysRequestSchema: GenMessage<RotateKeysRequest> = /*@__PURE__*/
-  messageDesc(file_tokenvault_v1_tokenvault, 31);
+  messageDesc(file_tokenvault_v1_tokenvault, 33);
 
 /**
  * @generated from message tokenvault.v1.RotateKeysResponse
@@ -1254,7 +1345,7 @@ export type RotateKeysResponse = Message<"tokenvault.v1.RotateKeysResponse"> & {
  * Use `create(RotateKeysResponseSchema)` to create a new message.
  */
 export const RotateKeysResponseSchema: GenMessage<RotateKeysResponse> = /*@__PURE__*/
-  messageDesc(file_tokenvault_v1_tokenvault, 32);
+  messageDesc(file_tokenvault_v1_tokenvault, 34);
 
 /**
  * Event is one change of a connection's state. Its event_id is stable across
@@ -1323,7 +1414,7 @@ export type Event = Message<"tokenvault.v1.Event"> & {
  * Use `create(EventSchema)` to create a new message.
  */
 export const EventSchema: GenMessage<Event> = /*@__PURE__*/
-  messageDesc(file_tokenvault_v1_tokenvault, 33);
+  messageDesc(file_tokenvault_v1_tokenvault, 35);
 
 /**
  * @generated from message tokenvault.v1.WatchEventsRequest
@@ -1347,7 +1438,7 @@ export type WatchEventsRequest = Message<"tokenvault.v1.WatchEventsRequest"> & {
  * Use `create(WatchEventsRequestSchema)` to create a new message.
  */
 export const WatchEventsRequestSchema: GenMessage<WatchEventsRequest> = /*@__PURE__*/
-  messageDesc(file_tokenvault_v1_tokenvault, 34);
+  messageDesc(file_tokenvault_v1_tokenvault, 36);
 
 /**
  * @generated from message tokenvault.v1.WatchEventsResponse
@@ -1364,7 +1455,7 @@ export type WatchEventsResponse = Message<"tokenvault.v1.WatchEventsResponse"> &
  * Use `create(WatchEventsResponseSchema)` to create a new message.
  */
 export const WatchEventsResponseSchema: GenMessage<WatchEventsResponse> = /*@__PURE__*/
-  messageDesc(file_tokenvault_v1_tokenvault, 35);
+  messageDesc(file_tokenvault_v1_tokenvault, 37);
 
 /**
  * AuditEvent records one call: who, what, on which connection, and how it
@@ -1434,7 +1525,7 @@ export type AuditEvent = Message<"tokenvault.v1.AuditEvent"> & {
  * Use `create(AuditEventSchema)` to create a new message.
  */
 export const AuditEventSchema: GenMessage<AuditEvent> = /*@__PURE__*/
-  messageDesc(file_tokenvault_v1_tokenvault, 36);
+  messageDesc(file_tokenvault_v1_tokenvault, 38);
 
 /**
  * @generated from message tokenvault.v1.ListAuditEventsRequest
@@ -1475,7 +1566,7 @@ export type ListAuditEventsRequest = Message<"tokenvault.v1.ListAuditEventsReque
  * Use `create(ListAuditEventsRequestSchema)` to create a new message.
  */
 export const ListAuditEventsRequestSchema: GenMessage<ListAuditEventsRequest> = /*@__PURE__*/
-  messageDesc(file_tokenvault_v1_tokenvault, 37);
+  messageDesc(file_tokenvault_v1_tokenvault, 39);
 
 /**
  * @generated from message tokenvault.v1.ListAuditEventsResponse
@@ -1497,7 +1588,7 @@ export type ListAuditEventsResponse = Message<"tokenvault.v1.ListAuditEventsResp
  * Use `create(ListAuditEventsResponseSchema)` to create a new message.
  */
 export const ListAuditEventsResponseSchema: GenMessage<ListAuditEventsResponse> = /*@__PURE__*/
-  messageDesc(file_tokenvault_v1_tokenvault, 38);
+  messageDesc(file_tokenvault_v1_tokenvault, 40);
 
 /**
  * ConnectionStatus is where a connection is in its lifecycle.
@@ -1602,7 +1693,8 @@ export const TokenVaultService: GenService<{
   },
   /**
    * StartConnect begins the authorization-code flow and returns the URL to
-   * send the end user's browser to.
+   * send the end user's browser to: the sidecar's start URL, which binds
+   * the flow to the browser that opens it and goes on to the provider.
    *
    * @generated from rpc tokenvault.v1.TokenVaultService.StartConnect
    */
@@ -1610,6 +1702,19 @@ export const TokenVaultService: GenService<{
     methodKind: "unary";
     input: typeof StartConnectRequestSchema;
     output: typeof StartConnectResponseSchema;
+  },
+  /**
+   * CreateConnectSession returns a link to the connect page for one owner:
+   * the page lists the providers, the owner's connections and their state,
+   * and lets the end user connect, reconnect and (if allowed) disconnect
+   * them. The link's token is random, stored only hashed, and expires.
+   *
+   * @generated from rpc tokenvault.v1.TokenVaultService.CreateConnectSession
+   */
+  createConnectSession: {
+    methodKind: "unary";
+    input: typeof CreateConnectSessionRequestSchema;
+    output: typeof CreateConnectSessionResponseSchema;
   },
   /**
    * GetConnection returns one connection, without token material.
