@@ -166,7 +166,7 @@ func newEnvWith(t testing.TB, fo providertest.Options, edit func(*providers.OAut
 	srv := server.New(server.Config{Vault: e.v, Providers: []providers.Info{p.Info()}, PublicURL: publicURL,
 		// Tests run hundreds of flows from one address in seconds.
 		ConnectPage: connectpage.Config{Limits: connectpage.Limits{PerAddress: 1e6, AddressBurst: 1e6}},
-		Auth: testAuth(t), Audit: e.audit, Metrics: e.metrics, Now: e.clock.Now})
+		Auth:        testAuth(t), Audit: e.audit, Metrics: e.metrics, Now: e.clock.Now})
 	e.srv = srv
 	e.http.Config.Handler = srv.PublicHandler()
 	e.http.Start()

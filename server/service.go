@@ -21,7 +21,7 @@ type tokenService struct {
 	tvv1.UnimplementedTokenVaultServiceServer
 	v         *vault.Vault
 	providers []*tvv1.Provider
-	publicURL string // the public listener's URL: the connect page's links
+	publicURL string          // the public listener's URL: the connect page's links
 	stopping  <-chan struct{} // closed when the server stops: WatchEvents ends
 }
 
