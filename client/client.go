@@ -248,7 +248,8 @@ func (c *Client) AccessToken(ctx context.Context, connectionID string, opts ...T
 }
 
 // StartConnect begins the authorization-code flow and returns the URL to send
-// the end user's browser to. The flow expires after a while (see
+// the end user's browser to: the sidecar's start URL, which binds the flow
+// to the browser that opens it, then goes on to the provider. The flow expires after a while (see
 // StartConnectResponse.expire_time, available through API). A return_to that
 // is not on the sidecar's allowlist fails with reason RETURN_TO_NOT_ALLOWED, an
 // unconfigured provider with UNKNOWN_PROVIDER.
@@ -258,6 +259,20 @@ func (c *Client) StartConnect(ctx context.Context, req *tokenvaultv1.StartConnec
 		return "", fmt.Errorf("client: start connect: %w", err)
 	}
 	return resp.GetAuthorizationUrl(), nil
+}
+
+// CreateConnectSession returns a link to the sidecar's connect page for
+// req.owner, and when it stops working: redirect the end user's browser to
+// it, or open it in a popup with the sidecar's /connect/embed.js. The link
+// holds a secret for that user's browser only: do not log it or send it
+// elsewhere. A ttl over an hour fails with INVALID_ARGUMENT, a return_to
+// off the allowlist with RETURN_TO_NOT_ALLOWED.
+func (c *Client) CreateConnectSession(ctx context.Context, req *tokenvaultv1.CreateConnectSessionRequest) (string, time.Time, error) {
+	resp, err := c.api.CreateConnectSession(ctx, req)
+	if err != nil {
+		return "", time.Time{}, fmt.Errorf("client: create connect session: %w", err)
+	}
+	return resp.GetUrl(), resp.GetExpireTime().AsTime(), nil
 }
 
 // GetConnection returns one connection, without token material. An unknown

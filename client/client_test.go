@@ -142,6 +142,16 @@ func (f *fakeVault) StartConnect(ctx context.Context, req *tokenvaultv1.StartCon
 	}, nil
 }
 
+func (f *fakeVault) CreateConnectSession(ctx context.Context, req *tokenvaultv1.CreateConnectSessionRequest) (*tokenvaultv1.CreateConnectSessionResponse, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.record(ctx)
+	return &tokenvaultv1.CreateConnectSessionResponse{
+		Url:        "https://tv.example/connect/s/tok-" + req.GetOwner(),
+		ExpireTime: timestamppb.New(time.Date(2026, 12, 5, 12, 0, 0, 0, time.UTC)),
+	}, nil
+}
+
 func (f *fakeVault) GetConnection(ctx context.Context, req *tokenvaultv1.GetConnectionRequest) (*tokenvaultv1.GetConnectionResponse, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -942,6 +952,11 @@ func TestClient_Wrappers(t *testing.T) {
 	u, err := c.StartConnect(ctx, &tokenvaultv1.StartConnectRequest{Owner: "u1", Provider: "slack"})
 	if want := "https://slack.com/oauth/v2/authorize?state=s&owner=u1"; err != nil || u != want {
 		t.Errorf("StartConnect = %q, %v; want %q, nil", u, err, want)
+	}
+
+	su, exp, err := c.CreateConnectSession(ctx, &tokenvaultv1.CreateConnectSessionRequest{Owner: "u1"})
+	if err != nil || su != "https://tv.example/connect/s/tok-u1" || exp.Hour() != 12 {
+		t.Errorf("CreateConnectSession = %q, %v, %v; want the page link and its expiry", su, exp, err)
 	}
 
 	conn, err := c.GetConnection(ctx, "conn_1")

@@ -63,6 +63,9 @@ type Config struct {
 	// LogLevel: debug, info, warn, error.
 	LogLevel  string                    `yaml:"log_level"`
 	Providers map[string]ProviderConfig `yaml:"providers"`
+	// ConnectPage is how the connect page (/connect/ on the public
+	// listener) presents the application.
+	ConnectPage ConnectPageConfig `yaml:"connect_page"`
 	// Auth lists the credentials callers present. Without any, every call
 	// but health checks is refused.
 	Auth AuthConfig `yaml:"auth"`
@@ -130,10 +133,37 @@ type AuditConfig struct {
 }
 
 // ProviderConfig declares one provider.
+// ConnectPageConfig configures the connect page.
+type ConnectPageConfig struct {
+	// AppName is the application's name as the end user knows it.
+	AppName string `yaml:"app_name"`
+	// LogoFile is an SVG or PNG shown in the page's header.
+	LogoFile string `yaml:"logo_file"`
+	// ThemeColor (#rrggbb) colours buttons and links; darkened as needed
+	// to keep WCAG AA contrast.
+	ThemeColor string `yaml:"theme_color"`
+	// PopupOrigins are the application's origins (scheme://host[:port])
+	// the page in a popup posts its result to; none: no message.
+	PopupOrigins []string `yaml:"popup_origins"`
+	// FrameAncestors are the origins allowed to show the page in an
+	// iframe; none: framing is refused.
+	FrameAncestors []string `yaml:"frame_ancestors"`
+}
+
 type ProviderConfig struct {
 	// Kind is the adapter: oauth2 (generic), or a named one.
 	Kind             string `yaml:"kind"`
 	DisplayName      string `yaml:"display_name"`
+	// Purpose says on the connect page why the application asks for
+	// this provider, in the application's words.
+	Purpose string `yaml:"purpose"`
+	// ScopeWords says what each requested scope allows, in words the end
+	// user reads on the connect page ("chat:write": "Post messages").
+	ScopeWords map[string]string `yaml:"scope_words"`
+	// IconFile is an SVG or PNG icon for the connect page; none: the
+	// display name's initial on Color (#rrggbb, default the theme's).
+	IconFile string `yaml:"icon_file"`
+	Color    string `yaml:"color"`
 	ClientID         string `yaml:"client_id"`
 	ClientSecretFile string `yaml:"client_secret_file"`
 	ClientSecretEnv  string `yaml:"client_secret_env"`

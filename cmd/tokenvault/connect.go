@@ -10,9 +10,10 @@ import (
 	tvv1 "github.com/tokenvault/tokenvault/proto/tokenvault/v1"
 )
 
-// connectCmd starts a connect flow for OWNER at PROVIDER and prints the
-// authorization URL as is, one line, to open in a browser (grpcurl's JSON
-// escapes each & as \u0026, which a browser does not undo).
+// connectCmd starts a connect flow for OWNER at PROVIDER and prints its
+// URL (the sidecar's start URL, which binds the flow to the browser that
+// opens it) as is, one line, to open in a browser (grpcurl's JSON escapes
+// each & as \u0026, which a browser does not undo).
 func connectCmd(ctx context.Context, args []string, env func(string) string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("connect", flag.ContinueOnError)
 	var o opFlags

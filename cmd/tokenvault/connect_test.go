@@ -20,10 +20,34 @@ func TestConnectCmd_PlainURL(t *testing.T) {
 		t.Fatalf("connect printed %q; want one plain URL", out)
 	}
 	u, err := url.Parse(out)
-	if err != nil || u.Query().Get("state") == "" || u.Query().Get("client_id") == "" || u.Query().Get("scope") != "read" {
-		t.Fatalf("connect printed %q (%v); want an authorization URL with state, client_id and scope read", out, err)
+	if err != nil || u.Path != "/connect/start" || u.Query().Get("flow") == "" || u.Query().Has("state") {
+		t.Fatalf("connect printed %q (%v); want the sidecar's start URL", out, err)
 	}
-	resp, err := http.Get(out)
+	// Opened in a browser other than the one that follows it, the flow
+	// does not complete: the start URL bound it to the first.
+	first, second := newBrowser(t), newBrowser(t)
+	var callback string
+	first.CheckRedirect = func(req *http.Request, _ []*http.Request) error {
+		if strings.Contains(req.URL.Path, "/oauth/callback/") {
+			callback = req.URL.String()
+			return http.ErrUseLastResponse
+		}
+		return nil
+	}
+	resp, err := first.Get(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	pu, _ := url.Parse(callback)
+	if pu == nil || pu.Query().Get("code") == "" {
+		t.Fatalf("the sandbox did not send the browser to the callback (%d)", resp.StatusCode)
+	}
+	if resp, err := second.Get(callback); err != nil || resp.StatusCode != http.StatusForbidden {
+		t.Fatalf("the callback in another browser = %v, %v; want 403", resp, err)
+	}
+	first.CheckRedirect = nil
+	resp, err = first.Get(callback)
 	if err != nil {
 		t.Fatal(err)
 	}

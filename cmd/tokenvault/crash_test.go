@@ -303,7 +303,7 @@ func (sc *crashScenario) connect(p *sidecarProc) (string, string) {
 	if err != nil {
 		t.Fatalf("StartConnect = %v", err)
 	}
-	resp, err := http.Get(start.AuthorizationUrl)
+	resp, err := newBrowser(t).Get(start.AuthorizationUrl)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -99,7 +99,8 @@ func TestCurl_Walkthrough(t *testing.T) {
 		t.Fatalf("providers = %d %s; want the sandbox", code, body)
 	}
 
-	// Connect carol; the browser (curl -L) follows the URL to "Connected".
+	// Connect carol; the browser (curl -L, with its cookie engine on: the
+	// start URL binds the flow to it) follows the URL to "Connected".
 	code, body = curl(t, bin, r.AppKey, "-H", ctJSON, "-d", `{"owner":"carol","provider":"sandbox","scopes":["read"]}`, base+"/v1/connect")
 	var started struct {
 		AuthorizationURL string `json:"authorizationUrl"`
@@ -107,7 +108,7 @@ func TestCurl_Walkthrough(t *testing.T) {
 	if err := json.Unmarshal([]byte(body), &started); code != 200 || err != nil || started.AuthorizationURL == "" {
 		t.Fatalf("connect = %d %s (%v)", code, body, err)
 	}
-	if code, body := curl(t, bin, "", "-L", started.AuthorizationURL); code != 200 || !strings.Contains(body, "Connected") {
+	if code, body := curl(t, bin, "", "-L", "-b", "", started.AuthorizationURL); code != 200 || !strings.Contains(body, "Connected") {
 		t.Fatalf("the connect flow ended with %d %s", code, body)
 	}
 

@@ -228,7 +228,11 @@ func TestE2E_Dev(t *testing.T) {
 	secrets := newSecretSet()
 	au, _ := url.Parse(sc.AuthorizationUrl)
 	secrets.addURL(au)
+	var callbackURL string
 	browser := secrets.browser(func(req *http.Request, via []*http.Request) error {
+		if strings.Contains(req.URL.Path, "/oauth/callback/") {
+			callbackURL = req.URL.String()
+		}
 		if req.URL.Host == "127.0.0.1" { // the app's return_to: stop there
 			return http.ErrUseLastResponse
 		}
@@ -248,8 +252,9 @@ func TestE2E_Dev(t *testing.T) {
 		t.Fatalf("redirected to %s; want /app/done?connection_id=...&status=connected", loc)
 	}
 
-	// Replaying the callback (same state) is refused with a clear 400.
-	cbResp, err := http.Get(lastCallbackURL(t, sc.AuthorizationUrl))
+	// Replaying the callback (same state, same browser) is refused with a
+	// clear 400.
+	cbResp, err := browser.Get(callbackURL)
 	if err == nil {
 		body, _ := io.ReadAll(cbResp.Body)
 		cbResp.Body.Close()
@@ -425,24 +430,6 @@ func TestE2E_LastUsed_SurvivesRestart(t *testing.T) {
 	}
 }
 
-// lastCallbackURL rebuilds the callback URL the sandbox redirected to, by
-// asking the sandbox again without following redirects. The sandbox issues a
-// fresh code, but the state is the one already spent.
-func lastCallbackURL(t *testing.T, authURL string) string {
-	t.Helper()
-	c := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
-	resp, err := c.Get(authURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	loc, err := resp.Location()
-	if err != nil {
-		t.Fatalf("sandbox authorize did not redirect: %d", resp.StatusCode)
-	}
-	return loc.String()
-}
-
 func userinfoOK(t *testing.T, httpAddr, token string) bool {
 	t.Helper()
 	req, _ := http.NewRequest("GET", "http://"+httpAddr+"/sandbox/userinfo", nil)
@@ -484,7 +471,7 @@ func connectDev(t *testing.T, r ready) string {
 	if err != nil {
 		t.Fatalf("StartConnect = %v", err)
 	}
-	resp, err := http.Get(sc.AuthorizationUrl)
+	resp, err := newBrowser(t).Get(sc.AuthorizationUrl)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -106,7 +106,7 @@ func TestGrpcurl_OperatorPath(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &started); err != nil || started.AuthorizationURL == "" {
 		t.Fatalf("StartConnect printed %q (%v)", out, err)
 	}
-	resp, err := http.Get(started.AuthorizationURL)
+	resp, err := newBrowser(t).Get(started.AuthorizationURL)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -215,7 +215,7 @@ func (rs *replicaSet) connect(owner string, from, cb int) string {
 	}
 	// The ingress sends the browser's callback to replica cb.
 	rs.route.Store(int32(cb))
-	resp, err := http.Get(start.AuthorizationUrl)
+	resp, err := newBrowser(t).Get(start.AuthorizationUrl)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"net/http"
+	"net/http/cookiejar"
 	"net/url"
 	"strings"
 	"sync"
@@ -45,7 +46,8 @@ func (s *secretSet) addURL(u *url.URL) {
 // every URL it is redirected to, and otherwise redirects as check says (nil:
 // follow every redirect).
 func (s *secretSet) browser(check func(*http.Request, []*http.Request) error) *http.Client {
-	return &http.Client{CheckRedirect: func(req *http.Request, via []*http.Request) error {
+	jar, _ := cookiejar.New(nil) // the start URL binds the flow to this browser's cookie
+	return &http.Client{Jar: jar, CheckRedirect: func(req *http.Request, via []*http.Request) error {
 		s.addURL(req.URL)
 		if check != nil {
 			return check(req, via)

@@ -183,6 +183,10 @@ func serve(ctx context.Context, args []string, env func(string) string, stdout, 
 			cfg.ReturnTo = []string{"http://127.0.0.1/", "http://localhost/"}
 		}
 	}
+	pageCfg, err := connectPageConfig(cfg, provs)
+	if err != nil {
+		return err
+	}
 	vprovs := make(map[string]vault.Provider, len(provs))
 	var infos []providers.Info
 	known := make(map[string]bool, len(provs))
@@ -210,6 +214,7 @@ func serve(ctx context.Context, args []string, env func(string) string, stdout, 
 		Store: store, Keyring: kr, Providers: vprovs,
 		ReturnTo: cfg.ReturnTo, DefaultReturnTo: cfg.DefaultReturnTo,
 		StateTTL: cfg.StateTTL, DefaultMinValid: cfg.DefaultMinValid, Logger: log,
+		StartURL: server.StartURL(cfg.PublicURL),
 		RefreshPolicies: refreshPolicies(cfg), Failpoint: failpoint(env, log),
 		OnRefresh: metrics.ObserveRefresh, FencedCallTimeout: fencedCallTimeout(store),
 	})
@@ -228,8 +233,13 @@ func serve(ctx context.Context, args []string, env func(string) string, stdout, 
 	if err != nil {
 		return err
 	}
-	srv := server.New(server.Config{Vault: v, Providers: infos, Logger: log, ExtraHTTP: extraHTTP,
-		Auth: auth, Audit: auditLog, Metrics: metrics, Webhooks: hooks, Ready: readyChecks(store, kr)})
+	scfg := server.Config{Vault: v, Providers: infos, Logger: log, ExtraHTTP: extraHTTP,
+		Auth: auth, Audit: auditLog, Metrics: metrics, Webhooks: hooks, Ready: readyChecks(store, kr),
+		PublicURL: cfg.PublicURL, ConnectPage: pageCfg}
+	if err := server.CheckConnectPage(scfg); err != nil {
+		return err
+	}
+	srv := server.New(scfg)
 	srv.AddHealthListener(healthL)
 	srv.AddMetricsListener(metricsL)
 	if us := cfg.Auth.UnixSocket; us != nil && us.Path != "" {

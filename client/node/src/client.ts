@@ -132,6 +132,22 @@ export interface StartConnectOptions {
   options?: Record<string, string>;
 }
 
+/** What createConnectSession needs. */
+export interface ConnectSessionOptions {
+  owner: string;
+  tenant?: string;
+  /** The providers the page offers; empty: every configured provider. */
+  providers?: string[];
+  /** Where the page's "back" link goes; must be on the sidecar's allowlist. */
+  returnTo?: string;
+  /** Whether the page offers Disconnect (revocation at the provider). */
+  allowDisconnect?: boolean;
+  /** How long the link works, in ms, up to an hour; default 30 minutes. */
+  ttlMs?: number;
+  /** Set on the connections the page's flows create. */
+  appMetadata?: Record<string, string>;
+}
+
 /** Options of watchEvents. */
 export interface WatchEventsOptions {
   /** Start after this sequence (0: from the oldest retained event). */
@@ -300,7 +316,8 @@ export class TokenVaultClient {
 
   /**
    * startConnect begins the authorization-code flow: send the end user's
-   * browser to authorizationUrl before expireTime.
+   * browser to authorizationUrl before expireTime. It is the sidecar's
+   * start URL, which binds the flow to the browser that opens it.
    */
   startConnect(opts: StartConnectOptions): Promise<{ authorizationUrl: string; expireTime?: Date }> {
     return this.call(async () => {
@@ -309,6 +326,23 @@ export class TokenVaultClient {
         returnTo: opts.returnTo ?? "", label: opts.label ?? "", purpose: opts.purpose ?? "", options: opts.options ?? {},
       }, { timeoutMs: this.timeoutMs });
       return { authorizationUrl: r.authorizationUrl, expireTime: date(r.expireTime) };
+    });
+  }
+
+  /**
+   * createConnectSession returns a link to the sidecar's connect page for
+   * one owner: redirect the browser to url, or open it in a popup with the
+   * sidecar's /connect/embed.js, before expireTime. The link holds a secret
+   * for that user's browser only: do not log it.
+   */
+  createConnectSession(opts: ConnectSessionOptions): Promise<{ url: string; expireTime?: Date }> {
+    return this.call(async () => {
+      const r = await this.svc.createConnectSession({
+        owner: opts.owner, tenant: opts.tenant ?? "", providers: opts.providers ?? [], returnTo: opts.returnTo ?? "",
+        allowDisconnect: opts.allowDisconnect ?? false, appMetadata: opts.appMetadata ?? {},
+        ttl: opts.ttlMs !== undefined ? durationFromMs(opts.ttlMs) : undefined,
+      }, { timeoutMs: this.timeoutMs });
+      return { url: r.url, expireTime: date(r.expireTime) };
     });
   }
 

@@ -12,7 +12,7 @@ import {
   TokenVaultClient, TokenVaultError, isReauthRequired, isNotConnected, retryAfterMs, verifyWebhook,
   WebhookVerificationError, type ConnectionEvent,
 } from "../src/index.js";
-import { completeConnect, startSidecar, type Sidecar } from "./sidecar.js";
+import { Browser, completeConnect, startSidecar, type Sidecar } from "./sidecar.js";
 
 /** connect runs a sandbox connect flow for owner and returns the connection id. */
 async function connect(tv: TokenVaultClient, owner: string, label = ""): Promise<string> {
@@ -149,6 +149,20 @@ auth:
     const wait = retryAfterMs(e);
     assert.ok(wait !== undefined && wait >= 1000, `retryAfterMs = ${wait}`);
     assert.equal(retryAfterMs(new Error("x")), undefined);
+  });
+
+  test("createConnectSession links to the connect page for one owner", async () => {
+    const before = Date.now();
+    const s = await app.createConnectSession({ owner: "dora", allowDisconnect: true, ttlMs: 10 * 60_000, appMetadata: { crm_id: "7" } });
+    const u = new URL(s.url);
+    assert.match(u.pathname, /^\/connect\/s\/[A-Z0-9]{40,}$/);
+    assert.ok(s.expireTime && Math.abs(s.expireTime.getTime() - before - 10 * 60_000) < 60_000, `expireTime ${s.expireTime}`);
+    const page = await new Browser().get(s.url);
+    assert.equal(page.status, 200, page.body);
+    assert.match(page.body, /Not connected/);
+    assert.ok(!page.body.includes(u.pathname.split("/").pop()!), "the page shows the session token");
+    const err = await rejection(app.createConnectSession({ owner: "dora", ttlMs: 2 * 3600_000 }));
+    assert.equal(err.reason, "INVALID_ARGUMENT");
   });
 
   test("revoke, then the token is refused as not connected", async () => {

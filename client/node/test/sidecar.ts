@@ -99,11 +99,43 @@ export async function startSidecar(opts: SidecarOptions = {}): Promise<Sidecar> 
 }
 
 /**
- * completeConnect follows an authorization URL the way a browser would: the
- * sandbox provider approves at once and redirects to the sidecar's
- * callback. It returns the final page's status and body.
+ * A Browser follows redirects and keeps cookies per host, as a browser does:
+ * the sidecar's start URL binds a flow to the browser with a cookie, and
+ * the callback completes only with it. (fetch keeps no cookies.)
  */
-export async function completeConnect(authorizationUrl: string): Promise<{ status: number; body: string }> {
-  const r = await fetch(authorizationUrl, { redirect: "follow" });
-  return { status: r.status, body: await r.text() };
+export class Browser {
+  private jar = new Map<string, Map<string, string>>();
+
+  async get(url: string): Promise<{ status: number; body: string; url: string }> {
+    for (let hop = 0; hop < 10; hop++) {
+      const u = new URL(url);
+      const cookies = [...(this.jar.get(u.host) ?? new Map()).entries()].map(([k, v]) => `${k}=${v}`).join("; ");
+      const r = await fetch(url, { redirect: "manual", headers: cookies ? { cookie: cookies } : {} });
+      for (const c of r.headers.getSetCookie()) {
+        const [pair] = c.split(";");
+        const i = pair.indexOf("=");
+        if (!this.jar.has(u.host)) this.jar.set(u.host, new Map());
+        this.jar.get(u.host)!.set(pair.slice(0, i).trim(), pair.slice(i + 1).trim());
+      }
+      const loc = r.headers.get("location");
+      if (r.status >= 300 && r.status < 400 && loc) {
+        await r.body?.cancel();
+        url = new URL(loc, url).toString();
+        continue;
+      }
+      return { status: r.status, body: await r.text(), url };
+    }
+    throw new Error(`too many redirects from ${url}`);
+  }
+}
+
+/**
+ * completeConnect follows an authorization URL the way a browser would: the
+ * start URL binds the flow to this browser, the sandbox provider approves at
+ * once and redirects to the sidecar's callback. It returns the final page's
+ * status and body.
+ */
+export async function completeConnect(authorizationUrl: string, browser = new Browser()): Promise<{ status: number; body: string }> {
+  const r = await browser.get(authorizationUrl);
+  return { status: r.status, body: r.body };
 }

@@ -11,6 +11,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/cookiejar"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -186,7 +187,8 @@ func Start(t *testing.T, opts Options) *Stack {
 // the final response's status, URL and body.
 func Follow(t *testing.T, url string) (int, string, string) {
 	t.Helper()
-	hc := &http.Client{Timeout: 20 * time.Second}
+	jar, _ := cookiejar.New(nil) // the start URL binds the flow to this browser
+	hc := &http.Client{Timeout: 20 * time.Second, Jar: jar}
 	resp, err := hc.Get(url)
 	if err != nil {
 		t.Fatalf("GET %s: %v", url, err)
