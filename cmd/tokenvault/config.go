@@ -152,8 +152,8 @@ type ConnectPageConfig struct {
 
 type ProviderConfig struct {
 	// Kind is the adapter: oauth2 (generic), or a named one.
-	Kind             string `yaml:"kind"`
-	DisplayName      string `yaml:"display_name"`
+	Kind        string `yaml:"kind"`
+	DisplayName string `yaml:"display_name"`
 	// Purpose says on the connect page why the application asks for
 	// this provider, in the application's words.
 	Purpose string `yaml:"purpose"`
@@ -162,8 +162,8 @@ type ProviderConfig struct {
 	ScopeWords map[string]string `yaml:"scope_words"`
 	// IconFile is an SVG or PNG icon for the connect page; none: the
 	// display name's initial on Color (#rrggbb, default the theme's).
-	IconFile string `yaml:"icon_file"`
-	Color    string `yaml:"color"`
+	IconFile         string `yaml:"icon_file"`
+	Color            string `yaml:"color"`
 	ClientID         string `yaml:"client_id"`
 	ClientSecretFile string `yaml:"client_secret_file"`
 	ClientSecretEnv  string `yaml:"client_secret_env"`

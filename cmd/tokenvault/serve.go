@@ -214,7 +214,7 @@ func serve(ctx context.Context, args []string, env func(string) string, stdout, 
 		Store: store, Keyring: kr, Providers: vprovs,
 		ReturnTo: cfg.ReturnTo, DefaultReturnTo: cfg.DefaultReturnTo,
 		StateTTL: cfg.StateTTL, DefaultMinValid: cfg.DefaultMinValid, Logger: log,
-		StartURL: server.StartURL(cfg.PublicURL),
+		StartURL:        server.StartURL(cfg.PublicURL),
 		RefreshPolicies: refreshPolicies(cfg), Failpoint: failpoint(env, log),
 		OnRefresh: metrics.ObserveRefresh, FencedCallTimeout: fencedCallTimeout(store),
 	})
