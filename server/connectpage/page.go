@@ -495,7 +495,7 @@ func ReasonWords(reason string) string {
 		return "Its access expired and cannot be renewed without you."
 	case "refresh_interrupted":
 		return "Renewing its access was interrupted, and the service no longer accepts the old one."
-	case "invalid_grant", "token_revoked", "invalid_token", "unauthorized", "revoked":
+	case "invalid_grant", "token_revoked", "invalid_token", "unauthorized", "revoked", "inactive":
 		return "The service no longer accepts it: access was removed there, or it expired."
 	case "missing_scopes", "insufficient_scope":
 		return "It does not have all the access this application needs."
