@@ -91,6 +91,19 @@ func TestCreateConnectSession_RPC(t *testing.T) {
 	if _, err := other.CreateConnectSession(ctx, &tvv1.CreateConnectSessionRequest{Owner: "alice", Providers: []string{"acme"}}); status.Code(err) != codes.PermissionDenied {
 		t.Errorf("limited credential, other provider: %v; want PermissionDenied", err)
 	}
+	// Named none, a limited credential's page offers its providers only;
+	// "app-other" may use only "other", which is not configured here.
+	if _, err := other.CreateConnectSession(ctx, &tvv1.CreateConnectSessionRequest{Owner: "alice"}); status.Code(err) != codes.PermissionDenied {
+		t.Errorf("limited credential, no provider configured for it: %v; want PermissionDenied", err)
+	}
+	acmeOnly := tvv1.NewTokenVaultServiceClient(e.dial("app-acme"))
+	r2, err := acmeOnly.CreateConnectSession(ctx, &tvv1.CreateConnectSessionRequest{Owner: "alice"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code, body := page(t, newBrowser(t), r2.Url); code != 200 || !strings.Contains(body, `value="acme"`) {
+		t.Errorf("the limited credential's page = %d %q; want acme offered", code, body)
+	}
 	// Audited, without the token.
 	e.audit.Flush(ctx)
 	recs, _, err := e.audit.List(ctx, audit.Filter{}, "", 1000)

@@ -109,6 +109,11 @@ func (s *tokenService) CreateConnectSession(ctx context.Context, req *tvv1.Creat
 					provs = append(provs, p.Name)
 				}
 			}
+			if len(provs) == 0 {
+				// None of its providers is configured: an empty list
+				// would offer every provider.
+				return nil, errProviderDenied
+			}
 		}
 	}
 	tok, cs, err := s.v.CreateSession(ctx, vault.SessionRequest{
