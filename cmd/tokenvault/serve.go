@@ -277,10 +277,10 @@ func serve(ctx context.Context, args []string, env func(string) string, stdout, 
 		// never to the log.
 		log.Warn("dev mode: API keys generated into the data dir; never use them in production",
 			slog.String("application", devKeyPaths[0]), slog.String("operator", devKeyPaths[1]))
-		fmt.Fprintf(stdout, "tokenvault dev mode\n  gRPC:     %s (and JSON over HTTP/1.1: %s)\n  callback: %s/oauth/callback/{provider}\n  sandbox provider: %s/sandbox/\n  metrics:  http://%s/metrics\n  health:   http://%s/readyz\n"+
+		fmt.Fprintf(stdout, "tokenvault dev mode\n  gRPC:     %s (and JSON over HTTP/1.1: %s)\n  callback: %s/oauth/callback/{provider}\n  connect page: %s/connect/s/<token> (CreateConnectSession makes the link)\n  sandbox provider: %s/sandbox/\n  metrics:  http://%s/metrics\n  health:   http://%s/readyz\n"+
 			"  application API key: %s   (%s)\n  operator API key:    %s   (%s)\n"+
 			"  try: export TOKENVAULT_API_KEY=$(cat %s)\n       grpcurl -plaintext -H \"authorization: Bearer $TOKENVAULT_API_KEY\" -d '{\"owner\":\"alice\",\"provider\":\"sandbox\"}' %s tokenvault.v1.TokenVaultService/StartConnect\n",
-			gl.Addr(), curlHint(gl.Addr()), cfg.PublicURL, cfg.PublicURL, metricsL.Addr(), healthL.Addr(),
+			gl.Addr(), curlHint(gl.Addr()), cfg.PublicURL, cfg.PublicURL, cfg.PublicURL, metricsL.Addr(), healthL.Addr(),
 			devKeys[0].Key, devKeyPaths[0], devKeys[1].Key, devKeyPaths[1], devKeyPaths[1], gl.Addr())
 	}
 	if f.readyFile != "" {
