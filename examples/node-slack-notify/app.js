@@ -1,7 +1,7 @@
 // The seed tutorial ("post deployment alerts to your users' Slack"), with
 // every piece of OAuth in the tokenvault sidecar: the app never sees a
 // client secret, a code or a refresh token. It
-//   (a) sends the user to connect Slack (StartConnect),
+//   (a) sends the user to connect Slack (the sidecar's connect page),
 //   (b) lists the channels they can pick (conversations.list),
 //   (c) posts a deployment alert (chat.postMessage) with a token fetched
 //       from the sidecar by user and provider,
@@ -129,17 +129,21 @@ export function createApp(opts) {
 
   app.get("/healthz", (_req, res) => res.send("ok"));
 
-  // (a) Connect Slack: the sidecar runs the whole OAuth flow and sends the
-  // browser back here.
+  // (a) Connect Slack: a connect session for this user, limited to Slack,
+  // and a redirect to the sidecar's connect page. The page shows the
+  // user's state (connected, needs reconnecting, not connected), runs the
+  // whole OAuth flow bound to this browser, and links back here. The link
+  // holds a secret for this user's browser: it is never logged.
   app.get("/connect/slack", async (req, res) => {
     const u = user(req);
     if (!u) return res.status(400).send("a user is required");
     try {
-      const { authorizationUrl } = await tv.startConnect({
-        owner: u, provider, purpose: "Post deployment alerts to a channel you pick",
+      const { url } = await tv.createConnectSession({
+        owner: u, providers: [provider], allowDisconnect: true, ttlMs: 15 * 60 * 1000,
         returnTo: `${opts.appURL}/?user=${encodeURIComponent(u)}`,
+        appMetadata: { source: "node-slack-notify" },
       });
-      res.redirect(302, authorizationUrl);
+      res.set("cache-control", "no-store").redirect(302, url);
     } catch (err) {
       fail(res, u, err);
     }

@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/url"
 	"os"
 	"os/exec"
 	"strings"
@@ -19,6 +18,7 @@ import (
 	"time"
 
 	"github.com/tokenvault/tokenvault/examples/internal/exampletest"
+	tokenvaultv1 "github.com/tokenvault/tokenvault/proto/tokenvault/v1"
 )
 
 // node returns the node binary, or skips (fails under CI) when node or
@@ -123,20 +123,50 @@ func TestNodeSlackNotify(t *testing.T) {
 		t.Fatalf("status before connecting = %+v", status)
 	}
 
-	// (a) The app sends the browser to the sidecar, which runs the flow at
-	// Slack and returns it to the app.
-	connect := func() {
+	// (a) The app creates a connect session for alice and sends her browser
+	// to the sidecar's connect page; she clicks Connect (or Reconnect), the
+	// sidecar runs the flow at Slack and shows the new state, and its back
+	// link returns her to the app.
+	connect := func(state string) {
 		t.Helper()
-		code, final, page := exampletest.Follow(t, base+"/connect/slack?user=alice")
-		u, _ := url.Parse(final)
-		if code != http.StatusOK || !strings.HasPrefix(final, base+"/?") || u.Query().Get("user") != "alice" || !strings.Contains(page, "Slack connected") {
-			t.Fatalf("connect flow ended at %d %s:\n%s\nsidecar: %s\napp: %s", code, final, page, st.Logs(), logs.String())
+		b := exampletest.NewBrowser()
+		code, pageURL, page := b.Get(t, base+"/connect/slack?user=alice")
+		if code != http.StatusOK || !strings.Contains(pageURL, "/connect/") || !strings.Contains(page, state) {
+			t.Fatalf("the connect page (%d %s) does not say %q:\n%s\nsidecar: %s\napp: %s", code, pageURL, state, page, st.Logs(), logs.String())
 		}
-		if u.Query().Get("connection_id") == "" || u.Query().Get("status") != "connected" {
-			t.Errorf("the flow returned to %s; want a connection_id and status=connected", final)
+		if strings.Contains(pageURL, "/connect/s/") {
+			t.Errorf("the session's token stayed in the address bar: %s", pageURL)
+		}
+		code, _, page = b.ConnectOnPage(t, pageURL, page, "slack")
+		if code != http.StatusOK || !strings.Contains(page, `<span class="badge">Connected</span>`) {
+			t.Fatalf("after the flow the page (%d) does not say Connected:\n%s\nsidecar: %s", code, page, st.Logs())
+		}
+		back := exampletest.BackLink(t, page)
+		if back != base+"/?user=alice" {
+			t.Errorf("back link = %q; want the app's page for alice", back)
+		}
+		if code, _, page = b.Get(t, back); code != http.StatusOK || !strings.Contains(page, "Slack connected") {
+			t.Fatalf("the app after connecting (%d):\n%s", code, page)
 		}
 	}
-	connect()
+	connectionOf := func() *tokenvaultv1.Connection {
+		t.Helper()
+		var conns []*tokenvaultv1.Connection
+		for c, err := range st.Client.ListConnections(context.Background(), &tokenvaultv1.ListConnectionsRequest{Owner: "alice"}) {
+			if err != nil {
+				t.Fatal(err)
+			}
+			conns = append(conns, c)
+		}
+		if len(conns) != 1 {
+			t.Fatalf("alice has %d connections; want 1", len(conns))
+		}
+		return conns[0]
+	}
+	connect("Not connected")
+	if c := connectionOf(); c.GetAppMetadata()["source"] != "node-slack-notify" {
+		t.Errorf("app_metadata = %v; want the session's source", c.GetAppMetadata())
+	}
 
 	// (b) The channel picker lists the workspace's channels.
 	var chans struct {
@@ -171,13 +201,7 @@ func TestNodeSlackNotify(t *testing.T) {
 	// to reconnect, and nothing is posted. (The sidecar does not
 	// force-refresh a token younger than 2 s.)
 	time.Sleep(2100 * time.Millisecond)
-	id := ""
-	for c, err := range st.Client.ListConnections(context.Background(), nil) {
-		if err != nil {
-			t.Fatal(err)
-		}
-		id = c.GetConnectionId()
-	}
+	id := connectionOf().GetConnectionId()
 	st.RevokeAtSlack(t, id)
 	if code, out := post("Deployed v1.2.4"); code != 409 || out["error"] != "slack_needs_reconnect" || out["reconnect"] != "/connect/slack?user=alice" {
 		t.Fatalf("POST /alerts after the revocation = %d %v; want 409 and a reconnect link", code, out)
@@ -211,8 +235,12 @@ func TestNodeSlackNotify(t *testing.T) {
 		resp.Body.Close()
 	}
 
-	// Reconnecting brings the alerts back.
-	connect()
+	// Reconnecting on the page brings the alerts back, on the same
+	// connection.
+	connect("Needs reconnecting")
+	if got := connectionOf(); got.GetConnectionId() != id || got.GetStatus() != tokenvaultv1.ConnectionStatus_CONNECTION_STATUS_ACTIVE {
+		t.Errorf("after reconnecting: %s %s; want %s active", got.GetConnectionId(), got.GetStatus(), id)
+	}
 	if code, out := post("Deployed v1.2.4"); code != 200 || out["ok"] != true {
 		t.Fatalf("POST /alerts after reconnecting = %d %v", code, out)
 	}

@@ -8,13 +8,16 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"html"
 	"io"
 	"net"
 	"net/http"
 	"net/http/cookiejar"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"strings"
 	"sync"
@@ -187,12 +190,80 @@ func Start(t *testing.T, opts Options) *Stack {
 // the final response's status, URL and body.
 func Follow(t *testing.T, url string) (int, string, string) {
 	t.Helper()
-	jar, _ := cookiejar.New(nil) // the start URL binds the flow to this browser
-	hc := &http.Client{Timeout: 20 * time.Second, Jar: jar}
-	resp, err := hc.Get(url)
+	return NewBrowser().Get(t, url) // the start URL binds the flow to this browser
+}
+
+// A Browser is a cookie-keeping HTTP client, as a user's browser is to the
+// sidecar: the connect page's session and every flow's binding live in its
+// cookies.
+type Browser struct{ *http.Client }
+
+// NewBrowser returns a browser with an empty cookie jar.
+func NewBrowser() Browser {
+	jar, _ := cookiejar.New(nil)
+	return Browser{&http.Client{Timeout: 20 * time.Second, Jar: jar}}
+}
+
+// Get fetches url, following redirects, and returns the final status, URL
+// and body.
+func (b Browser) Get(t *testing.T, url string) (int, string, string) {
+	t.Helper()
+	resp, err := b.Client.Get(url)
 	if err != nil {
 		t.Fatalf("GET %s: %v", url, err)
 	}
+	return readPage(t, resp)
+}
+
+var (
+	connectFormRE = regexp.MustCompile(`(?s)<form method="post" action="/connect/connect"[^>]*>(.*?)</form>`)
+	hiddenRE      = regexp.MustCompile(`<input type="hidden" name="([^"]+)" value="([^"]*)">`)
+	backRE        = regexp.MustCompile(`<a class="back" href="([^"]+)">`)
+)
+
+// ConnectOnPage submits the connect page's first Connect or Reconnect form
+// for provider, as a user clicking it does, and follows the flow through
+// the provider and back to the page. page is the page's URL and body.
+func (b Browser) ConnectOnPage(t *testing.T, pageURL, body, provider string) (int, string, string) {
+	t.Helper()
+	for _, m := range connectFormRE.FindAllStringSubmatch(body, -1) {
+		form := url.Values{}
+		for _, in := range hiddenRE.FindAllStringSubmatch(m[1], -1) {
+			form.Set(in[1], html.UnescapeString(in[2]))
+		}
+		if form.Get("provider") != provider {
+			continue
+		}
+		u, err := url.Parse(pageURL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req, _ := http.NewRequest(http.MethodPost, u.Scheme+"://"+u.Host+"/connect/connect", strings.NewReader(form.Encode()))
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		req.Header.Set("Origin", u.Scheme+"://"+u.Host)
+		req.Header.Set("Sec-Fetch-Site", "same-origin")
+		resp, err := b.Do(req)
+		if err != nil {
+			t.Fatalf("POST /connect/connect: %v", err)
+		}
+		return readPage(t, resp)
+	}
+	t.Fatalf("no Connect or Reconnect form for %s on the page:\n%s", provider, body)
+	return 0, "", ""
+}
+
+// BackLink returns the href of the page's "Back to ..." link.
+func BackLink(t *testing.T, body string) string {
+	t.Helper()
+	m := backRE.FindStringSubmatch(body)
+	if m == nil {
+		t.Fatalf("no back link on the page:\n%s", body)
+	}
+	return html.UnescapeString(m[1])
+}
+
+func readPage(t *testing.T, resp *http.Response) (int, string, string) {
+	t.Helper()
 	defer resp.Body.Close()
 	b, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 	if err != nil {
