@@ -5,7 +5,10 @@ import (
 	"encoding/json"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 )
 
 // introspection is the part of an RFC 7662 §2.2 answer tokenvault reads.
@@ -13,6 +16,26 @@ type introspection struct {
 	Active   bool            `json:"active"`
 	Exp      json.RawMessage `json:"exp"`
 	Username string          `json:"username"`
+	Subject  string          `json:"sub"`
+}
+
+// maxAccount bounds the account name an introspection answer may give: it
+// is shown on the connect page and stored with the grant.
+const maxAccount = 256
+
+// account returns the active token's username, or its subject, if it is
+// short printable text; "" otherwise (a hostile or broken endpoint names
+// no account rather than a megabyte or a control sequence).
+func (in *introspection) account() string {
+	if in == nil || !in.Active {
+		return ""
+	}
+	for _, s := range []string{in.Username, in.Subject} {
+		if s != "" && len(s) <= maxAccount && utf8.ValidString(s) && !strings.ContainsFunc(s, unicode.IsControl) {
+			return s
+		}
+	}
+	return ""
 }
 
 // readIntrospection decodes res if it is a 200 answer with a JSON object;

@@ -83,16 +83,20 @@ func TestOAuth2_IntrospectedExpiry(t *testing.T) {
 		t.Error("Info().Validation = false with an introspection endpoint")
 	}
 
-	// expires_in wins, without a call; a stale expiry_source goes.
+	// expires_in wins, without a call at refresh; a stale expiry_source
+	// goes. The exchange introspects once, for the account's name.
 	srv2, p2 := setup(t, providertest.Options{Now: clk.Now}, nil)
 	g2 := connect(t, srv2, p2)
+	if n := srv2.Stats().Introspect; n != 1 || g2.Account != providertest.DefaultAccount {
+		t.Errorf("exchange: %d introspections, account %q; want 1 and %q", n, g2.Account, providertest.DefaultAccount)
+	}
 	g2.Metadata = map[string]string{"expiry_source": "introspect", "kept": "yes"}
 	g2 = mustRefresh(t, p2, g2)
 	if tok, _ := g2.Token(""); !tok.Expiry.Equal(clk.Now().Add(time.Hour)) || len(g2.Metadata) != 1 || g2.Metadata["kept"] != "yes" {
 		t.Errorf("with expires_in: Expiry %v, metadata %v; want an hour from expires_in, only the other metadata", tok.Expiry, g2.Metadata)
 	}
-	if n := srv2.Stats().Introspect; n != 0 {
-		t.Errorf("with expires_in: %d introspections; want 0", n)
+	if n := srv2.Stats().Introspect; n != 1 {
+		t.Errorf("with expires_in: %d introspections; want only the exchange's", n)
 	}
 }
 
@@ -200,8 +204,8 @@ func TestOAuth2_Validate(t *testing.T) {
 		t.Errorf("the error %q names a token", s)
 	}
 	wantErr(t, "Validate(no tokens)", p.Validate(context.Background(), providers.Grant{}), providers.ClassReauth, "no_token")
-	if n := srv.Stats().Introspect; n != 5 {
-		t.Errorf("%d introspections; want 5", n)
+	if n := srv.Stats().Introspect; n != 6 {
+		t.Errorf("%d introspections; want 6 (the exchange's and 5 validations)", n)
 	}
 
 	_, plain := setup(t, providertest.Options{}, func(c *providers.OAuth2Config) { c.IntrospectURL = "" })
@@ -243,7 +247,7 @@ func TestOAuth2_Validate_Failures(t *testing.T) {
 		}
 	}
 	forms := in.sent()
-	if len(forms) == 0 || forms[0].Get("token") != tokenOf(g).RefreshToken || forms[0].Get("token_type_hint") != "refresh_token" {
+	if len(forms) < 2 || forms[1].Get("token") != tokenOf(g).RefreshToken || forms[1].Get("token_type_hint") != "refresh_token" {
 		t.Errorf("introspection requests %v; want the refresh token, authenticated", forms)
 	}
 	in.Close()

@@ -74,9 +74,10 @@ type OAuth2Config struct {
 // OAuth2 is the generic OAuth 2.0 provider (RFC 6749 authorization code
 // grant, RFC 7636 PKCE, RFC 7009 revocation, RFC 7662 introspection). Its
 // grants have one credential, named "". It can validate grants only when
-// configured with an introspection endpoint (Info().Validation), and it
-// leaves Grant.Account empty: a standard server has no standard identity
-// endpoint.
+// configured with an introspection endpoint (Info().Validation). A standard
+// server has no standard identity endpoint, so Grant.Account is the
+// introspection answer's username (or sub) when there is an introspection
+// endpoint, and empty otherwise.
 //
 // An OAuth2 is safe for concurrent use.
 type OAuth2 struct {
@@ -303,7 +304,14 @@ func (p *OAuth2) Exchange(ctx context.Context, req ExchangeRequest) (Grant, erro
 		t.RefreshExpiry = now.Add(tr.RefreshExpiresIn)
 	}
 	g := Grant{Tokens: []Token{t}, Scopes: slices.Clone(t.Scopes)}
-	g.Tokens[0].Expiry, g.Metadata = p.expiry(ctx, t, nil, now)
+	if p.cfg.IntrospectURL != "" {
+		// One introspection names the account the user connected (the
+		// connect page's "Connected as"), and gives the expiry if the
+		// token response had none.
+		in := p.introspect(ctx, t.AccessToken)
+		g.Account = in.account()
+		g.Tokens[0].Expiry, g.Metadata = p.expiryFrom(in, t, nil, now)
+	}
 	if tr.IDToken != "" {
 		g.Secrets = map[string]string{"id_token": tr.IDToken}
 	}
@@ -407,17 +415,34 @@ func (p *OAuth2) expiry(ctx context.Context, t Token, m map[string]string, now t
 	if !t.Expiry.IsZero() || p.cfg.IntrospectURL == "" {
 		return t.Expiry, emptyNil(m)
 	}
-	ctx, cancel := boundedContext(ctx)
-	defer cancel()
-	res, err := postForm(ctx, p.hc, p.cfg.IntrospectURL, url.Values{"token": {t.AccessToken}, "token_type_hint": {"access_token"}}, &p.auth)
-	if err != nil {
-		return time.Time{}, emptyNil(m)
+	return p.expiryFrom(p.introspect(ctx, t.AccessToken), t, m, now)
+}
+
+// expiryFrom is expiry with the introspection answer in hand (nil: none
+// usable).
+func (p *OAuth2) expiryFrom(in *introspection, t Token, m map[string]string, now time.Time) (time.Time, map[string]string) {
+	m = maps.Clone(m)
+	delete(m, "expiry_source")
+	if !t.Expiry.IsZero() {
+		return t.Expiry, emptyNil(m)
 	}
-	exp, ok := readIntrospection(res).expiry(now, maxExpiresIn)
+	exp, ok := in.expiry(now, maxExpiresIn)
 	if !ok {
 		return time.Time{}, emptyNil(m)
 	}
 	return exp, setMeta(m, "expiry_source", "introspect")
+}
+
+// introspect asks the introspection endpoint about an access token,
+// bounded by introspectTimeout; nil if it did not answer usably.
+func (p *OAuth2) introspect(ctx context.Context, accessToken string) *introspection {
+	ctx, cancel := boundedContext(ctx)
+	defer cancel()
+	res, err := postForm(ctx, p.hc, p.cfg.IntrospectURL, url.Values{"token": {accessToken}, "token_type_hint": {"access_token"}}, &p.auth)
+	if err != nil {
+		return nil
+	}
+	return readIntrospection(res)
 }
 
 // emptyNil returns nil for an empty map.
