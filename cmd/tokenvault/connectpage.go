@@ -90,3 +90,22 @@ func readImage(path string) ([]byte, string, error) {
 	}
 	return b, t, nil
 }
+
+// devSandboxPage gives dev mode's built-in sandbox the words a configured
+// provider would have (purpose, scopes in words), so that the connect page
+// in dev mode shows what a real one does.
+func devSandboxPage(pc *connectpage.Config) {
+	words := map[string]string{"read": "See your sandbox data", "write": "Change your sandbox data"}
+	for i := range pc.Providers {
+		p := &pc.Providers[i]
+		if p.Name != "sandbox" {
+			continue
+		}
+		p.Purpose = cmpOr(p.Purpose, "A pretend service, built into dev mode, to try connecting without an account anywhere.")
+		for j := range p.Scopes {
+			if w, ok := words[p.Scopes[j].Name]; ok && p.Scopes[j].Words == p.Scopes[j].Name {
+				p.Scopes[j].Words = w
+			}
+		}
+	}
+}

@@ -187,6 +187,9 @@ func serve(ctx context.Context, args []string, env func(string) string, stdout, 
 	if err != nil {
 		return err
 	}
+	if _, configured := cfg.Providers["sandbox"]; f.dev && !configured {
+		devSandboxPage(&pageCfg)
+	}
 	vprovs := make(map[string]vault.Provider, len(provs))
 	var infos []providers.Info
 	known := make(map[string]bool, len(provs))
