@@ -331,6 +331,9 @@ var methodRules = map[string]rule{
 	tvv1.AdminService_ImportConnections_FullMethodName:         {needOperator, scopeHandler, auditAlways, false},
 	tvv1.AdminService_ExchangeLegacyTokens_FullMethodName:      {needOperator, scopeProvider, auditAlways, false},
 	tvv1.AdminService_RotateKeys_FullMethodName:                {needOperator, scopeNone, auditAlways, false},
+	tvv1.AdminService_RetireKeys_FullMethodName:                {needOperator, scopeNone, auditAlways, false},
+	tvv1.AdminService_RekeyMaster_FullMethodName:               {needOperator, scopeNone, auditAlways, false},
+	tvv1.AdminService_ListUnreadableRecords_FullMethodName:     {needOperator, scopeNone, auditAlways, false},
 	tvv1.AdminService_ListAuditEvents_FullMethodName:           {needOperator, scopeNone, auditAlways, false},
 
 	healthpb.Health_Check_FullMethodName: {need: needNothing},
@@ -488,6 +491,12 @@ func (g *gate) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, h
 					g.finish(r, c, info.FullMethod, connID, provider, errHiddenConnection)
 					return nil, errHiddenConnection
 				}
+			} else if c.Limited() && g.vault != nil && g.vault.IsUnreadable(connID) {
+				// A quarantined record's provider cannot be read: only
+				// a credential limited to no provider may see or delete it.
+				g.metrics.authFailure(failDenied)
+				g.finish(r, c, info.FullMethod, connID, "", errHiddenConnection)
+				return nil, errHiddenConnection
 			}
 		}
 	case scopeProvider:

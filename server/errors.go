@@ -28,6 +28,14 @@ const (
 	ReasonReturnToNotAllowed    = "RETURN_TO_NOT_ALLOWED"
 	ReasonConflict              = "CONFLICT"
 	ReasonInternal              = "INTERNAL"
+	// ReasonRecordUnreadable: the connection's stored record does not open
+	// (DATA_LOSS: damaged or tampered with, not something a retry fixes);
+	// it is quarantined and every other connection is served. Metadata
+	// "cause" says why (authentication_failed, bad_framing, ...).
+	ReasonRecordUnreadable = "RECORD_UNREADABLE"
+	// ReasonKeyTermInUse: RetireKeys found values still sealed under a
+	// term to retire (FAILED_PRECONDITION).
+	ReasonKeyTermInUse = "KEY_TERM_IN_USE"
 	// ReasonUnauthenticated: no credential, or an unknown one
 	// (UNAUTHENTICATED).
 	ReasonUnauthenticated = "UNAUTHENTICATED"
@@ -83,6 +91,22 @@ func toStatus(err error) error {
 		code, reason, msg = codes.InvalidArgument, ReasonReturnToNotAllowed, "return_to is not on the allowlist"
 	case errors.Is(err, vault.ErrInvalidArgument):
 		code, reason, msg = codes.InvalidArgument, ReasonInvalidArgument, safeMessage(err)
+	case errors.Is(err, vault.ErrRecordUnreadable):
+		code, reason, msg = codes.DataLoss, ReasonRecordUnreadable,
+			"the connection's stored record does not open (damaged or tampered with); an operator must restore it from a backup or delete the connection"
+		var ue *vault.UnreadableError
+		if errors.As(err, &ue) {
+			meta = map[string]string{"cause": ue.Reason}
+		}
+	case errors.Is(err, vault.ErrKeyTermInUse):
+		code, reason, msg = codes.FailedPrecondition, ReasonKeyTermInUse, "stored values are still sealed under a key term to retire; rotate keys (which re-wraps them) or delete the quarantined records first"
+		var te *vault.TermInUseError
+		if errors.As(err, &te) {
+			meta = map[string]string{}
+			for t, n := range te.Values {
+				meta["term_"+strconv.FormatUint(uint64(t), 10)] = strconv.Itoa(n)
+			}
+		}
 	case errors.Is(err, vault.ErrConflict):
 		code, reason, msg = codes.Aborted, ReasonConflict, "the record changed concurrently; retry"
 	default:

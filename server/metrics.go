@@ -136,7 +136,11 @@ func (m *Metrics) attach(v *vault.Vault, audit *audit.Log, providers []string) {
 			m.tokenReadCounters[p] = &cs
 		}
 		if v != nil {
-			m.reg.MustRegister(&connectionsCollector{v: v, providers: providers})
+			m.reg.MustRegister(&connectionsCollector{v: v, providers: providers},
+				prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+					Name: "tokenvault_records_unreadable",
+					Help: "Connection records quarantined because they do not open (damaged or tampered with); tokenvault records unreadable lists them.",
+				}, func() float64 { return float64(v.UnreadableCount()) }))
 		}
 		if audit != nil {
 			m.reg.MustRegister(

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"slices"
+	"strings"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -14,6 +15,7 @@ import (
 	"github.com/tokenvault/tokenvault/server/connectpage"
 	"github.com/tokenvault/tokenvault/vault"
 	"github.com/tokenvault/tokenvault/vault/audit"
+	"github.com/tokenvault/tokenvault/vault/seal"
 )
 
 // tokenService implements TokenVaultService on a vault.
@@ -308,6 +310,62 @@ func (s *adminService) RotateKeys(ctx context.Context, req *tvv1.RotateKeysReque
 		return nil, toStatus(err)
 	}
 	return &tvv1.RotateKeysResponse{Term: term, Rewrapped: int64(n)}, nil
+}
+
+// needUnlimited refuses a caller limited to some providers: the call
+// concerns every provider's connections (the keyring, quarantined records
+// whose provider cannot be read).
+func needUnlimited(ctx context.Context) error {
+	if c := CallerFromContext(ctx); c != nil && c.Limited() {
+		return statusWithReason(codes.PermissionDenied, ReasonPermissionDenied, "this call concerns every provider; the credential is limited to some", nil)
+	}
+	return nil
+}
+
+func (s *adminService) RetireKeys(ctx context.Context, req *tvv1.RetireKeysRequest) (*tvv1.RetireKeysResponse, error) {
+	if err := needUnlimited(ctx); err != nil {
+		return nil, err
+	}
+	term, dropped, err := s.v.RetireKeys(ctx)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &tvv1.RetireKeysResponse{Term: term, RetiredTerms: dropped}, nil
+}
+
+func (s *adminService) RekeyMaster(ctx context.Context, req *tvv1.RekeyMasterRequest) (*tvv1.RekeyMasterResponse, error) {
+	if err := needUnlimited(ctx); err != nil {
+		clear(req.NewMasterKey)
+		return nil, err
+	}
+	mk, err := seal.ParseMasterKey(req.NewMasterKey)
+	clear(req.NewMasterKey)
+	if err != nil {
+		// ParseMasterKey's errors never include the input.
+		return nil, invalidArgument("new_master_key: " + strings.TrimPrefix(err.Error(), "seal: "))
+	}
+	defer clear(mk[:])
+	if err := s.v.RekeyMaster(ctx, mk); err != nil {
+		return nil, toStatus(err)
+	}
+	return &tvv1.RekeyMasterResponse{MasterKeyId: mk.ID()}, nil
+}
+
+// maxUnreadableListed bounds ListUnreadableRecords's answer.
+const maxUnreadableListed = 1000
+
+func (s *adminService) ListUnreadableRecords(ctx context.Context, req *tvv1.ListUnreadableRecordsRequest) (*tvv1.ListUnreadableRecordsResponse, error) {
+	if err := needUnlimited(ctx); err != nil {
+		return nil, err
+	}
+	recs := s.v.Unreadable()
+	resp := &tvv1.ListUnreadableRecordsResponse{Total: int64(len(recs))}
+	for _, r := range recs[:min(len(recs), maxUnreadableListed)] {
+		resp.Records = append(resp.Records, &tvv1.UnreadableRecord{
+			Key: r.Key, ConnectionId: r.ConnectionID, Reason: r.Reason, SinceTime: timestamppb.New(r.Since),
+		})
+	}
+	return resp, nil
 }
 
 // providerErrorText says why a provider call failed without repeating

@@ -55,6 +55,9 @@ var (
 	// a connect session's providers, and its life (vault.MaxSessionTTL)
 	boundProviders  = bound{maxLen: 64, maxItems: 64}
 	boundSessionTTL = bound{maxDur: time.Hour}
+	// a master key: 32 raw bytes, or 64 hex or 44 base64 characters, with
+	// some whitespace around
+	boundMasterKey = bound{maxLen: 128}
 )
 
 // fieldBounds is THE validation table: every string, repeated, map and
@@ -124,6 +127,7 @@ var fieldBounds = map[protoreflect.FullName]bound{
 
 	"tokenvault.v1.WatchEventsRequest.types": boundEvTypes,
 
+	"tokenvault.v1.RekeyMasterRequest.new_master_key":    boundMasterKey,
 	"tokenvault.v1.ListAuditEventsRequest.connection_id": boundID,
 	"tokenvault.v1.ListAuditEventsRequest.caller":        boundOwner,
 	"tokenvault.v1.ListAuditEventsRequest.method":        boundOwner,
@@ -186,6 +190,11 @@ func checkField(prefix string, fd protoreflect.FieldDescriptor, v protoreflect.V
 		return nil
 	case fd.Kind() == protoreflect.StringKind:
 		return checkString(name, v.String(), b)
+	case fd.Kind() == protoreflect.BytesKind:
+		if len(v.Bytes()) > b.maxLen {
+			return fieldViolation(name, fmt.Sprintf("is longer than %d bytes", b.maxLen))
+		}
+		return nil
 	case fd.Kind() == protoreflect.MessageKind && b.nested:
 		return validateMessage(name+".", v.Message())
 	case fd.Kind() == protoreflect.MessageKind && fd.Message().FullName() == "google.protobuf.Duration" && b.maxDur > 0:

@@ -152,6 +152,12 @@ func boundCases(fd protoreflect.FieldDescriptor, b server.FieldBound) (over, at 
 		}
 		over = []fieldCase{{"too long", dur(b.MaxDur + time.Second)}, {"negative", dur(-time.Second)}}
 		at = []fieldCase{{"at the bound", dur(b.MaxDur)}}
+	case fd.Kind() == protoreflect.BytesKind: // a master key: length only
+		set := func(n int) func(protoreflect.Message) {
+			return func(m protoreflect.Message) { m.Set(fd, protoreflect.ValueOfBytes(make([]byte, n))) }
+		}
+		over = []fieldCase{{"too long", set(b.MaxLen + 1)}}
+		at = []fieldCase{{"at the bound", set(b.MaxLen)}}
 	default:
 		set := func(s string) func(protoreflect.Message) { return func(m protoreflect.Message) { m.Set(fd, str(s)) } }
 		over = []fieldCase{{"too long", set(strings.Repeat(overFill, b.MaxLen+1))}, {"control character", set("a\x1bb")}}

@@ -44,6 +44,11 @@ var (
 	ErrConsentDenied = errors.New("vault: consent denied")
 	// ErrExchangeFailed: the provider refused the authorization code.
 	ErrExchangeFailed = errors.New("vault: code exchange failed")
+	// ErrRecordUnreadable: the connection's stored record does not open or
+	// does not decode (damaged, tampered with, sealed under a key the
+	// keyring does not hold); it is quarantined (quarantine.go) and every
+	// other connection is served. An *UnreadableError says why.
+	ErrRecordUnreadable = errors.New("vault: connection record unreadable")
 )
 
 // A ProviderError is a classified provider failure. Kind is one of

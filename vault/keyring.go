@@ -4,7 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
+	"maps"
 	"slices"
+	"strings"
 
 	"github.com/tokenvault/tokenvault/vault/seal"
 )
@@ -186,4 +189,81 @@ func (v *Vault) RotateKeys(ctx context.Context) (uint32, int, error) {
 		return term, n, err
 	}
 	return term, n, nil
+}
+
+// ErrKeyTermInUse: RetireKeys found stored values still sealed under a term
+// it would drop.
+var ErrKeyTermInUse = errors.New("vault: a key term to retire still seals stored values")
+
+// A TermInUseError is RetireKeys's refusal: how many stored values each
+// older term still seals. It wraps ErrKeyTermInUse.
+type TermInUseError struct {
+	Values map[uint32]int
+}
+
+func (e *TermInUseError) Error() string {
+	terms := slices.Sorted(maps.Keys(e.Values))
+	var b strings.Builder
+	for i, t := range terms {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		fmt.Fprintf(&b, "term %d seals %d", t, e.Values[t])
+	}
+	return fmt.Sprintf("vault: retire keys: %s stored values; re-wrap them (keys rotate) or delete the quarantined records that hold them first", b.String())
+}
+
+func (e *TermInUseError) Unwrap() error { return ErrKeyTermInUse }
+
+// RetireKeys drops from the keyring every term older than the current one,
+// once no stored value (connection records, connect states, events) is
+// sealed under one; else it returns a *TermInUseError and changes nothing.
+// It returns the current term and the terms it dropped.
+//
+// The check reads each value's header: a quarantined record whose header
+// still names an old term counts as a use, one whose header is broken does
+// not (it opens under no term). Sharing the store, run it once every
+// replica has read the keyring of the last rotation (they do as they see
+// it change): a replica sealing under an older term meanwhile would write
+// values that no longer open.
+func (v *Vault) RetireKeys(ctx context.Context) (uint32, []uint32, error) {
+	target := v.kr.Term()
+	if target == 0 {
+		return 0, nil, errors.New("vault: retire keys: the keyring is not open")
+	}
+	used := map[uint32]int{}
+	for _, prefix := range []string{connPrefix, statePrefix, eventPrefix} {
+		err := v.store.Scan(ctx, prefix, "", func(key string, value []byte, rev uint64) (bool, error) {
+			if term, err := seal.TermOf(value); err == nil && term < target {
+				used[term]++
+			}
+			return true, nil
+		})
+		if err != nil {
+			return target, nil, fmt.Errorf("vault: retire keys: %w", err)
+		}
+	}
+	if len(used) > 0 {
+		return target, nil, &TermInUseError{Values: used}
+	}
+	dropped, err := v.kr.RetireBefore(ctx, target)
+	if err != nil {
+		return target, nil, err
+	}
+	if len(dropped) > 0 {
+		v.log.LogAttrs(ctx, slog.LevelInfo, "retired key terms", slog.Any("terms", dropped), slog.Int("term", int(target)))
+	}
+	return target, dropped, nil
+}
+
+// RekeyMaster seals the keyring under a new master key (seal.Keyring.Rekey):
+// the old key stops opening the store; every process sharing it must be
+// restarted with the new one.
+func (v *Vault) RekeyMaster(ctx context.Context, mk seal.MasterKey) error {
+	if err := v.kr.Rekey(ctx, mk); err != nil {
+		return err
+	}
+	v.log.LogAttrs(ctx, slog.LevelWarn, "the keyring is now sealed by a new master key; restart every replica with it",
+		slog.String("master_key_id", mk.ID()))
+	return nil
 }

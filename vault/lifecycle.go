@@ -93,7 +93,7 @@ func (v *Vault) Update(ctx context.Context, r UpdateRequest) (*Connection, error
 	}
 	e := v.entry(r.ID)
 	if e == nil {
-		return nil, fmt.Errorf("vault: connection %q: %w", r.ID, ErrNotFound)
+		return nil, v.missing(r.ID)
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -138,10 +138,18 @@ type DeleteResult struct {
 // index entry) from the store in one write with its EventDeleted event.
 // Nothing of the connection stays in the store but that event, which
 // carries the redacted record as events do. It returns ErrNotFound for an
-// unknown id.
+// unknown id. A quarantined record (quarantine.go) is deleted alone: no
+// revocation, no event, and a result holding only the id.
 func (v *Vault) Delete(ctx context.Context, id, reason string) (*DeleteResult, error) {
 	e := v.entry(id)
 	if e == nil {
+		if v.quarantined(id) != nil {
+			// Nothing of it can be read: the record goes, alone.
+			if err := v.deleteUnreadable(ctx, id); err != nil {
+				return nil, err
+			}
+			return &DeleteResult{Connection: &Connection{ID: id}}, nil
+		}
 		return nil, fmt.Errorf("vault: connection %q: %w", id, ErrNotFound)
 	}
 	e.mu.Lock()
@@ -150,6 +158,16 @@ func (v *Vault) Delete(ctx context.Context, id, reason string) (*DeleteResult, e
 		return nil, fmt.Errorf("vault: connection %q: %w", id, ErrNotFound) // deleted while we waited
 	}
 	c, err := v.reload(ctx, e)
+	if errors.Is(err, ErrRecordUnreadable) {
+		// Damaged while served: the record goes, alone, as above; the
+		// resident part left in memory goes with it.
+		if err := v.deleteUnreadable(ctx, id); err != nil {
+			return nil, err
+		}
+		v.unsaved.Delete(id)
+		v.forget(e)
+		return &DeleteResult{Connection: &Connection{ID: id, Provider: e.provider, Owner: e.owner, Tenant: e.tenant}}, nil
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -178,23 +196,28 @@ func (v *Vault) Delete(ctx context.Context, id, reason string) (*DeleteResult, e
 		return nil, fmt.Errorf("vault: delete %s: %w", id, err)
 	}
 	v.unsaved.Delete(id)
+	v.forget(e)
+	v.log.LogAttrs(ctx, slog.LevelInfo, "connection deleted", slog.String("connection", id), slog.String("provider", c.Provider))
+	return res, nil
+}
+
+// forget removes deleted connection e from memory. A caller still holding
+// the entry sees it revoked, and the scheduler forgets it. The caller
+// holds e.mu.
+func (v *Vault) forget(e *entry) {
 	v.mu.Lock()
-	v.removeEntry(id)
-	if i, ok := slices.BinarySearch(v.ids, id); ok {
+	v.removeEntry(e.id)
+	if i, ok := slices.BinarySearch(v.ids, e.id); ok {
 		v.ids = slices.Delete(v.ids, i, i+1)
 	}
 	v.mu.Unlock()
-	// A caller still holding the entry sees it revoked, and the scheduler
-	// forgets it.
-	tomb := c.Redacted()
-	tomb.Grant.Tokens, tomb.Status, tomb.StatusReason = nil, StatusRevoked, EventDeleted
+	tomb := &Connection{ID: e.id, Owner: e.owner, Tenant: e.tenant, Provider: e.provider, Label: e.label,
+		Status: StatusRevoked, StatusReason: EventDeleted}
 	r := newResident(tomb)
 	e.res.Store(r)
 	if s := v.sched.Load(); s != nil {
 		s.noteChange(e, r)
 	}
-	v.log.LogAttrs(ctx, slog.LevelInfo, "connection deleted", slog.String("connection", id), slog.String("provider", c.Provider))
-	return res, nil
 }
 
 // DeleteOwner deletes every connection of owner, as Delete does, and

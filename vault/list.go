@@ -16,7 +16,7 @@ import (
 func (v *Vault) Get(ctx context.Context, id string) (*Connection, error) {
 	e := v.entry(id)
 	if e == nil {
-		return nil, fmt.Errorf("vault: connection %q: %w", id, ErrNotFound)
+		return nil, v.missing(id)
 	}
 	key := connPrefix + id
 	val, _, err := v.store.Get(ctx, key)

@@ -2,11 +2,13 @@ package vault
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"runtime"
 	"sync"
 
 	recordv1 "github.com/tokenvault/tokenvault/proto/tokenvault/record/v1"
+	"github.com/tokenvault/tokenvault/vault/seal"
 )
 
 // loadBatch is how many records one decoding worker takes at a time, and
@@ -18,6 +20,7 @@ const (
 )
 
 type loadJob struct {
+	bad   []badRecord // what did not decode
 	keys  []string
 	plain []byte // the records' plaintexts, back to back
 	ends  []int  // where each ends in plain
@@ -26,15 +29,21 @@ type loadJob struct {
 	err   error
 }
 
+// A badRecord is a record that did not open or decode at load, and why.
+type badRecord struct {
+	key, reason string
+}
+
 // loadConnections reads every connection record, in key order, and returns
-// their entries. The scan opens each sealed value into its batch's buffer;
+// their entries, and the records that did not open or decode (quarantined
+// by loadUnreadable: one damaged record does not stop the start). The scan opens each sealed value into its batch's buffer;
 // workers on all CPUs decode the batches while the scan goes on (decoding
 // is most of a start with many connections). A decoded record is reduced to
 // its resident part at once: at most a few batches of plaintext and one
 // record per worker are held besides what stays. The batches' buffers are
 // recycled (they were a third of what a start allocated) and cleared at the
 // end, so that no plaintext record is left behind in freed memory.
-func (v *Vault) loadConnections(ctx context.Context) ([]*entry, error) {
+func (v *Vault) loadConnections(ctx context.Context) ([]*entry, []badRecord, error) {
 	workers := runtime.GOMAXPROCS(0)
 	jobs := make(chan *loadJob, 2*workers)
 	// A buffer is made only when free is empty, and every buffer is queued
@@ -52,11 +61,12 @@ func (v *Vault) loadConnections(ctx context.Context) ([]*entry, error) {
 				j.out = make([]*entry, len(j.keys))
 				start := 0
 				for i, key := range j.keys {
-					if err := unmarshalRecord(j.plain[start:j.ends[i]], &c, &pb); err != nil {
-						j.err = fmt.Errorf("vault: decode %s: %w", key, err)
-						break
-					}
+					plain := j.plain[start:j.ends[i]]
 					start = j.ends[i]
+					if reason, err := decodeChecked(key, plain, &c, &pb); err != nil {
+						j.bad = append(j.bad, badRecord{key, reason})
+						continue
+					}
 					e := newEntry(&c)
 					e.rev = j.revs[i]
 					e.res.Store(newResident(&c))
@@ -84,10 +94,12 @@ func (v *Vault) loadConnections(ctx context.Context) ([]*entry, error) {
 		}
 	}
 	cur := newJob()
+	var bad []badRecord
 	err := v.store.Scan(ctx, connPrefix, "", func(key string, value []byte, rev uint64) (bool, error) {
 		plain, err := v.kr.OpenAppend(cur.plain, key, value)
 		if err != nil {
-			return false, fmt.Errorf("vault: open %s: %w", key, err)
+			bad = append(bad, badRecord{key, unreadableReason(err)})
+			return true, nil
 		}
 		cur.plain = plain
 		cur.keys = append(cur.keys, key)
@@ -112,18 +124,50 @@ func (v *Vault) loadConnections(ctx context.Context) ([]*entry, error) {
 		clear(b[:cap(b)])
 	}
 	if err != nil {
-		return nil, fmt.Errorf("vault: load connections: %w", err)
+		return nil, nil, fmt.Errorf("vault: load connections: %w", err)
 	}
 	n := 0
 	for _, j := range all {
 		if j.err != nil {
-			return nil, j.err
+			return nil, nil, j.err
 		}
 		n += len(j.out)
+		bad = append(bad, j.bad...)
 	}
 	out := make([]*entry, 0, n)
 	for _, j := range all {
-		out = append(out, j.out...)
+		for _, e := range j.out {
+			if e != nil { // nil: did not decode
+				out = append(out, e)
+			}
+		}
 	}
-	return out, nil
+	return out, bad, nil
+}
+
+// loadUnreadable quarantines the records loadConnections could not read.
+// Sharing the store, one sealed under a key term another replica added
+// while this one started is read again after reloading the keyring, and
+// its entry returned.
+func (v *Vault) loadUnreadable(ctx context.Context, bad []badRecord) []*entry {
+	var out []*entry
+	for _, b := range bad {
+		if b.reason == seal.BrokenUnknownTerm && v.shared {
+			val, rev, err := v.store.Get(ctx, b.key)
+			if errors.Is(err, ErrNotFound) {
+				continue // deleted meanwhile
+			}
+			if err == nil {
+				if c, err := v.decode(b.key, val); err == nil {
+					e := newEntry(c)
+					e.rev = rev
+					e.res.Store(newResident(c))
+					out = append(out, e)
+				}
+				continue // decode quarantined it
+			}
+		}
+		v.quarantineRecord(b.key, b.reason)
+	}
+	return out
 }

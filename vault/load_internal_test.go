@@ -102,11 +102,11 @@ func TestLoadConnections_ManyBatches(t *testing.T) {
 		st.Apply(ctx, Op{Key: connPrefix + c.ID, Value: sealed})
 	}
 	v := &Vault{store: st, kr: kr}
-	entries, err := v.loadConnections(ctx)
+	entries, bad, err := v.loadConnections(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(entries) != n {
+	if len(entries) != n || len(bad) != 0 {
 		t.Fatalf("loaded %d records; want %d", len(entries), n)
 	}
 	for i, e := range entries {

@@ -45,7 +45,7 @@ func (v *Vault) AccessToken(ctx context.Context, req TokenRequest) (Token, Token
 	id, credential, minValid, force := req.ID, req.Credential, req.MinValid, req.Force
 	e := v.entry(id)
 	if e == nil {
-		return Token{}, TokenInfo{}, fmt.Errorf("vault: connection %q: %w", id, ErrNotFound)
+		return Token{}, TokenInfo{}, v.missing(id)
 	}
 	if minValid <= 0 {
 		minValid = v.cfg.DefaultMinValid
@@ -390,7 +390,7 @@ func (v *Vault) mergeRefreshed(ctx context.Context, e *entry, marked, refreshed 
 func (v *Vault) Refresh(ctx context.Context, id, credential string) (*Connection, error) {
 	e := v.entry(id)
 	if e == nil {
-		return nil, fmt.Errorf("vault: connection %q: %w", id, ErrNotFound)
+		return nil, v.missing(id)
 	}
 	_, c, err := v.refreshShared(ctx, e, credential, 0, true)
 	return c, err

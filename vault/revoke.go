@@ -3,7 +3,6 @@ package vault
 import (
 	"cmp"
 	"context"
-	"fmt"
 	"time"
 )
 
@@ -23,7 +22,7 @@ type RevokeResult struct {
 func (v *Vault) Revoke(ctx context.Context, id, reason string) (*RevokeResult, error) {
 	e := v.entry(id)
 	if e == nil {
-		return nil, fmt.Errorf("vault: connection %q: %w", id, ErrNotFound)
+		return nil, v.missing(id)
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()

@@ -125,6 +125,9 @@ type Vault struct {
 	// only under its connection's lock.
 	unsaved sync.Map
 
+	// unreadable holds the records that do not open (quarantine.go).
+	unreadable quarantine
+
 	// What keeps several processes sharing the Store apart and in step
 	// (replicas.go).
 	followState
@@ -201,10 +204,11 @@ func Open(ctx context.Context, cfg Config) (*Vault, error) {
 		}
 		v.watchFrom, v.shared = rev, true
 	}
-	all, err := v.loadConnections(ctx)
+	all, bad, err := v.loadConnections(ctx)
 	if err != nil {
 		return nil, err
 	}
+	all = append(all, v.loadUnreadable(ctx, bad)...)
 	v.entries = make(map[string]*entry, len(all))
 	v.byOwner = make(map[ownerKey][]*entry, len(all))
 	v.ids = make([]string, 0, len(all))
@@ -216,15 +220,19 @@ func Open(ctx context.Context, cfg Config) (*Vault, error) {
 	return v, nil
 }
 
+// decode opens and decodes the connection record under key. A record that
+// does not is quarantined (quarantine.go): the error wraps
+// ErrRecordUnreadable. One that does leaves quarantine if it was in it.
 func (v *Vault) decode(key string, sealed []byte) (*Connection, error) {
 	plain, err := v.openShared(key, sealed)
 	if err != nil {
-		return nil, fmt.Errorf("vault: open %s: %w", key, err)
+		return nil, v.quarantineRecord(key, unreadableReason(err))
 	}
 	var c Connection
-	if err := unmarshalRecord(plain, &c, nil); err != nil {
-		return nil, fmt.Errorf("vault: decode %s: %w", key, err)
+	if reason, err := decodeChecked(key, plain, &c, nil); err != nil {
+		return nil, v.quarantineRecord(key, reason)
 	}
+	v.releaseRecord(key)
 	return &c, nil
 }
 

@@ -887,8 +887,23 @@ func TestOpen_ManyRecords_AndAMovedOne(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = vault.Open(ctx, vault.Config{Store: st, Keyring: kr, Providers: map[string]vault.Provider{"fake": h.p}})
-	if !errors.Is(err, seal.ErrBroken) || !strings.Contains(err.Error(), ids[1]) {
-		t.Fatalf("Open with a moved record = %v; want ErrSealBroken naming %s", err, ids[1])
+	// The moved record is quarantined; every other one is served.
+	v, err := vault.Open(ctx, vault.Config{Store: st, Keyring: kr, Providers: map[string]vault.Provider{"fake": h.p}})
+	if err != nil {
+		t.Fatalf("Open with a moved record = %v; want the others served", err)
+	}
+	if v.Len() != n-1 || v.UnreadableCount() != 1 {
+		t.Fatalf("Len() = %d, UnreadableCount() = %d; want %d and 1", v.Len(), v.UnreadableCount(), n-1)
+	}
+	_, _, err = v.AccessToken(ctx, vault.TokenRequest{ID: ids[1]})
+	var ue *vault.UnreadableError
+	if !errors.Is(err, vault.ErrRecordUnreadable) || !errors.As(err, &ue) || ue.Reason != seal.BrokenAuth {
+		t.Fatalf("AccessToken(moved) = %v; want ErrRecordUnreadable (%s)", err, seal.BrokenAuth)
+	}
+	if _, _, err := v.AccessToken(ctx, vault.TokenRequest{ID: ids[0]}); err != nil {
+		t.Fatalf("AccessToken(original) = %v", err)
+	}
+	if u := v.Unreadable(); len(u) != 1 || u[0].Key != "conn/"+ids[1] || u[0].ConnectionID != ids[1] {
+		t.Fatalf("Unreadable() = %+v; want conn/%s", u, ids[1])
 	}
 }

@@ -5,7 +5,8 @@
 //	tokenvault connect OWNER PROVIDER [flags]
 //	tokenvault token CONNECTION_ID [flags]
 //	tokenvault token --owner OWNER --provider PROVIDER [--label LABEL] [flags]
-//	tokenvault keys rotate
+//	tokenvault keys rotate|retire|rekey
+//	tokenvault records unreadable
 //	tokenvault audit [flags]
 //	tokenvault store migrate --from FILE --to CONFIG [--force]
 //	tokenvault health [--addr HOST:PORT] [--live]
@@ -44,7 +45,10 @@ Usage:
   tokenvault connect OWNER PROVIDER [--scopes S,S] [--return-to URL] [--label L]   print a URL to connect
   tokenvault token CONNECTION_ID [--min-valid 5m] [--force] [--credential NAME]
   tokenvault token --owner OWNER --provider PROVIDER [--label LABEL] [--tenant TENANT] [...]
-  tokenvault keys rotate
+  tokenvault keys rotate                              new data-key term; re-seal every record
+  tokenvault keys retire                              drop data-key terms no record uses
+  tokenvault keys rekey --new-master-key-file FILE    seal the keyring under a new master key
+  tokenvault records unreadable [-o json]             list quarantined (damaged) records
   tokenvault audit [--connection ID] [--caller C] [--method M] [--limit N] [-o json]
   tokenvault store migrate --from FILE --to CONFIG [--force]   copy a bbolt store to etcd
   tokenvault health [--addr HOST:PORT] [--live]      exit 0 if the sidecar is ready (alive)
@@ -77,6 +81,8 @@ func Main(ctx context.Context, args []string, env func(string) string, stdout, s
 		err = tokenCmd(ctx, args[1:], env, stdout)
 	case "keys":
 		err = keysCmd(ctx, args[1:], env, stdout)
+	case "records":
+		err = recordsCmd(ctx, args[1:], env, stdout)
 	case "audit":
 		err = auditCmd(ctx, args[1:], env, stdout)
 	case "store":

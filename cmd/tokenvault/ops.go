@@ -302,11 +302,92 @@ func tokenCmd(ctx context.Context, args []string, env func(string) string, stdou
 }
 
 func keysCmd(ctx context.Context, args []string, env func(string) string, stdout io.Writer) error {
-	if len(args) == 0 || args[0] != "rotate" {
-		fmt.Fprintln(stdout, "usage: tokenvault keys rotate")
+	if len(args) == 0 || (args[0] != "rotate" && args[0] != "retire" && args[0] != "rekey") {
+		fmt.Fprintln(stdout, "usage: tokenvault keys rotate|retire|rekey --new-master-key-file FILE")
 		return errUsage
 	}
-	fs := flag.NewFlagSet("keys rotate", flag.ContinueOnError)
+	fs := flag.NewFlagSet("keys "+args[0], flag.ContinueOnError)
+	var o opFlags
+	o.register(fs, env)
+	var newKeyFile string
+	if args[0] == "rekey" {
+		fs.StringVar(&newKeyFile, "new-master-key-file", "", "file holding the new master key (default: $TOKENVAULT_NEW_MASTER_KEY)")
+	}
+	if _, err := parseInterspersed(fs, args[1:]); err != nil {
+		return err
+	}
+	var newKey []byte
+	if args[0] == "rekey" {
+		var err error
+		switch {
+		case newKeyFile != "":
+			if newKey, err = os.ReadFile(newKeyFile); err != nil {
+				return fmt.Errorf("new master key: %w", err)
+			}
+		case env("TOKENVAULT_NEW_MASTER_KEY") != "":
+			newKey = []byte(env("TOKENVAULT_NEW_MASTER_KEY"))
+		default:
+			return errors.New("rekey needs --new-master-key-file or $TOKENVAULT_NEW_MASTER_KEY")
+		}
+		defer clear(newKey)
+	}
+	conn, err := o.dial()
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(ctx, o.timeout)
+	defer cancel()
+	admin := tvv1.NewAdminServiceClient(conn)
+	var (
+		out  map[string]any
+		text string
+	)
+	switch args[0] {
+	case "rotate":
+		resp, err := admin.RotateKeys(ctx, &tvv1.RotateKeysRequest{})
+		if err != nil {
+			return err
+		}
+		out = map[string]any{"term": resp.Term, "rewrapped": resp.Rewrapped}
+		text = fmt.Sprintf("key term %d; re-sealed %d records", resp.Term, resp.Rewrapped)
+	case "retire":
+		resp, err := admin.RetireKeys(ctx, &tvv1.RetireKeysRequest{})
+		if err != nil {
+			return err
+		}
+		out = map[string]any{"term": resp.Term, "retired_terms": resp.RetiredTerms}
+		text = fmt.Sprintf("key term %d; retired terms %v", resp.Term, resp.RetiredTerms)
+		if len(resp.RetiredTerms) == 0 {
+			text = fmt.Sprintf("key term %d; no older term to retire", resp.Term)
+		}
+	case "rekey":
+		resp, err := admin.RekeyMaster(ctx, &tvv1.RekeyMasterRequest{NewMasterKey: newKey})
+		if err != nil {
+			return err
+		}
+		out = map[string]any{"master_key_id": resp.MasterKeyId}
+		text = fmt.Sprintf("the keyring is sealed by master key %s; restart every replica with it (the old key no longer opens the store)", resp.MasterKeyId)
+	}
+	if o.output == "json" {
+		b, _ := json.Marshal(out)
+		_, err = fmt.Fprintln(stdout, string(b))
+		return err
+	}
+	_, err = fmt.Fprintln(stdout, text)
+	return err
+}
+
+// recordsCmd lists the quarantined connection records of the running
+// sidecar. It asks the sidecar rather than opening the store: a bbolt file
+// is locked by the sidecar that serves it, and on etcd each replica finds
+// the records it could not read itself.
+func recordsCmd(ctx context.Context, args []string, env func(string) string, stdout io.Writer) error {
+	if len(args) == 0 || args[0] != "unreadable" {
+		fmt.Fprintln(stdout, "usage: tokenvault records unreadable [-o json]")
+		return errUsage
+	}
+	fs := flag.NewFlagSet("records unreadable", flag.ContinueOnError)
 	var o opFlags
 	o.register(fs, env)
 	if _, err := parseInterspersed(fs, args[1:]); err != nil {
@@ -319,15 +400,23 @@ func keysCmd(ctx context.Context, args []string, env func(string) string, stdout
 	defer conn.Close()
 	ctx, cancel := context.WithTimeout(ctx, o.timeout)
 	defer cancel()
-	resp, err := tvv1.NewAdminServiceClient(conn).RotateKeys(ctx, &tvv1.RotateKeysRequest{})
+	resp, err := tvv1.NewAdminServiceClient(conn).ListUnreadableRecords(ctx, &tvv1.ListUnreadableRecordsRequest{})
 	if err != nil {
 		return err
 	}
 	if o.output == "json" {
-		b, _ := json.Marshal(map[string]any{"term": resp.Term, "rewrapped": resp.Rewrapped})
-		_, err = fmt.Fprintln(stdout, string(b))
+		return printJSON(stdout, resp)
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "KEY\tCONNECTION\tREASON\tSINCE")
+	for _, r := range resp.Records {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", r.Key, r.ConnectionId, r.Reason, when(r.SinceTime))
+	}
+	if err := tw.Flush(); err != nil {
 		return err
 	}
-	_, err = fmt.Fprintf(stdout, "key term %d; re-sealed %d records\n", resp.Term, resp.Rewrapped)
-	return err
+	if int(resp.Total) > len(resp.Records) {
+		fmt.Fprintf(stdout, "(%d more not shown)\n", int(resp.Total)-len(resp.Records))
+	}
+	return nil
 }

@@ -141,6 +141,7 @@ func serve(ctx context.Context, args []string, env func(string) string, stdout, 
 	if err != nil {
 		return err
 	}
+	log.Info("keyring open", "master_key_id", mk.ID(), "key_term", kr.Term(), "keyring_generation", kr.Generation())
 
 	gl, err := listen(cfg.GRPCAddr)
 	if err != nil {

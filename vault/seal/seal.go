@@ -10,7 +10,9 @@ import (
 	"context"
 	"crypto/aes"
 	"crypto/cipher"
+	"crypto/hmac"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/base64"
 	"encoding/binary"
 	"encoding/hex"
@@ -48,6 +50,10 @@ const (
 	KeyringKey = "meta/keyring"
 	// SchemaKey holds the store layout version, written with the keyring.
 	SchemaKey = "meta/schema"
+	// HighWaterKey holds the keyring's generation, sealed under its newest
+	// data-key term and written with every change of the keyring, so that a
+	// keyring put back to an older copy is refused (ErrRolledBack).
+	HighWaterKey = "meta/keyring-hwm"
 	// storeSchema is the newest store layout this code reads and writes.
 	storeSchema = 1
 	// masterTerm is the term in the header of the keyring record, which is
@@ -74,12 +80,19 @@ var (
 
 	// ErrConflict is what a Store's Put wraps when a compare fails.
 	ErrConflict = errors.New("seal: conflicting write")
+
+	// ErrRolledBack is returned by OpenKeyring and Reload for a keyring
+	// older than its high-water mark: the keyring record was put back to an
+	// older copy (a partial restore, a tampered store). Values sealed under
+	// the terms it lost would not open. Nothing is written.
+	ErrRolledBack = errors.New("seal: the keyring was rolled back to an older copy")
 )
 
 var (
 	errSealShort   = fmt.Errorf("%w: too short", ErrBroken)
 	errSealVersion = fmt.Errorf("%w: unknown format version", ErrBroken)
 	errSealAuth    = fmt.Errorf("%w: authentication failed", ErrBroken)
+	errSealTerm    = fmt.Errorf("%w: unknown key term", ErrBroken)
 	errNoKeyring   = errors.New("seal: Keyring not opened (use OpenKeyring)")
 	errMasterKey   = errors.New("seal: master key must be 32 raw bytes, or 32 bytes as base64 or hex text")
 )
@@ -199,6 +212,15 @@ func (m MasterKey) LogValue() slog.Value { return slog.StringValue(masterKeyReda
 // never write the key. Use Encode to write it out.
 func (m MasterKey) MarshalText() ([]byte, error) { return []byte(masterKeyRedacted), nil }
 
+// ID returns a short fingerprint of the key that does not reveal it (an
+// HMAC-SHA256 of a fixed label under the key, 8 bytes in hex), to tell keys
+// apart in logs and errors.
+func (m MasterKey) ID() string {
+	h := hmac.New(sha256.New, m[:])
+	h.Write([]byte("tokenvault master key id"))
+	return hex.EncodeToString(h.Sum(nil)[:8])
+}
+
 // Encode returns the key as standard padded base64, the form to write into a
 // generated key file. ParseMasterKey reads it back.
 func (m MasterKey) Encode() string { return base64.StdEncoding.EncodeToString(m[:]) }
@@ -215,7 +237,7 @@ type Keyring struct {
 	store  Store
 	master cipher.AEAD // seals the keyring record; term 0
 
-	mu   sync.Mutex // serializes Rotate and Reload
+	mu   sync.Mutex // serializes Rotate, Retire, Rekey and Reload; guards master
 	ring atomic.Pointer[ringState]
 }
 
@@ -228,11 +250,21 @@ type ringState struct {
 	sealer  cipher.AEAD
 	aeads   map[uint32]cipher.AEAD
 	terms   []ringTerm // sorted by Term, as persisted
+	gen     uint64     // the keyring's generation: one more on every change
+	hwmRev  uint64     // store revision of meta/keyring-hwm
 }
 
 // ringFile is the JSON form of the keyring, sealed under meta/keyring.
+// Generation increases by one with every write (0: written before it
+// existed).
 type ringFile struct {
-	Terms []ringTerm `json:"terms"`
+	Generation uint64     `json:"generation,omitempty"`
+	Terms      []ringTerm `json:"terms"`
+}
+
+// highWater is the JSON form of meta/keyring-hwm.
+type highWater struct {
+	Generation uint64 `json:"generation"`
 }
 
 type ringTerm struct {
@@ -275,6 +307,9 @@ func OpenKeyring(ctx context.Context, st Store, mk MasterKey) (*Keyring, error) 
 		if err == nil {
 			k.ring.Store(rs)
 			return k, nil
+		}
+		if errors.Is(err, ErrWrongMasterKey) {
+			return nil, fmt.Errorf("%w (the given key has id %s; if the keyring was rekeyed, give the new master key)", err, mk.ID())
 		}
 		if err != errNoRing {
 			return nil, err
@@ -339,7 +374,82 @@ func (k *Keyring) load(ctx context.Context) (*ringState, error) {
 	if err := json.Unmarshal(plain, &f); err != nil {
 		return nil, errors.New("seal: the keyring record is malformed")
 	}
-	return newRingState(f.Terms, rev)
+	rs, err := newRingState(f.Terms, rev)
+	if err != nil {
+		return nil, err
+	}
+	rs.gen = f.Generation
+	if err := k.checkHighWater(ctx, rs); err != nil {
+		return nil, err
+	}
+	return rs, nil
+}
+
+// checkHighWater compares rs, just read, with the high-water mark, and
+// sets rs.hwmRev. A keyring from before high-water marks (generation 0)
+// without one passes; so does one that is what the mark says.
+func (k *Keyring) checkHighWater(ctx context.Context, rs *ringState) error {
+	sealed, rev, err := k.store.Get(ctx, HighWaterKey)
+	if err != nil {
+		return fmt.Errorf("seal: read %s: %w", HighWaterKey, err)
+	}
+	const restore = "restore the newest keyring (or the whole store) from a backup; do not write to the store meanwhile"
+	if rev == 0 {
+		if rs.gen > 0 {
+			return fmt.Errorf("%w: the keyring has generation %d but its high-water mark %s is missing; %s", ErrRolledBack, rs.gen, HighWaterKey, restore)
+		}
+		return nil
+	}
+	term, err := TermOf(sealed)
+	if err != nil {
+		return fmt.Errorf("%w: the keyring's high-water mark %s is damaged; %s", ErrRolledBack, HighWaterKey, restore)
+	}
+	aead := rs.aeads[term]
+	if aead == nil {
+		return fmt.Errorf("%w: the high-water mark was sealed under key term %d, which the keyring (newest term %d, generation %d) does not hold: a newer keyring existed; %s",
+			ErrRolledBack, term, rs.current, rs.gen, restore)
+	}
+	plain, err := openEnvelope(aead, HighWaterKey, sealed)
+	if err != nil {
+		return fmt.Errorf("%w: the keyring's high-water mark %s does not open; %s", ErrRolledBack, HighWaterKey, restore)
+	}
+	var hw highWater
+	err = json.Unmarshal(plain, &hw)
+	clear(plain)
+	if err != nil {
+		return fmt.Errorf("%w: the keyring's high-water mark %s is malformed; %s", ErrRolledBack, HighWaterKey, restore)
+	}
+	if hw.Generation != rs.gen {
+		return fmt.Errorf("%w: the keyring has generation %d, its high-water mark says %d; %s", ErrRolledBack, rs.gen, hw.Generation, restore)
+	}
+	rs.hwmRev = rev
+	return nil
+}
+
+// write stores next, the keyring that follows cur, with the next
+// generation and its high-water mark, each with a compare on cur's
+// revisions, and extra records in the same step. It sets next's revisions
+// and generation; the caller publishes it.
+func (k *Keyring) write(ctx context.Context, cur, next *ringState, extra ...Record) error {
+	next.gen = cur.gen + 1
+	sealed, err := k.sealRing(next)
+	if err != nil {
+		return err
+	}
+	hw, err := json.Marshal(highWater{Generation: next.gen})
+	if err != nil {
+		return fmt.Errorf("seal: encode high-water mark: %w", err)
+	}
+	recs := append([]Record{
+		{Key: KeyringKey, Value: sealed, IfRev: cur.rev},
+		{Key: HighWaterKey, Value: sealEnvelope(next.sealer, next.current, HighWaterKey, hw), IfRev: cur.hwmRev},
+	}, extra...)
+	revs, err := k.store.Put(ctx, recs...)
+	if err != nil {
+		return err
+	}
+	next.rev, next.hwmRev = revs[0], revs[1]
+	return nil
 }
 
 // create writes a new keyring with term 1, and the schema version, to an
@@ -353,25 +463,18 @@ func (k *Keyring) create(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	sealed, err := k.sealRing(rs.terms)
+	err = k.write(ctx, &ringState{}, rs, Record{Key: SchemaKey, Value: []byte(strconv.Itoa(storeSchema)), IfRev: 0})
 	if err != nil {
 		return err
 	}
-	revs, err := k.store.Put(ctx,
-		Record{Key: KeyringKey, Value: sealed, IfRev: 0},
-		Record{Key: SchemaKey, Value: []byte(strconv.Itoa(storeSchema)), IfRev: 0},
-	)
-	if err != nil {
-		return err
-	}
-	rs.rev = revs[0]
 	k.ring.Store(rs)
 	return nil
 }
 
-// sealRing encodes terms and seals them under the master key.
-func (k *Keyring) sealRing(terms []ringTerm) ([]byte, error) {
-	plain, err := json.Marshal(ringFile{Terms: terms})
+// sealRing encodes rs's terms and generation and seals them under the
+// master key.
+func (k *Keyring) sealRing(rs *ringState) ([]byte, error) {
+	plain, err := json.Marshal(ringFile{Generation: rs.gen, Terms: rs.terms})
 	if err != nil {
 		return nil, fmt.Errorf("seal: encode keyring: %w", err)
 	}
@@ -523,9 +626,36 @@ func (k *Keyring) aeadFor(sealed []byte) (cipher.AEAD, error) {
 	}
 	aead := rs.aeads[term]
 	if aead == nil {
-		return nil, fmt.Errorf("%w: unknown key term %d", ErrBroken, term)
+		return nil, fmt.Errorf("%w %d", errSealTerm, term)
 	}
 	return aead, nil
+}
+
+// Why a sealed value does not open, as BrokenReason names it. None of them
+// tells what the value held.
+const (
+	// BrokenFraming: too short, or an unknown format version.
+	BrokenFraming = "bad_framing"
+	// BrokenUnknownTerm: sealed under a key term the keyring does not hold.
+	BrokenUnknownTerm = "unknown_key_term"
+	// BrokenAuth: the tag does not verify: the value was changed, sealed
+	// by another keyring, or moved from another record (the storage key is
+	// bound into the seal).
+	BrokenAuth = "authentication_failed"
+)
+
+// BrokenReason returns which of BrokenFraming, BrokenUnknownTerm or
+// BrokenAuth err (from Open or OpenAppend) is, or "" if it is none.
+func BrokenReason(err error) string {
+	switch {
+	case errors.Is(err, errSealShort), errors.Is(err, errSealVersion):
+		return BrokenFraming
+	case errors.Is(err, errSealTerm):
+		return BrokenUnknownTerm
+	case errors.Is(err, errSealAuth):
+		return BrokenAuth
+	}
+	return ""
 }
 
 // TermOf returns the key term in the header of a sealed value without
@@ -602,13 +732,8 @@ func (k *Keyring) Rotate(ctx context.Context) (uint32, error) {
 		if err != nil {
 			return 0, err
 		}
-		sealed, err := k.sealRing(next.terms)
-		if err != nil {
-			return 0, err
-		}
-		revs, err := k.store.Put(ctx, Record{Key: KeyringKey, Value: sealed, IfRev: cur.rev})
+		err = k.write(ctx, cur, next)
 		if err == nil {
-			next.rev = revs[0]
 			k.ring.Store(next)
 			return next.current, nil
 		}
@@ -639,8 +764,124 @@ func (k *Keyring) reloadLocked(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("seal: reload keyring: %w", err)
 	}
-	if rs.rev != k.ring.Load().rev {
+	cur := k.ring.Load()
+	if rs.gen < cur.gen {
+		return fmt.Errorf("seal: reload keyring: %w: generation %d, this process had %d", ErrRolledBack, rs.gen, cur.gen)
+	}
+	if rs.rev != cur.rev {
 		k.ring.Store(rs)
 	}
 	return nil
+}
+
+// Generation returns the keyring's generation: one more with every change
+// (Rotate, RetireBefore, Rekey); 0 for a keyring not changed since it was
+// created by a version without generations.
+func (k *Keyring) Generation() uint64 {
+	rs := k.ring.Load()
+	if rs == nil {
+		return 0
+	}
+	return rs.gen
+}
+
+// Terms returns the key terms the keyring holds, oldest first.
+func (k *Keyring) Terms() []uint32 {
+	rs := k.ring.Load()
+	if rs == nil {
+		return nil
+	}
+	out := make([]uint32, len(rs.terms))
+	for i, t := range rs.terms {
+		out[i] = t.Term
+	}
+	return out
+}
+
+// RetireBefore drops from the keyring every term older than term, which
+// must be at most the current one: values sealed under them no longer
+// open, here or in any process that reloads the keyring. The caller checks
+// first that no stored value uses them (vault.RetireKeys). It returns the
+// terms it dropped (none: nothing is written).
+func (k *Keyring) RetireBefore(ctx context.Context, term uint32) ([]uint32, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	for attempt := 1; ; attempt++ {
+		cur := k.ring.Load()
+		if cur == nil {
+			return nil, errNoKeyring
+		}
+		if term > cur.current {
+			return nil, fmt.Errorf("seal: retire keys before term %d: the current term is %d", term, cur.current)
+		}
+		var keep []ringTerm
+		var dropped []uint32
+		for _, t := range cur.terms {
+			if t.Term < term {
+				dropped = append(dropped, t.Term)
+			} else {
+				keep = append(keep, t)
+			}
+		}
+		if len(dropped) == 0 {
+			return nil, nil
+		}
+		next, err := newRingState(keep, 0)
+		if err != nil {
+			return nil, err
+		}
+		err = k.write(ctx, cur, next)
+		if err == nil {
+			k.ring.Store(next)
+			return dropped, nil
+		}
+		if !errors.Is(err, ErrConflict) || attempt == rotateAttempts {
+			return nil, fmt.Errorf("seal: retire keys: %w", err)
+		}
+		if err := k.reloadLocked(ctx); err != nil {
+			return nil, err
+		}
+	}
+}
+
+// Rekey seals the keyring under a new master key, in one write: from then
+// on mk opens the store and the old master key does not (OpenKeyring
+// refuses it with ErrWrongMasterKey; a process still running with it keeps
+// its keys but cannot Reload). The data keys stay as they are: no record
+// is rewritten. This Keyring uses mk from now on.
+func (k *Keyring) Rekey(ctx context.Context, mk MasterKey) error {
+	if mk == (MasterKey{}) {
+		return errors.New("seal: rekey: the new master key is all zeros")
+	}
+	master, err := newAEAD(mk[:])
+	if err != nil {
+		return err
+	}
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	old := k.master
+	for attempt := 1; ; attempt++ {
+		cur := k.ring.Load()
+		if cur == nil {
+			return errNoKeyring
+		}
+		next, err := newRingState(cur.terms, 0)
+		if err != nil {
+			return err
+		}
+		k.master = master
+		err = k.write(ctx, cur, next)
+		k.master = old
+		if err == nil {
+			k.master = master
+			k.ring.Store(next)
+			return nil
+		}
+		if !errors.Is(err, ErrConflict) || attempt == rotateAttempts {
+			return fmt.Errorf("seal: rekey: %w", err)
+		}
+		if err := k.reloadLocked(ctx); err != nil {
+			return err
+		}
+	}
 }

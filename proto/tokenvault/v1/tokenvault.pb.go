@@ -26,6 +26,12 @@
 //   RETURN_TO_NOT_ALLOWED    return_to is not on the allowlist
 //                            (INVALID_ARGUMENT)
 //   CONFLICT                 the record changed concurrently (ABORTED); retry
+//   RECORD_UNREADABLE        the connection's stored record does not open
+//                            (DATA_LOSS): damaged or tampered with; it is
+//                            quarantined, every other connection is served;
+//                            metadata "cause" says why (see UnreadableRecord)
+//   KEY_TERM_IN_USE          RetireKeys: a stored value is still sealed under
+//                            a term to retire (FAILED_PRECONDITION)
 //   UNAUTHENTICATED          no valid credential (UNAUTHENTICATED)
 //   PERMISSION_DENIED        the credential's role or provider limits do not
 //                            allow the call (PERMISSION_DENIED)
@@ -2589,6 +2595,352 @@ func (*RotateKeysRequest) Descriptor() ([]byte, []int) {
 	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{33}
 }
 
+type RetireKeysRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RetireKeysRequest) Reset() {
+	*x = RetireKeysRequest{}
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RetireKeysRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RetireKeysRequest) ProtoMessage() {}
+
+func (x *RetireKeysRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RetireKeysRequest.ProtoReflect.Descriptor instead.
+func (*RetireKeysRequest) Descriptor() ([]byte, []int) {
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{34}
+}
+
+type RetireKeysResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The current key term, the one kept.
+	Term uint32 `protobuf:"varint,1,opt,name=term,proto3" json:"term,omitempty"`
+	// The terms dropped from the keyring.
+	RetiredTerms  []uint32 `protobuf:"varint,2,rep,packed,name=retired_terms,json=retiredTerms,proto3" json:"retired_terms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RetireKeysResponse) Reset() {
+	*x = RetireKeysResponse{}
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RetireKeysResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RetireKeysResponse) ProtoMessage() {}
+
+func (x *RetireKeysResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RetireKeysResponse.ProtoReflect.Descriptor instead.
+func (*RetireKeysResponse) Descriptor() ([]byte, []int) {
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *RetireKeysResponse) GetTerm() uint32 {
+	if x != nil {
+		return x.Term
+	}
+	return 0
+}
+
+func (x *RetireKeysResponse) GetRetiredTerms() []uint32 {
+	if x != nil {
+		return x.RetiredTerms
+	}
+	return nil
+}
+
+type RekeyMasterRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The new master key, in any form a master key file may hold (32 raw
+	// bytes, or base64 or hex text). Never logged, audited or returned.
+	NewMasterKey  []byte `protobuf:"bytes,1,opt,name=new_master_key,json=newMasterKey,proto3" json:"new_master_key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RekeyMasterRequest) Reset() {
+	*x = RekeyMasterRequest{}
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RekeyMasterRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RekeyMasterRequest) ProtoMessage() {}
+
+func (x *RekeyMasterRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RekeyMasterRequest.ProtoReflect.Descriptor instead.
+func (*RekeyMasterRequest) Descriptor() ([]byte, []int) {
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *RekeyMasterRequest) GetNewMasterKey() []byte {
+	if x != nil {
+		return x.NewMasterKey
+	}
+	return nil
+}
+
+type RekeyMasterResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The new master key's id: a fingerprint that does not reveal the key,
+	// as the sidecar logs at start.
+	MasterKeyId   string `protobuf:"bytes,1,opt,name=master_key_id,json=masterKeyId,proto3" json:"master_key_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RekeyMasterResponse) Reset() {
+	*x = RekeyMasterResponse{}
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RekeyMasterResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RekeyMasterResponse) ProtoMessage() {}
+
+func (x *RekeyMasterResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RekeyMasterResponse.ProtoReflect.Descriptor instead.
+func (*RekeyMasterResponse) Descriptor() ([]byte, []int) {
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *RekeyMasterResponse) GetMasterKeyId() string {
+	if x != nil {
+		return x.MasterKeyId
+	}
+	return ""
+}
+
+type ListUnreadableRecordsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListUnreadableRecordsRequest) Reset() {
+	*x = ListUnreadableRecordsRequest{}
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListUnreadableRecordsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListUnreadableRecordsRequest) ProtoMessage() {}
+
+func (x *ListUnreadableRecordsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListUnreadableRecordsRequest.ProtoReflect.Descriptor instead.
+func (*ListUnreadableRecordsRequest) Descriptor() ([]byte, []int) {
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{38}
+}
+
+// UnreadableRecord is one quarantined connection record.
+type UnreadableRecord struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The record's store key ("conn/<connection_id>").
+	Key          string `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	ConnectionId string `protobuf:"bytes,2,opt,name=connection_id,json=connectionId,proto3" json:"connection_id,omitempty"`
+	// Why it does not open: authentication_failed (changed, moved from another
+	// record or sealed by another keyring), bad_framing, unknown_key_term,
+	// undecodable or wrong_record_id.
+	Reason string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	// When this sidecar found it.
+	SinceTime     *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=since_time,json=sinceTime,proto3" json:"since_time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UnreadableRecord) Reset() {
+	*x = UnreadableRecord{}
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UnreadableRecord) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UnreadableRecord) ProtoMessage() {}
+
+func (x *UnreadableRecord) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UnreadableRecord.ProtoReflect.Descriptor instead.
+func (*UnreadableRecord) Descriptor() ([]byte, []int) {
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{39}
+}
+
+func (x *UnreadableRecord) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *UnreadableRecord) GetConnectionId() string {
+	if x != nil {
+		return x.ConnectionId
+	}
+	return ""
+}
+
+func (x *UnreadableRecord) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *UnreadableRecord) GetSinceTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.SinceTime
+	}
+	return nil
+}
+
+type ListUnreadableRecordsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// At most 1000, in key order.
+	Records []*UnreadableRecord `protobuf:"bytes,1,rep,name=records,proto3" json:"records,omitempty"`
+	// How many records are quarantined in all.
+	Total         int64 `protobuf:"varint,2,opt,name=total,proto3" json:"total,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListUnreadableRecordsResponse) Reset() {
+	*x = ListUnreadableRecordsResponse{}
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[40]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListUnreadableRecordsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListUnreadableRecordsResponse) ProtoMessage() {}
+
+func (x *ListUnreadableRecordsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[40]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListUnreadableRecordsResponse.ProtoReflect.Descriptor instead.
+func (*ListUnreadableRecordsResponse) Descriptor() ([]byte, []int) {
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{40}
+}
+
+func (x *ListUnreadableRecordsResponse) GetRecords() []*UnreadableRecord {
+	if x != nil {
+		return x.Records
+	}
+	return nil
+}
+
+func (x *ListUnreadableRecordsResponse) GetTotal() int64 {
+	if x != nil {
+		return x.Total
+	}
+	return 0
+}
+
 type RotateKeysResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The new current key term.
@@ -2601,7 +2953,7 @@ type RotateKeysResponse struct {
 
 func (x *RotateKeysResponse) Reset() {
 	*x = RotateKeysResponse{}
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[34]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2613,7 +2965,7 @@ func (x *RotateKeysResponse) String() string {
 func (*RotateKeysResponse) ProtoMessage() {}
 
 func (x *RotateKeysResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[34]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2626,7 +2978,7 @@ func (x *RotateKeysResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateKeysResponse.ProtoReflect.Descriptor instead.
 func (*RotateKeysResponse) Descriptor() ([]byte, []int) {
-	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{34}
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *RotateKeysResponse) GetTerm() uint32 {
@@ -2669,7 +3021,7 @@ type Event struct {
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[35]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2681,7 +3033,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[35]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2694,7 +3046,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{35}
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *Event) GetEventId() string {
@@ -2764,7 +3116,7 @@ type WatchEventsRequest struct {
 
 func (x *WatchEventsRequest) Reset() {
 	*x = WatchEventsRequest{}
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[36]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2776,7 +3128,7 @@ func (x *WatchEventsRequest) String() string {
 func (*WatchEventsRequest) ProtoMessage() {}
 
 func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[36]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2789,7 +3141,7 @@ func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEventsRequest.ProtoReflect.Descriptor instead.
 func (*WatchEventsRequest) Descriptor() ([]byte, []int) {
-	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{36}
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *WatchEventsRequest) GetAfterSequence() uint64 {
@@ -2815,7 +3167,7 @@ type WatchEventsResponse struct {
 
 func (x *WatchEventsResponse) Reset() {
 	*x = WatchEventsResponse{}
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[37]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2827,7 +3179,7 @@ func (x *WatchEventsResponse) String() string {
 func (*WatchEventsResponse) ProtoMessage() {}
 
 func (x *WatchEventsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[37]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2840,7 +3192,7 @@ func (x *WatchEventsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEventsResponse.ProtoReflect.Descriptor instead.
 func (*WatchEventsResponse) Descriptor() ([]byte, []int) {
-	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{37}
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *WatchEventsResponse) GetEvent() *Event {
@@ -2874,7 +3226,7 @@ type AuditEvent struct {
 
 func (x *AuditEvent) Reset() {
 	*x = AuditEvent{}
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[38]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2886,7 +3238,7 @@ func (x *AuditEvent) String() string {
 func (*AuditEvent) ProtoMessage() {}
 
 func (x *AuditEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[38]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2899,7 +3251,7 @@ func (x *AuditEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditEvent.ProtoReflect.Descriptor instead.
 func (*AuditEvent) Descriptor() ([]byte, []int) {
-	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{38}
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *AuditEvent) GetAuditId() string {
@@ -2980,7 +3332,7 @@ type ListAuditEventsRequest struct {
 
 func (x *ListAuditEventsRequest) Reset() {
 	*x = ListAuditEventsRequest{}
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[39]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2992,7 +3344,7 @@ func (x *ListAuditEventsRequest) String() string {
 func (*ListAuditEventsRequest) ProtoMessage() {}
 
 func (x *ListAuditEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[39]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3005,7 +3357,7 @@ func (x *ListAuditEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAuditEventsRequest.ProtoReflect.Descriptor instead.
 func (*ListAuditEventsRequest) Descriptor() ([]byte, []int) {
-	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{39}
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *ListAuditEventsRequest) GetConnectionId() string {
@@ -3053,7 +3405,7 @@ type ListAuditEventsResponse struct {
 
 func (x *ListAuditEventsResponse) Reset() {
 	*x = ListAuditEventsResponse{}
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[40]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3065,7 +3417,7 @@ func (x *ListAuditEventsResponse) String() string {
 func (*ListAuditEventsResponse) ProtoMessage() {}
 
 func (x *ListAuditEventsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[40]
+	mi := &file_tokenvault_v1_tokenvault_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3078,7 +3430,7 @@ func (x *ListAuditEventsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAuditEventsResponse.ProtoReflect.Descriptor instead.
 func (*ListAuditEventsResponse) Descriptor() ([]byte, []int) {
-	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{40}
+	return file_tokenvault_v1_tokenvault_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *ListAuditEventsResponse) GetEvents() []*AuditEvent {
@@ -3324,7 +3676,25 @@ const file_tokenvault_v1_tokenvault_proto_rawDesc = "" +
 	"\x06reason\x18\x03 \x01(\tR\x06reason\"W\n" +
 	"\x1cExchangeLegacyTokensResponse\x127\n" +
 	"\aresults\x18\x01 \x03(\v2\x1d.tokenvault.v1.ExchangeResultR\aresults\"\x13\n" +
-	"\x11RotateKeysRequest\"F\n" +
+	"\x11RotateKeysRequest\"\x13\n" +
+	"\x11RetireKeysRequest\"M\n" +
+	"\x12RetireKeysResponse\x12\x12\n" +
+	"\x04term\x18\x01 \x01(\rR\x04term\x12#\n" +
+	"\rretired_terms\x18\x02 \x03(\rR\fretiredTerms\":\n" +
+	"\x12RekeyMasterRequest\x12$\n" +
+	"\x0enew_master_key\x18\x01 \x01(\fR\fnewMasterKey\"9\n" +
+	"\x13RekeyMasterResponse\x12\"\n" +
+	"\rmaster_key_id\x18\x01 \x01(\tR\vmasterKeyId\"\x1e\n" +
+	"\x1cListUnreadableRecordsRequest\"\x9c\x01\n" +
+	"\x10UnreadableRecord\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12#\n" +
+	"\rconnection_id\x18\x02 \x01(\tR\fconnectionId\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\x129\n" +
+	"\n" +
+	"since_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\tsinceTime\"p\n" +
+	"\x1dListUnreadableRecordsResponse\x129\n" +
+	"\arecords\x18\x01 \x03(\v2\x1f.tokenvault.v1.UnreadableRecordR\arecords\x12\x14\n" +
+	"\x05total\x18\x02 \x01(\x03R\x05total\"F\n" +
 	"\x12RotateKeysResponse\x12\x12\n" +
 	"\x04term\x18\x01 \x01(\rR\x04term\x12\x1c\n" +
 	"\trewrapped\x18\x02 \x01(\x03R\trewrapped\"\xa2\x02\n" +
@@ -3388,10 +3758,14 @@ const file_tokenvault_v1_tokenvault_proto_rawDesc = "" +
 	"\x10DeleteConnection\x12&.tokenvault.v1.DeleteConnectionRequest\x1a'.tokenvault.v1.DeleteConnectionResponse\x12T\n" +
 	"\vDeleteOwner\x12!.tokenvault.v1.DeleteOwnerRequest\x1a\".tokenvault.v1.DeleteOwnerResponse\x12Z\n" +
 	"\rListProviders\x12#.tokenvault.v1.ListProvidersRequest\x1a$.tokenvault.v1.ListProvidersResponse\x12V\n" +
-	"\vWatchEvents\x12!.tokenvault.v1.WatchEventsRequest\x1a\".tokenvault.v1.WatchEventsResponse0\x012\x9c\x03\n" +
+	"\vWatchEvents\x12!.tokenvault.v1.WatchEventsRequest\x1a\".tokenvault.v1.WatchEventsResponse0\x012\xb9\x05\n" +
 	"\fAdminService\x12Q\n" +
 	"\n" +
-	"RotateKeys\x12 .tokenvault.v1.RotateKeysRequest\x1a!.tokenvault.v1.RotateKeysResponse\x12`\n" +
+	"RotateKeys\x12 .tokenvault.v1.RotateKeysRequest\x1a!.tokenvault.v1.RotateKeysResponse\x12Q\n" +
+	"\n" +
+	"RetireKeys\x12 .tokenvault.v1.RetireKeysRequest\x1a!.tokenvault.v1.RetireKeysResponse\x12T\n" +
+	"\vRekeyMaster\x12!.tokenvault.v1.RekeyMasterRequest\x1a\".tokenvault.v1.RekeyMasterResponse\x12r\n" +
+	"\x15ListUnreadableRecords\x12+.tokenvault.v1.ListUnreadableRecordsRequest\x1a,.tokenvault.v1.ListUnreadableRecordsResponse\x12`\n" +
 	"\x0fListAuditEvents\x12%.tokenvault.v1.ListAuditEventsRequest\x1a&.tokenvault.v1.ListAuditEventsResponse\x12f\n" +
 	"\x11ImportConnections\x12'.tokenvault.v1.ImportConnectionsRequest\x1a(.tokenvault.v1.ImportConnectionsResponse\x12o\n" +
 	"\x14ExchangeLegacyTokens\x12*.tokenvault.v1.ExchangeLegacyTokensRequest\x1a+.tokenvault.v1.ExchangeLegacyTokensResponseBCZAgithub.com/tokenvault/tokenvault/proto/tokenvault/v1;tokenvaultv1b\x06proto3"
@@ -3409,145 +3783,160 @@ func file_tokenvault_v1_tokenvault_proto_rawDescGZIP() []byte {
 }
 
 var file_tokenvault_v1_tokenvault_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_tokenvault_v1_tokenvault_proto_msgTypes = make([]protoimpl.MessageInfo, 51)
+var file_tokenvault_v1_tokenvault_proto_msgTypes = make([]protoimpl.MessageInfo, 58)
 var file_tokenvault_v1_tokenvault_proto_goTypes = []any{
-	(ConnectionStatus)(0),                // 0: tokenvault.v1.ConnectionStatus
-	(ImportOutcome)(0),                   // 1: tokenvault.v1.ImportOutcome
-	(*Connection)(nil),                   // 2: tokenvault.v1.Connection
-	(*ConnectionSelector)(nil),           // 3: tokenvault.v1.ConnectionSelector
-	(*GetAccessTokenRequest)(nil),        // 4: tokenvault.v1.GetAccessTokenRequest
-	(*GetAccessTokenResponse)(nil),       // 5: tokenvault.v1.GetAccessTokenResponse
-	(*StartConnectRequest)(nil),          // 6: tokenvault.v1.StartConnectRequest
-	(*StartConnectResponse)(nil),         // 7: tokenvault.v1.StartConnectResponse
-	(*CreateConnectSessionRequest)(nil),  // 8: tokenvault.v1.CreateConnectSessionRequest
-	(*CreateConnectSessionResponse)(nil), // 9: tokenvault.v1.CreateConnectSessionResponse
-	(*GetConnectionRequest)(nil),         // 10: tokenvault.v1.GetConnectionRequest
-	(*GetConnectionResponse)(nil),        // 11: tokenvault.v1.GetConnectionResponse
-	(*ListConnectionsRequest)(nil),       // 12: tokenvault.v1.ListConnectionsRequest
-	(*ListConnectionsResponse)(nil),      // 13: tokenvault.v1.ListConnectionsResponse
-	(*RevokeConnectionRequest)(nil),      // 14: tokenvault.v1.RevokeConnectionRequest
-	(*RevokeConnectionResponse)(nil),     // 15: tokenvault.v1.RevokeConnectionResponse
-	(*UpdateConnectionRequest)(nil),      // 16: tokenvault.v1.UpdateConnectionRequest
-	(*UpdateConnectionResponse)(nil),     // 17: tokenvault.v1.UpdateConnectionResponse
-	(*DeleteConnectionRequest)(nil),      // 18: tokenvault.v1.DeleteConnectionRequest
-	(*DeleteConnectionResponse)(nil),     // 19: tokenvault.v1.DeleteConnectionResponse
-	(*DeleteOwnerRequest)(nil),           // 20: tokenvault.v1.DeleteOwnerRequest
-	(*DeleteOwnerResponse)(nil),          // 21: tokenvault.v1.DeleteOwnerResponse
-	(*ValidateConnectionRequest)(nil),    // 22: tokenvault.v1.ValidateConnectionRequest
-	(*ValidateConnectionResponse)(nil),   // 23: tokenvault.v1.ValidateConnectionResponse
-	(*ListProvidersRequest)(nil),         // 24: tokenvault.v1.ListProvidersRequest
-	(*ListProvidersResponse)(nil),        // 25: tokenvault.v1.ListProvidersResponse
-	(*Provider)(nil),                     // 26: tokenvault.v1.Provider
-	(*ImportedCredential)(nil),           // 27: tokenvault.v1.ImportedCredential
-	(*ImportedConnection)(nil),           // 28: tokenvault.v1.ImportedConnection
-	(*ImportConnectionsRequest)(nil),     // 29: tokenvault.v1.ImportConnectionsRequest
-	(*ImportResult)(nil),                 // 30: tokenvault.v1.ImportResult
-	(*ImportConnectionsResponse)(nil),    // 31: tokenvault.v1.ImportConnectionsResponse
-	(*ExchangeLegacyTokensRequest)(nil),  // 32: tokenvault.v1.ExchangeLegacyTokensRequest
-	(*ExchangeResult)(nil),               // 33: tokenvault.v1.ExchangeResult
-	(*ExchangeLegacyTokensResponse)(nil), // 34: tokenvault.v1.ExchangeLegacyTokensResponse
-	(*RotateKeysRequest)(nil),            // 35: tokenvault.v1.RotateKeysRequest
-	(*RotateKeysResponse)(nil),           // 36: tokenvault.v1.RotateKeysResponse
-	(*Event)(nil),                        // 37: tokenvault.v1.Event
-	(*WatchEventsRequest)(nil),           // 38: tokenvault.v1.WatchEventsRequest
-	(*WatchEventsResponse)(nil),          // 39: tokenvault.v1.WatchEventsResponse
-	(*AuditEvent)(nil),                   // 40: tokenvault.v1.AuditEvent
-	(*ListAuditEventsRequest)(nil),       // 41: tokenvault.v1.ListAuditEventsRequest
-	(*ListAuditEventsResponse)(nil),      // 42: tokenvault.v1.ListAuditEventsResponse
-	nil,                                  // 43: tokenvault.v1.Connection.MetadataEntry
-	nil,                                  // 44: tokenvault.v1.Connection.AppMetadataEntry
-	nil,                                  // 45: tokenvault.v1.GetAccessTokenResponse.MetadataEntry
-	nil,                                  // 46: tokenvault.v1.StartConnectRequest.OptionsEntry
-	nil,                                  // 47: tokenvault.v1.StartConnectRequest.AppMetadataEntry
-	nil,                                  // 48: tokenvault.v1.CreateConnectSessionRequest.AppMetadataEntry
-	nil,                                  // 49: tokenvault.v1.ListConnectionsRequest.AppMetadataEntry
-	nil,                                  // 50: tokenvault.v1.UpdateConnectionRequest.SetAppMetadataEntry
-	nil,                                  // 51: tokenvault.v1.ImportedConnection.MetadataEntry
-	nil,                                  // 52: tokenvault.v1.ImportedConnection.AppMetadataEntry
-	(*timestamppb.Timestamp)(nil),        // 53: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),          // 54: google.protobuf.Duration
+	(ConnectionStatus)(0),                 // 0: tokenvault.v1.ConnectionStatus
+	(ImportOutcome)(0),                    // 1: tokenvault.v1.ImportOutcome
+	(*Connection)(nil),                    // 2: tokenvault.v1.Connection
+	(*ConnectionSelector)(nil),            // 3: tokenvault.v1.ConnectionSelector
+	(*GetAccessTokenRequest)(nil),         // 4: tokenvault.v1.GetAccessTokenRequest
+	(*GetAccessTokenResponse)(nil),        // 5: tokenvault.v1.GetAccessTokenResponse
+	(*StartConnectRequest)(nil),           // 6: tokenvault.v1.StartConnectRequest
+	(*StartConnectResponse)(nil),          // 7: tokenvault.v1.StartConnectResponse
+	(*CreateConnectSessionRequest)(nil),   // 8: tokenvault.v1.CreateConnectSessionRequest
+	(*CreateConnectSessionResponse)(nil),  // 9: tokenvault.v1.CreateConnectSessionResponse
+	(*GetConnectionRequest)(nil),          // 10: tokenvault.v1.GetConnectionRequest
+	(*GetConnectionResponse)(nil),         // 11: tokenvault.v1.GetConnectionResponse
+	(*ListConnectionsRequest)(nil),        // 12: tokenvault.v1.ListConnectionsRequest
+	(*ListConnectionsResponse)(nil),       // 13: tokenvault.v1.ListConnectionsResponse
+	(*RevokeConnectionRequest)(nil),       // 14: tokenvault.v1.RevokeConnectionRequest
+	(*RevokeConnectionResponse)(nil),      // 15: tokenvault.v1.RevokeConnectionResponse
+	(*UpdateConnectionRequest)(nil),       // 16: tokenvault.v1.UpdateConnectionRequest
+	(*UpdateConnectionResponse)(nil),      // 17: tokenvault.v1.UpdateConnectionResponse
+	(*DeleteConnectionRequest)(nil),       // 18: tokenvault.v1.DeleteConnectionRequest
+	(*DeleteConnectionResponse)(nil),      // 19: tokenvault.v1.DeleteConnectionResponse
+	(*DeleteOwnerRequest)(nil),            // 20: tokenvault.v1.DeleteOwnerRequest
+	(*DeleteOwnerResponse)(nil),           // 21: tokenvault.v1.DeleteOwnerResponse
+	(*ValidateConnectionRequest)(nil),     // 22: tokenvault.v1.ValidateConnectionRequest
+	(*ValidateConnectionResponse)(nil),    // 23: tokenvault.v1.ValidateConnectionResponse
+	(*ListProvidersRequest)(nil),          // 24: tokenvault.v1.ListProvidersRequest
+	(*ListProvidersResponse)(nil),         // 25: tokenvault.v1.ListProvidersResponse
+	(*Provider)(nil),                      // 26: tokenvault.v1.Provider
+	(*ImportedCredential)(nil),            // 27: tokenvault.v1.ImportedCredential
+	(*ImportedConnection)(nil),            // 28: tokenvault.v1.ImportedConnection
+	(*ImportConnectionsRequest)(nil),      // 29: tokenvault.v1.ImportConnectionsRequest
+	(*ImportResult)(nil),                  // 30: tokenvault.v1.ImportResult
+	(*ImportConnectionsResponse)(nil),     // 31: tokenvault.v1.ImportConnectionsResponse
+	(*ExchangeLegacyTokensRequest)(nil),   // 32: tokenvault.v1.ExchangeLegacyTokensRequest
+	(*ExchangeResult)(nil),                // 33: tokenvault.v1.ExchangeResult
+	(*ExchangeLegacyTokensResponse)(nil),  // 34: tokenvault.v1.ExchangeLegacyTokensResponse
+	(*RotateKeysRequest)(nil),             // 35: tokenvault.v1.RotateKeysRequest
+	(*RetireKeysRequest)(nil),             // 36: tokenvault.v1.RetireKeysRequest
+	(*RetireKeysResponse)(nil),            // 37: tokenvault.v1.RetireKeysResponse
+	(*RekeyMasterRequest)(nil),            // 38: tokenvault.v1.RekeyMasterRequest
+	(*RekeyMasterResponse)(nil),           // 39: tokenvault.v1.RekeyMasterResponse
+	(*ListUnreadableRecordsRequest)(nil),  // 40: tokenvault.v1.ListUnreadableRecordsRequest
+	(*UnreadableRecord)(nil),              // 41: tokenvault.v1.UnreadableRecord
+	(*ListUnreadableRecordsResponse)(nil), // 42: tokenvault.v1.ListUnreadableRecordsResponse
+	(*RotateKeysResponse)(nil),            // 43: tokenvault.v1.RotateKeysResponse
+	(*Event)(nil),                         // 44: tokenvault.v1.Event
+	(*WatchEventsRequest)(nil),            // 45: tokenvault.v1.WatchEventsRequest
+	(*WatchEventsResponse)(nil),           // 46: tokenvault.v1.WatchEventsResponse
+	(*AuditEvent)(nil),                    // 47: tokenvault.v1.AuditEvent
+	(*ListAuditEventsRequest)(nil),        // 48: tokenvault.v1.ListAuditEventsRequest
+	(*ListAuditEventsResponse)(nil),       // 49: tokenvault.v1.ListAuditEventsResponse
+	nil,                                   // 50: tokenvault.v1.Connection.MetadataEntry
+	nil,                                   // 51: tokenvault.v1.Connection.AppMetadataEntry
+	nil,                                   // 52: tokenvault.v1.GetAccessTokenResponse.MetadataEntry
+	nil,                                   // 53: tokenvault.v1.StartConnectRequest.OptionsEntry
+	nil,                                   // 54: tokenvault.v1.StartConnectRequest.AppMetadataEntry
+	nil,                                   // 55: tokenvault.v1.CreateConnectSessionRequest.AppMetadataEntry
+	nil,                                   // 56: tokenvault.v1.ListConnectionsRequest.AppMetadataEntry
+	nil,                                   // 57: tokenvault.v1.UpdateConnectionRequest.SetAppMetadataEntry
+	nil,                                   // 58: tokenvault.v1.ImportedConnection.MetadataEntry
+	nil,                                   // 59: tokenvault.v1.ImportedConnection.AppMetadataEntry
+	(*timestamppb.Timestamp)(nil),         // 60: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),           // 61: google.protobuf.Duration
 }
 var file_tokenvault_v1_tokenvault_proto_depIdxs = []int32{
 	0,  // 0: tokenvault.v1.Connection.status:type_name -> tokenvault.v1.ConnectionStatus
-	43, // 1: tokenvault.v1.Connection.metadata:type_name -> tokenvault.v1.Connection.MetadataEntry
-	53, // 2: tokenvault.v1.Connection.create_time:type_name -> google.protobuf.Timestamp
-	53, // 3: tokenvault.v1.Connection.update_time:type_name -> google.protobuf.Timestamp
-	53, // 4: tokenvault.v1.Connection.last_refresh_time:type_name -> google.protobuf.Timestamp
-	53, // 5: tokenvault.v1.Connection.last_used_time:type_name -> google.protobuf.Timestamp
-	53, // 6: tokenvault.v1.Connection.last_validated_time:type_name -> google.protobuf.Timestamp
-	53, // 7: tokenvault.v1.Connection.token_expire_time:type_name -> google.protobuf.Timestamp
-	44, // 8: tokenvault.v1.Connection.app_metadata:type_name -> tokenvault.v1.Connection.AppMetadataEntry
-	54, // 9: tokenvault.v1.GetAccessTokenRequest.min_valid_for:type_name -> google.protobuf.Duration
+	50, // 1: tokenvault.v1.Connection.metadata:type_name -> tokenvault.v1.Connection.MetadataEntry
+	60, // 2: tokenvault.v1.Connection.create_time:type_name -> google.protobuf.Timestamp
+	60, // 3: tokenvault.v1.Connection.update_time:type_name -> google.protobuf.Timestamp
+	60, // 4: tokenvault.v1.Connection.last_refresh_time:type_name -> google.protobuf.Timestamp
+	60, // 5: tokenvault.v1.Connection.last_used_time:type_name -> google.protobuf.Timestamp
+	60, // 6: tokenvault.v1.Connection.last_validated_time:type_name -> google.protobuf.Timestamp
+	60, // 7: tokenvault.v1.Connection.token_expire_time:type_name -> google.protobuf.Timestamp
+	51, // 8: tokenvault.v1.Connection.app_metadata:type_name -> tokenvault.v1.Connection.AppMetadataEntry
+	61, // 9: tokenvault.v1.GetAccessTokenRequest.min_valid_for:type_name -> google.protobuf.Duration
 	3,  // 10: tokenvault.v1.GetAccessTokenRequest.selector:type_name -> tokenvault.v1.ConnectionSelector
-	53, // 11: tokenvault.v1.GetAccessTokenResponse.expire_time:type_name -> google.protobuf.Timestamp
-	45, // 12: tokenvault.v1.GetAccessTokenResponse.metadata:type_name -> tokenvault.v1.GetAccessTokenResponse.MetadataEntry
-	46, // 13: tokenvault.v1.StartConnectRequest.options:type_name -> tokenvault.v1.StartConnectRequest.OptionsEntry
-	47, // 14: tokenvault.v1.StartConnectRequest.app_metadata:type_name -> tokenvault.v1.StartConnectRequest.AppMetadataEntry
-	53, // 15: tokenvault.v1.StartConnectResponse.expire_time:type_name -> google.protobuf.Timestamp
-	54, // 16: tokenvault.v1.CreateConnectSessionRequest.ttl:type_name -> google.protobuf.Duration
-	48, // 17: tokenvault.v1.CreateConnectSessionRequest.app_metadata:type_name -> tokenvault.v1.CreateConnectSessionRequest.AppMetadataEntry
-	53, // 18: tokenvault.v1.CreateConnectSessionResponse.expire_time:type_name -> google.protobuf.Timestamp
+	60, // 11: tokenvault.v1.GetAccessTokenResponse.expire_time:type_name -> google.protobuf.Timestamp
+	52, // 12: tokenvault.v1.GetAccessTokenResponse.metadata:type_name -> tokenvault.v1.GetAccessTokenResponse.MetadataEntry
+	53, // 13: tokenvault.v1.StartConnectRequest.options:type_name -> tokenvault.v1.StartConnectRequest.OptionsEntry
+	54, // 14: tokenvault.v1.StartConnectRequest.app_metadata:type_name -> tokenvault.v1.StartConnectRequest.AppMetadataEntry
+	60, // 15: tokenvault.v1.StartConnectResponse.expire_time:type_name -> google.protobuf.Timestamp
+	61, // 16: tokenvault.v1.CreateConnectSessionRequest.ttl:type_name -> google.protobuf.Duration
+	55, // 17: tokenvault.v1.CreateConnectSessionRequest.app_metadata:type_name -> tokenvault.v1.CreateConnectSessionRequest.AppMetadataEntry
+	60, // 18: tokenvault.v1.CreateConnectSessionResponse.expire_time:type_name -> google.protobuf.Timestamp
 	3,  // 19: tokenvault.v1.GetConnectionRequest.selector:type_name -> tokenvault.v1.ConnectionSelector
 	2,  // 20: tokenvault.v1.GetConnectionResponse.connection:type_name -> tokenvault.v1.Connection
 	0,  // 21: tokenvault.v1.ListConnectionsRequest.status:type_name -> tokenvault.v1.ConnectionStatus
-	49, // 22: tokenvault.v1.ListConnectionsRequest.app_metadata:type_name -> tokenvault.v1.ListConnectionsRequest.AppMetadataEntry
+	56, // 22: tokenvault.v1.ListConnectionsRequest.app_metadata:type_name -> tokenvault.v1.ListConnectionsRequest.AppMetadataEntry
 	2,  // 23: tokenvault.v1.ListConnectionsResponse.connections:type_name -> tokenvault.v1.Connection
 	2,  // 24: tokenvault.v1.RevokeConnectionResponse.connection:type_name -> tokenvault.v1.Connection
-	50, // 25: tokenvault.v1.UpdateConnectionRequest.set_app_metadata:type_name -> tokenvault.v1.UpdateConnectionRequest.SetAppMetadataEntry
+	57, // 25: tokenvault.v1.UpdateConnectionRequest.set_app_metadata:type_name -> tokenvault.v1.UpdateConnectionRequest.SetAppMetadataEntry
 	2,  // 26: tokenvault.v1.UpdateConnectionResponse.connection:type_name -> tokenvault.v1.Connection
 	2,  // 27: tokenvault.v1.ValidateConnectionResponse.connection:type_name -> tokenvault.v1.Connection
 	26, // 28: tokenvault.v1.ListProvidersResponse.providers:type_name -> tokenvault.v1.Provider
-	53, // 29: tokenvault.v1.ImportedCredential.expire_time:type_name -> google.protobuf.Timestamp
-	51, // 30: tokenvault.v1.ImportedConnection.metadata:type_name -> tokenvault.v1.ImportedConnection.MetadataEntry
+	60, // 29: tokenvault.v1.ImportedCredential.expire_time:type_name -> google.protobuf.Timestamp
+	58, // 30: tokenvault.v1.ImportedConnection.metadata:type_name -> tokenvault.v1.ImportedConnection.MetadataEntry
 	27, // 31: tokenvault.v1.ImportedConnection.credentials:type_name -> tokenvault.v1.ImportedCredential
-	52, // 32: tokenvault.v1.ImportedConnection.app_metadata:type_name -> tokenvault.v1.ImportedConnection.AppMetadataEntry
+	59, // 32: tokenvault.v1.ImportedConnection.app_metadata:type_name -> tokenvault.v1.ImportedConnection.AppMetadataEntry
 	28, // 33: tokenvault.v1.ImportConnectionsRequest.connections:type_name -> tokenvault.v1.ImportedConnection
 	1,  // 34: tokenvault.v1.ImportResult.outcome:type_name -> tokenvault.v1.ImportOutcome
 	0,  // 35: tokenvault.v1.ImportResult.status:type_name -> tokenvault.v1.ConnectionStatus
 	30, // 36: tokenvault.v1.ImportConnectionsResponse.results:type_name -> tokenvault.v1.ImportResult
 	33, // 37: tokenvault.v1.ExchangeLegacyTokensResponse.results:type_name -> tokenvault.v1.ExchangeResult
-	53, // 38: tokenvault.v1.Event.time:type_name -> google.protobuf.Timestamp
-	2,  // 39: tokenvault.v1.Event.connection:type_name -> tokenvault.v1.Connection
-	37, // 40: tokenvault.v1.WatchEventsResponse.event:type_name -> tokenvault.v1.Event
-	53, // 41: tokenvault.v1.AuditEvent.time:type_name -> google.protobuf.Timestamp
-	40, // 42: tokenvault.v1.ListAuditEventsResponse.events:type_name -> tokenvault.v1.AuditEvent
-	4,  // 43: tokenvault.v1.TokenVaultService.GetAccessToken:input_type -> tokenvault.v1.GetAccessTokenRequest
-	6,  // 44: tokenvault.v1.TokenVaultService.StartConnect:input_type -> tokenvault.v1.StartConnectRequest
-	8,  // 45: tokenvault.v1.TokenVaultService.CreateConnectSession:input_type -> tokenvault.v1.CreateConnectSessionRequest
-	10, // 46: tokenvault.v1.TokenVaultService.GetConnection:input_type -> tokenvault.v1.GetConnectionRequest
-	12, // 47: tokenvault.v1.TokenVaultService.ListConnections:input_type -> tokenvault.v1.ListConnectionsRequest
-	14, // 48: tokenvault.v1.TokenVaultService.RevokeConnection:input_type -> tokenvault.v1.RevokeConnectionRequest
-	22, // 49: tokenvault.v1.TokenVaultService.ValidateConnection:input_type -> tokenvault.v1.ValidateConnectionRequest
-	16, // 50: tokenvault.v1.TokenVaultService.UpdateConnection:input_type -> tokenvault.v1.UpdateConnectionRequest
-	18, // 51: tokenvault.v1.TokenVaultService.DeleteConnection:input_type -> tokenvault.v1.DeleteConnectionRequest
-	20, // 52: tokenvault.v1.TokenVaultService.DeleteOwner:input_type -> tokenvault.v1.DeleteOwnerRequest
-	24, // 53: tokenvault.v1.TokenVaultService.ListProviders:input_type -> tokenvault.v1.ListProvidersRequest
-	38, // 54: tokenvault.v1.TokenVaultService.WatchEvents:input_type -> tokenvault.v1.WatchEventsRequest
-	35, // 55: tokenvault.v1.AdminService.RotateKeys:input_type -> tokenvault.v1.RotateKeysRequest
-	41, // 56: tokenvault.v1.AdminService.ListAuditEvents:input_type -> tokenvault.v1.ListAuditEventsRequest
-	29, // 57: tokenvault.v1.AdminService.ImportConnections:input_type -> tokenvault.v1.ImportConnectionsRequest
-	32, // 58: tokenvault.v1.AdminService.ExchangeLegacyTokens:input_type -> tokenvault.v1.ExchangeLegacyTokensRequest
-	5,  // 59: tokenvault.v1.TokenVaultService.GetAccessToken:output_type -> tokenvault.v1.GetAccessTokenResponse
-	7,  // 60: tokenvault.v1.TokenVaultService.StartConnect:output_type -> tokenvault.v1.StartConnectResponse
-	9,  // 61: tokenvault.v1.TokenVaultService.CreateConnectSession:output_type -> tokenvault.v1.CreateConnectSessionResponse
-	11, // 62: tokenvault.v1.TokenVaultService.GetConnection:output_type -> tokenvault.v1.GetConnectionResponse
-	13, // 63: tokenvault.v1.TokenVaultService.ListConnections:output_type -> tokenvault.v1.ListConnectionsResponse
-	15, // 64: tokenvault.v1.TokenVaultService.RevokeConnection:output_type -> tokenvault.v1.RevokeConnectionResponse
-	23, // 65: tokenvault.v1.TokenVaultService.ValidateConnection:output_type -> tokenvault.v1.ValidateConnectionResponse
-	17, // 66: tokenvault.v1.TokenVaultService.UpdateConnection:output_type -> tokenvault.v1.UpdateConnectionResponse
-	19, // 67: tokenvault.v1.TokenVaultService.DeleteConnection:output_type -> tokenvault.v1.DeleteConnectionResponse
-	21, // 68: tokenvault.v1.TokenVaultService.DeleteOwner:output_type -> tokenvault.v1.DeleteOwnerResponse
-	25, // 69: tokenvault.v1.TokenVaultService.ListProviders:output_type -> tokenvault.v1.ListProvidersResponse
-	39, // 70: tokenvault.v1.TokenVaultService.WatchEvents:output_type -> tokenvault.v1.WatchEventsResponse
-	36, // 71: tokenvault.v1.AdminService.RotateKeys:output_type -> tokenvault.v1.RotateKeysResponse
-	42, // 72: tokenvault.v1.AdminService.ListAuditEvents:output_type -> tokenvault.v1.ListAuditEventsResponse
-	31, // 73: tokenvault.v1.AdminService.ImportConnections:output_type -> tokenvault.v1.ImportConnectionsResponse
-	34, // 74: tokenvault.v1.AdminService.ExchangeLegacyTokens:output_type -> tokenvault.v1.ExchangeLegacyTokensResponse
-	59, // [59:75] is the sub-list for method output_type
-	43, // [43:59] is the sub-list for method input_type
-	43, // [43:43] is the sub-list for extension type_name
-	43, // [43:43] is the sub-list for extension extendee
-	0,  // [0:43] is the sub-list for field type_name
+	60, // 38: tokenvault.v1.UnreadableRecord.since_time:type_name -> google.protobuf.Timestamp
+	41, // 39: tokenvault.v1.ListUnreadableRecordsResponse.records:type_name -> tokenvault.v1.UnreadableRecord
+	60, // 40: tokenvault.v1.Event.time:type_name -> google.protobuf.Timestamp
+	2,  // 41: tokenvault.v1.Event.connection:type_name -> tokenvault.v1.Connection
+	44, // 42: tokenvault.v1.WatchEventsResponse.event:type_name -> tokenvault.v1.Event
+	60, // 43: tokenvault.v1.AuditEvent.time:type_name -> google.protobuf.Timestamp
+	47, // 44: tokenvault.v1.ListAuditEventsResponse.events:type_name -> tokenvault.v1.AuditEvent
+	4,  // 45: tokenvault.v1.TokenVaultService.GetAccessToken:input_type -> tokenvault.v1.GetAccessTokenRequest
+	6,  // 46: tokenvault.v1.TokenVaultService.StartConnect:input_type -> tokenvault.v1.StartConnectRequest
+	8,  // 47: tokenvault.v1.TokenVaultService.CreateConnectSession:input_type -> tokenvault.v1.CreateConnectSessionRequest
+	10, // 48: tokenvault.v1.TokenVaultService.GetConnection:input_type -> tokenvault.v1.GetConnectionRequest
+	12, // 49: tokenvault.v1.TokenVaultService.ListConnections:input_type -> tokenvault.v1.ListConnectionsRequest
+	14, // 50: tokenvault.v1.TokenVaultService.RevokeConnection:input_type -> tokenvault.v1.RevokeConnectionRequest
+	22, // 51: tokenvault.v1.TokenVaultService.ValidateConnection:input_type -> tokenvault.v1.ValidateConnectionRequest
+	16, // 52: tokenvault.v1.TokenVaultService.UpdateConnection:input_type -> tokenvault.v1.UpdateConnectionRequest
+	18, // 53: tokenvault.v1.TokenVaultService.DeleteConnection:input_type -> tokenvault.v1.DeleteConnectionRequest
+	20, // 54: tokenvault.v1.TokenVaultService.DeleteOwner:input_type -> tokenvault.v1.DeleteOwnerRequest
+	24, // 55: tokenvault.v1.TokenVaultService.ListProviders:input_type -> tokenvault.v1.ListProvidersRequest
+	45, // 56: tokenvault.v1.TokenVaultService.WatchEvents:input_type -> tokenvault.v1.WatchEventsRequest
+	35, // 57: tokenvault.v1.AdminService.RotateKeys:input_type -> tokenvault.v1.RotateKeysRequest
+	36, // 58: tokenvault.v1.AdminService.RetireKeys:input_type -> tokenvault.v1.RetireKeysRequest
+	38, // 59: tokenvault.v1.AdminService.RekeyMaster:input_type -> tokenvault.v1.RekeyMasterRequest
+	40, // 60: tokenvault.v1.AdminService.ListUnreadableRecords:input_type -> tokenvault.v1.ListUnreadableRecordsRequest
+	48, // 61: tokenvault.v1.AdminService.ListAuditEvents:input_type -> tokenvault.v1.ListAuditEventsRequest
+	29, // 62: tokenvault.v1.AdminService.ImportConnections:input_type -> tokenvault.v1.ImportConnectionsRequest
+	32, // 63: tokenvault.v1.AdminService.ExchangeLegacyTokens:input_type -> tokenvault.v1.ExchangeLegacyTokensRequest
+	5,  // 64: tokenvault.v1.TokenVaultService.GetAccessToken:output_type -> tokenvault.v1.GetAccessTokenResponse
+	7,  // 65: tokenvault.v1.TokenVaultService.StartConnect:output_type -> tokenvault.v1.StartConnectResponse
+	9,  // 66: tokenvault.v1.TokenVaultService.CreateConnectSession:output_type -> tokenvault.v1.CreateConnectSessionResponse
+	11, // 67: tokenvault.v1.TokenVaultService.GetConnection:output_type -> tokenvault.v1.GetConnectionResponse
+	13, // 68: tokenvault.v1.TokenVaultService.ListConnections:output_type -> tokenvault.v1.ListConnectionsResponse
+	15, // 69: tokenvault.v1.TokenVaultService.RevokeConnection:output_type -> tokenvault.v1.RevokeConnectionResponse
+	23, // 70: tokenvault.v1.TokenVaultService.ValidateConnection:output_type -> tokenvault.v1.ValidateConnectionResponse
+	17, // 71: tokenvault.v1.TokenVaultService.UpdateConnection:output_type -> tokenvault.v1.UpdateConnectionResponse
+	19, // 72: tokenvault.v1.TokenVaultService.DeleteConnection:output_type -> tokenvault.v1.DeleteConnectionResponse
+	21, // 73: tokenvault.v1.TokenVaultService.DeleteOwner:output_type -> tokenvault.v1.DeleteOwnerResponse
+	25, // 74: tokenvault.v1.TokenVaultService.ListProviders:output_type -> tokenvault.v1.ListProvidersResponse
+	46, // 75: tokenvault.v1.TokenVaultService.WatchEvents:output_type -> tokenvault.v1.WatchEventsResponse
+	43, // 76: tokenvault.v1.AdminService.RotateKeys:output_type -> tokenvault.v1.RotateKeysResponse
+	37, // 77: tokenvault.v1.AdminService.RetireKeys:output_type -> tokenvault.v1.RetireKeysResponse
+	39, // 78: tokenvault.v1.AdminService.RekeyMaster:output_type -> tokenvault.v1.RekeyMasterResponse
+	42, // 79: tokenvault.v1.AdminService.ListUnreadableRecords:output_type -> tokenvault.v1.ListUnreadableRecordsResponse
+	49, // 80: tokenvault.v1.AdminService.ListAuditEvents:output_type -> tokenvault.v1.ListAuditEventsResponse
+	31, // 81: tokenvault.v1.AdminService.ImportConnections:output_type -> tokenvault.v1.ImportConnectionsResponse
+	34, // 82: tokenvault.v1.AdminService.ExchangeLegacyTokens:output_type -> tokenvault.v1.ExchangeLegacyTokensResponse
+	64, // [64:83] is the sub-list for method output_type
+	45, // [45:64] is the sub-list for method input_type
+	45, // [45:45] is the sub-list for extension type_name
+	45, // [45:45] is the sub-list for extension extendee
+	0,  // [0:45] is the sub-list for field type_name
 }
 
 func init() { file_tokenvault_v1_tokenvault_proto_init() }
@@ -3561,7 +3950,7 @@ func file_tokenvault_v1_tokenvault_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tokenvault_v1_tokenvault_proto_rawDesc), len(file_tokenvault_v1_tokenvault_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   51,
+			NumMessages:   58,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -26,6 +26,12 @@
 //   RETURN_TO_NOT_ALLOWED    return_to is not on the allowlist
 //                            (INVALID_ARGUMENT)
 //   CONFLICT                 the record changed concurrently (ABORTED); retry
+//   RECORD_UNREADABLE        the connection's stored record does not open
+//                            (DATA_LOSS): damaged or tampered with; it is
+//                            quarantined, every other connection is served;
+//                            metadata "cause" says why (see UnreadableRecord)
+//   KEY_TERM_IN_USE          RetireKeys: a stored value is still sealed under
+//                            a term to retire (FAILED_PRECONDITION)
 //   UNAUTHENTICATED          no valid credential (UNAUTHENTICATED)
 //   PERMISSION_DENIED        the credential's role or provider limits do not
 //                            allow the call (PERMISSION_DENIED)
@@ -658,10 +664,13 @@ var TokenVaultService_ServiceDesc = grpc.ServiceDesc{
 }
 
 const (
-	AdminService_RotateKeys_FullMethodName           = "/tokenvault.v1.AdminService/RotateKeys"
-	AdminService_ListAuditEvents_FullMethodName      = "/tokenvault.v1.AdminService/ListAuditEvents"
-	AdminService_ImportConnections_FullMethodName    = "/tokenvault.v1.AdminService/ImportConnections"
-	AdminService_ExchangeLegacyTokens_FullMethodName = "/tokenvault.v1.AdminService/ExchangeLegacyTokens"
+	AdminService_RotateKeys_FullMethodName            = "/tokenvault.v1.AdminService/RotateKeys"
+	AdminService_RetireKeys_FullMethodName            = "/tokenvault.v1.AdminService/RetireKeys"
+	AdminService_RekeyMaster_FullMethodName           = "/tokenvault.v1.AdminService/RekeyMaster"
+	AdminService_ListUnreadableRecords_FullMethodName = "/tokenvault.v1.AdminService/ListUnreadableRecords"
+	AdminService_ListAuditEvents_FullMethodName       = "/tokenvault.v1.AdminService/ListAuditEvents"
+	AdminService_ImportConnections_FullMethodName     = "/tokenvault.v1.AdminService/ImportConnections"
+	AdminService_ExchangeLegacyTokens_FullMethodName  = "/tokenvault.v1.AdminService/ExchangeLegacyTokens"
 )
 
 // AdminServiceClient is the client API for AdminService service.
@@ -674,6 +683,19 @@ type AdminServiceClient interface {
 	// re-seals every stored record under it. Records sealed with older terms
 	// keep opening throughout, so the sidecar serves while it runs.
 	RotateKeys(ctx context.Context, in *RotateKeysRequest, opts ...grpc.CallOption) (*RotateKeysResponse, error)
+	// RetireKeys drops from the keyring every data-key term older than the
+	// current one. It refuses (FAILED_PRECONDITION, KEY_TERM_IN_USE) while a
+	// stored value is still sealed under one: run RotateKeys's re-wrap (or
+	// delete the quarantined records that hold it) first.
+	RetireKeys(ctx context.Context, in *RetireKeysRequest, opts ...grpc.CallOption) (*RetireKeysResponse, error)
+	// RekeyMaster re-seals the keyring under a new master key while serving.
+	// From then on the new key opens the store and the old one does not: every
+	// replica must be restarted with the new key.
+	RekeyMaster(ctx context.Context, in *RekeyMasterRequest, opts ...grpc.CallOption) (*RekeyMasterResponse, error)
+	// ListUnreadableRecords lists the quarantined connection records: the ones
+	// that do not open (damaged, tampered with) and whose connections answer
+	// DATA_LOSS with reason RECORD_UNREADABLE. Never their contents.
+	ListUnreadableRecords(ctx context.Context, in *ListUnreadableRecordsRequest, opts ...grpc.CallOption) (*ListUnreadableRecordsResponse, error)
 	// ListAuditEvents lists audit records, newest first.
 	ListAuditEvents(ctx context.Context, in *ListAuditEventsRequest, opts ...grpc.CallOption) (*ListAuditEventsResponse, error)
 	// ImportConnections brings in grants issued elsewhere (another broker,
@@ -701,6 +723,36 @@ func (c *adminServiceClient) RotateKeys(ctx context.Context, in *RotateKeysReque
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(RotateKeysResponse)
 	err := c.cc.Invoke(ctx, AdminService_RotateKeys_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) RetireKeys(ctx context.Context, in *RetireKeysRequest, opts ...grpc.CallOption) (*RetireKeysResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RetireKeysResponse)
+	err := c.cc.Invoke(ctx, AdminService_RetireKeys_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) RekeyMaster(ctx context.Context, in *RekeyMasterRequest, opts ...grpc.CallOption) (*RekeyMasterResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RekeyMasterResponse)
+	err := c.cc.Invoke(ctx, AdminService_RekeyMaster_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) ListUnreadableRecords(ctx context.Context, in *ListUnreadableRecordsRequest, opts ...grpc.CallOption) (*ListUnreadableRecordsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListUnreadableRecordsResponse)
+	err := c.cc.Invoke(ctx, AdminService_ListUnreadableRecords_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -747,6 +799,19 @@ type AdminServiceServer interface {
 	// re-seals every stored record under it. Records sealed with older terms
 	// keep opening throughout, so the sidecar serves while it runs.
 	RotateKeys(context.Context, *RotateKeysRequest) (*RotateKeysResponse, error)
+	// RetireKeys drops from the keyring every data-key term older than the
+	// current one. It refuses (FAILED_PRECONDITION, KEY_TERM_IN_USE) while a
+	// stored value is still sealed under one: run RotateKeys's re-wrap (or
+	// delete the quarantined records that hold it) first.
+	RetireKeys(context.Context, *RetireKeysRequest) (*RetireKeysResponse, error)
+	// RekeyMaster re-seals the keyring under a new master key while serving.
+	// From then on the new key opens the store and the old one does not: every
+	// replica must be restarted with the new key.
+	RekeyMaster(context.Context, *RekeyMasterRequest) (*RekeyMasterResponse, error)
+	// ListUnreadableRecords lists the quarantined connection records: the ones
+	// that do not open (damaged, tampered with) and whose connections answer
+	// DATA_LOSS with reason RECORD_UNREADABLE. Never their contents.
+	ListUnreadableRecords(context.Context, *ListUnreadableRecordsRequest) (*ListUnreadableRecordsResponse, error)
 	// ListAuditEvents lists audit records, newest first.
 	ListAuditEvents(context.Context, *ListAuditEventsRequest) (*ListAuditEventsResponse, error)
 	// ImportConnections brings in grants issued elsewhere (another broker,
@@ -772,6 +837,15 @@ type UnimplementedAdminServiceServer struct{}
 
 func (UnimplementedAdminServiceServer) RotateKeys(context.Context, *RotateKeysRequest) (*RotateKeysResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RotateKeys not implemented")
+}
+func (UnimplementedAdminServiceServer) RetireKeys(context.Context, *RetireKeysRequest) (*RetireKeysResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RetireKeys not implemented")
+}
+func (UnimplementedAdminServiceServer) RekeyMaster(context.Context, *RekeyMasterRequest) (*RekeyMasterResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RekeyMaster not implemented")
+}
+func (UnimplementedAdminServiceServer) ListUnreadableRecords(context.Context, *ListUnreadableRecordsRequest) (*ListUnreadableRecordsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListUnreadableRecords not implemented")
 }
 func (UnimplementedAdminServiceServer) ListAuditEvents(context.Context, *ListAuditEventsRequest) (*ListAuditEventsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListAuditEvents not implemented")
@@ -817,6 +891,60 @@ func _AdminService_RotateKeys_Handler(srv interface{}, ctx context.Context, dec 
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(AdminServiceServer).RotateKeys(ctx, req.(*RotateKeysRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_RetireKeys_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RetireKeysRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).RetireKeys(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_RetireKeys_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).RetireKeys(ctx, req.(*RetireKeysRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_RekeyMaster_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RekeyMasterRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).RekeyMaster(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_RekeyMaster_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).RekeyMaster(ctx, req.(*RekeyMasterRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_ListUnreadableRecords_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListUnreadableRecordsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).ListUnreadableRecords(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_ListUnreadableRecords_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).ListUnreadableRecords(ctx, req.(*ListUnreadableRecordsRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -885,6 +1013,18 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RotateKeys",
 			Handler:    _AdminService_RotateKeys_Handler,
+		},
+		{
+			MethodName: "RetireKeys",
+			Handler:    _AdminService_RetireKeys_Handler,
+		},
+		{
+			MethodName: "RekeyMaster",
+			Handler:    _AdminService_RekeyMaster_Handler,
+		},
+		{
+			MethodName: "ListUnreadableRecords",
+			Handler:    _AdminService_ListUnreadableRecords_Handler,
 		},
 		{
 			MethodName: "ListAuditEvents",
