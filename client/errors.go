@@ -35,6 +35,10 @@ const (
 	ReasonReturnToNotAllowed = "RETURN_TO_NOT_ALLOWED"
 	// ReasonConflict: the record changed concurrently (Aborted); retry.
 	ReasonConflict = "CONFLICT"
+	// ReasonRecordUnreadable: the connection's stored record does not open
+	// (DataLoss): damaged or tampered with. Retrying is useless until an
+	// operator restores or deletes it; other connections are served.
+	ReasonRecordUnreadable = "RECORD_UNREADABLE"
 )
 
 // Reason returns the reason of the google.rpc.ErrorInfo with domain
