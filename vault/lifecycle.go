@@ -201,14 +201,16 @@ func (v *Vault) Delete(ctx context.Context, id, reason string) (*DeleteResult, e
 	return res, nil
 }
 
-// forget removes deleted connection e from memory. A caller still holding
+// forget removes connection e, deleted or quarantined, from memory. A caller still holding
 // the entry sees it revoked, and the scheduler forgets it. The caller
 // holds e.mu.
 func (v *Vault) forget(e *entry) {
 	v.mu.Lock()
-	v.removeEntry(e.id)
-	if i, ok := slices.BinarySearch(v.ids, e.id); ok {
-		v.ids = slices.Delete(v.ids, i, i+1)
+	if v.entries[e.id] == e {
+		v.removeEntry(e.id)
+		if i, ok := slices.BinarySearch(v.ids, e.id); ok {
+			v.ids = slices.Delete(v.ids, i, i+1)
+		}
 	}
 	v.mu.Unlock()
 	tomb := &Connection{ID: e.id, Owner: e.owner, Tenant: e.tenant, Provider: e.provider, Label: e.label,

@@ -122,9 +122,12 @@ func TestQuarantine_DamagedRecordsInABoltFile(t *testing.T) {
 	}
 	_, _, err = h.v.AccessToken(ctx, vault.TokenRequest{ID: live, Force: true})
 	wantUnreadable(t, "AccessToken(force) of a record damaged while serving", err, seal.BrokenAuth)
-	if h.v.UnreadableCount() != 4 {
-		t.Fatalf("UnreadableCount() = %d after a record was damaged while serving; want 4", h.v.UnreadableCount())
+	if h.v.UnreadableCount() != 4 || h.v.Len() != n-4 {
+		t.Fatalf("UnreadableCount() = %d, Len() = %d after a record was damaged while serving; want 4 and %d", h.v.UnreadableCount(), h.v.Len(), n-4)
 	}
+	// Not served from memory either, and no longer the scheduler's.
+	_, _, err = h.v.AccessToken(ctx, vault.TokenRequest{ID: live})
+	wantUnreadable(t, "AccessToken of a record quarantined while serving", err, seal.BrokenAuth)
 	if _, _, err := h.v.AccessToken(ctx, vault.TokenRequest{ID: ids[2], Force: true}); err != nil {
 		t.Fatalf("AccessToken(force) of an intact record = %v", err)
 	}

@@ -365,6 +365,12 @@ func (v *Vault) read(ctx context.Context, e *entry) (*Connection, error) {
 		return nil, fmt.Errorf("vault: read %s: %w", e.id, err)
 	}
 	c, err := v.decode(key, val)
+	if errors.Is(err, ErrRecordUnreadable) {
+		// Quarantined: served no more, from memory either, and dropped
+		// by the scheduler, as if it had not opened at start.
+		v.forget(e)
+		return nil, err
+	}
 	if err != nil {
 		return nil, err
 	}
