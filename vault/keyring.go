@@ -178,13 +178,21 @@ func rewrapOne(ctx context.Context, st Store, k *seal.Keyring, r staleRecord, ta
 }
 
 // RotateKeys starts a new key term and re-seals every record under it. It
-// returns the new term and how many records were re-sealed.
+// returns the new term and how many records were re-sealed. Values that do
+// not open are left as they are and logged by key; they do not fail it.
 func (v *Vault) RotateKeys(ctx context.Context) (uint32, int, error) {
 	term, err := v.kr.Rotate(ctx)
 	if err != nil {
 		return 0, 0, err
 	}
 	n, err := Rewrap(ctx, v.store, v.kr, connPrefix, statePrefix, flowPrefix, sessionPrefix, eventPrefix)
+	if errors.Is(err, seal.ErrBroken) {
+		// Values that do not open stay as they are: the connection records
+		// among them are quarantined when read (quarantine.go), and keep
+		// their old term from being retired until they are deleted.
+		v.log.LogAttrs(ctx, slog.LevelWarn, "the re-wrap left stored values that do not open", slog.String("err", err.Error()))
+		return term, n, nil
+	}
 	if err != nil {
 		return term, n, err
 	}

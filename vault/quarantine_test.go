@@ -132,6 +132,15 @@ func TestQuarantine_DamagedRecordsInABoltFile(t *testing.T) {
 		t.Fatalf("AccessToken(force) of an intact record = %v", err)
 	}
 
+	// Rotating re-wraps the others and leaves the damaged ones be; their
+	// headers still naming term 1 keep it from being retired.
+	if term, _, err := h.v.RotateKeys(ctx); err != nil || term != 2 {
+		t.Fatalf("RotateKeys() with quarantined records = %d, %v; want term 2", term, err)
+	}
+	if _, _, err := h.v.RetireKeys(ctx); !errors.Is(err, vault.ErrKeyTermInUse) {
+		t.Fatalf("RetireKeys() with quarantined records under term 1 = %v; want ErrKeyTermInUse", err)
+	}
+
 	// The operator deletes one that cannot be restored.
 	if _, err := h.v.Delete(ctx, flipped, "unreadable"); err != nil {
 		t.Fatalf("Delete(quarantined) = %v", err)
@@ -144,5 +153,19 @@ func TestQuarantine_DamagedRecordsInABoltFile(t *testing.T) {
 	}
 	if _, _, err := h.v.AccessToken(ctx, vault.TokenRequest{ID: flipped}); !errors.Is(err, vault.ErrNotFound) {
 		t.Fatalf("AccessToken(deleted) = %v; want ErrNotFound", err)
+	}
+	// Once the rest are deleted too, term 1 goes.
+	for _, r := range h.v.Unreadable() {
+		if _, err := h.v.Delete(ctx, r.ConnectionID, "unreadable"); err != nil {
+			t.Fatalf("Delete(%s) = %v", r.ConnectionID, err)
+		}
+	}
+	if _, dropped, err := h.v.RetireKeys(ctx); err != nil || !slices.Equal(dropped, []uint32{1}) || h.v.UnreadableCount() != 0 {
+		t.Fatalf("RetireKeys() after deleting the quarantined records = %v, %v (%d quarantined)", dropped, err, h.v.UnreadableCount())
+	}
+	for _, id := range []string{ids[2], ids[4], ids[6]} {
+		if _, _, err := h.v.AccessToken(ctx, vault.TokenRequest{ID: id, Force: true}); err != nil {
+			t.Fatalf("AccessToken(%s) after retiring = %v", id, err)
+		}
 	}
 }

@@ -351,9 +351,23 @@ func checkSchema(ctx context.Context, st Store) (uint64, error) {
 // errNoRing is load's answer for a store that holds no keyring.
 var errNoRing = errors.New("seal: the store holds no keyring")
 
-// load reads and opens the keyring record. It returns errNoRing if there is
-// none.
+// load reads and opens the keyring record and checks it against its
+// high-water mark. It returns errNoRing if there is none.
+//
+// The two are written in one step but read in two: a change by another
+// process between the reads shows a mark newer than the keyring read just
+// before. So a mismatch is read again, and only one that stays is a
+// rollback.
 func (k *Keyring) load(ctx context.Context) (*ringState, error) {
+	for attempt := 1; ; attempt++ {
+		rs, err := k.loadOnce(ctx)
+		if !errors.Is(err, ErrRolledBack) || attempt == 3 {
+			return rs, err
+		}
+	}
+}
+
+func (k *Keyring) loadOnce(ctx context.Context) (*ringState, error) {
 	sealed, rev, err := k.store.Get(ctx, KeyringKey)
 	if err != nil {
 		return nil, fmt.Errorf("seal: read %s: %w", KeyringKey, err)

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -395,5 +396,36 @@ func BenchmarkKeyring_Open(b *testing.B) {
 		if _, err := k.Open("conn/c_8f3a2b", sealed); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// BrokenReason names what is wrong with a value that does not open, the
+// quarantine's reason, for both Open and OpenAppend.
+func TestBrokenReason(t *testing.T) {
+	k := ringOpen(t, newMemStore(), ringMasterKey(t))
+	good := ringSeal(t, k, "conn/a", "record")
+	flip := slices.Clone(good)
+	flip[len(flip)-1] ^= 1
+	version := slices.Clone(good)
+	version[0] = 9
+	for _, tc := range []struct {
+		name, key string
+		val       []byte
+		want      string
+	}{
+		{"flipped", "conn/a", flip, seal.BrokenAuth},
+		{"moved", "conn/b", good, seal.BrokenAuth},
+		{"truncated", "conn/a", good[:10], seal.BrokenFraming},
+		{"version", "conn/a", version, seal.BrokenFraming},
+		{"unknown term", "conn/a", ringWithTerm(good, 7), seal.BrokenUnknownTerm},
+	} {
+		_, err := k.Open(tc.key, tc.val)
+		_, err2 := k.OpenAppend(nil, tc.key, tc.val)
+		if got, got2 := seal.BrokenReason(err), seal.BrokenReason(err2); got != tc.want || got2 != tc.want {
+			t.Errorf("%s: BrokenReason = %q (Open), %q (OpenAppend); want %q", tc.name, got, got2, tc.want)
+		}
+	}
+	if r := seal.BrokenReason(errors.New("other")); r != "" {
+		t.Errorf("BrokenReason(other) = %q", r)
 	}
 }
