@@ -129,7 +129,8 @@ func TestKeys_RotateRewrapRetire(t *testing.T) {
 
 // A keyring put back to the copy it was before a rotation (an edit of the
 // bbolt file) is refused at start with an error that says so, rather than
-// quarantining every record the newer term sealed.
+// quarantining every record the newer term sealed; so is one put back with
+// its high-water mark, by the records that are newer than both.
 func TestKeys_RolledBackKeyringRefused(t *testing.T) {
 	h := newHarness(t)
 	ctx := context.Background()
@@ -138,6 +139,7 @@ func TestKeys_RolledBackKeyringRefused(t *testing.T) {
 	}
 	h.store.Close()
 	before := readBolt(t, h.path, seal.KeyringKey)
+	hwmBefore := readBolt(t, h.path, seal.HighWaterKey)
 	h.open()
 	if _, _, err := h.v.RotateKeys(ctx); err != nil {
 		t.Fatal(err)
@@ -147,6 +149,25 @@ func TestKeys_RolledBackKeyringRefused(t *testing.T) {
 	_, err := openKeyring(t, h.path, h.mk)
 	if !errors.Is(err, seal.ErrRolledBack) || !strings.Contains(err.Error(), "term 2") || !strings.Contains(err.Error(), "restore") {
 		t.Fatalf("OpenKeyring(rolled back) = %v; want ErrRolledBack naming term 2 and what to do", err)
+	}
+
+	// The keyring and its high-water mark put back together agree with
+	// each other; the records sealed under the lost term tell.
+	writeBolt(t, h.path, seal.HighWaterKey, hwmBefore)
+	if _, err := openKeyring(t, h.path, h.mk); err != nil {
+		t.Fatalf("OpenKeyring(keyring and mark both put back) = %v; they agree", err)
+	}
+	st, err := bolt.Open(h.path, bolt.Options{NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	kr, err := vault.OpenKeyring(ctx, st, h.mk)
+	if err == nil {
+		_, err = vault.Open(ctx, vault.Config{Store: st, Keyring: kr, Providers: map[string]vault.Provider{"fake": h.p}})
+	}
+	st.Close()
+	if !errors.Is(err, seal.ErrRolledBack) || !strings.Contains(err.Error(), "3 of 3 connection records") {
+		t.Fatalf("Open(keyring and mark both put back) = %v; want ErrRolledBack counting 3 of 3 records", err)
 	}
 
 	// Retiring changes the generation without a new term: rolling back

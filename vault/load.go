@@ -32,6 +32,7 @@ type loadJob struct {
 // A badRecord is a record that did not open or decode at load, and why.
 type badRecord struct {
 	key, reason string
+	term        uint32 // the term its header names; 0 if it names none
 }
 
 // loadConnections reads every connection record, in key order, and returns
@@ -64,7 +65,7 @@ func (v *Vault) loadConnections(ctx context.Context) ([]*entry, []badRecord, err
 					plain := j.plain[start:j.ends[i]]
 					start = j.ends[i]
 					if reason, err := decodeChecked(key, plain, &c, &pb); err != nil {
-						j.bad = append(j.bad, badRecord{key, reason})
+						j.bad = append(j.bad, badRecord{key: key, reason: reason})
 						continue
 					}
 					e := newEntry(&c)
@@ -98,7 +99,8 @@ func (v *Vault) loadConnections(ctx context.Context) ([]*entry, []badRecord, err
 	err := v.store.Scan(ctx, connPrefix, "", func(key string, value []byte, rev uint64) (bool, error) {
 		plain, err := v.kr.OpenAppend(cur.plain, key, value)
 		if err != nil {
-			bad = append(bad, badRecord{key, unreadableReason(err)})
+			term, _ := seal.TermOf(value)
+			bad = append(bad, badRecord{key, unreadableReason(err), term})
 			return true, nil
 		}
 		cur.plain = plain
@@ -145,12 +147,22 @@ func (v *Vault) loadConnections(ctx context.Context) ([]*entry, []badRecord, err
 	return out, bad, nil
 }
 
-// loadUnreadable quarantines the records loadConnections could not read.
-// Sharing the store, one sealed under a key term another replica added
-// while this one started is read again after reloading the keyring, and
-// its entry returned.
-func (v *Vault) loadUnreadable(ctx context.Context, bad []badRecord) []*entry {
-	var out []*entry
+// loadUnreadable quarantines the records loadConnections could not read,
+// of total. Sharing the store, one sealed under a key term another replica
+// added while this one started is read again after reloading the keyring,
+// and its entry returned.
+//
+// If most records, two at least, are sealed under terms newer than the
+// keyring's newest, it is the keyring that is old, not the records that
+// are damaged: the start is refused (seal.ErrRolledBack) rather than
+// quarantining them. This catches a keyring put back together with its
+// high-water mark, which the keyring alone cannot tell.
+func (v *Vault) loadUnreadable(ctx context.Context, bad []badRecord, total int) ([]*entry, error) {
+	var (
+		out    []*entry
+		left   []badRecord
+		newest uint32
+	)
 	for _, b := range bad {
 		if b.reason == seal.BrokenUnknownTerm && v.shared {
 			val, rev, err := v.store.Get(ctx, b.key)
@@ -167,7 +179,21 @@ func (v *Vault) loadUnreadable(ctx context.Context, bad []badRecord) []*entry {
 				continue // decode quarantined it
 			}
 		}
+		left = append(left, b)
+	}
+	newer, cur := 0, v.kr.Term()
+	for _, b := range left {
+		if b.reason == seal.BrokenUnknownTerm && b.term > cur {
+			newer++
+			newest = max(newest, b.term)
+		}
+	}
+	if newer >= 2 && 2*newer > total {
+		return nil, fmt.Errorf("vault: %w: %d of %d connection records are sealed under key terms newer than the keyring's newest (%d), up to term %d; "+
+			"restore the newest keyring (or the whole store) from a backup", seal.ErrRolledBack, newer, total, cur, newest)
+	}
+	for _, b := range left {
 		v.quarantineRecord(b.key, b.reason)
 	}
-	return out
+	return out, nil
 }

@@ -208,7 +208,11 @@ func Open(ctx context.Context, cfg Config) (*Vault, error) {
 	if err != nil {
 		return nil, err
 	}
-	all = append(all, v.loadUnreadable(ctx, bad)...)
+	more, err := v.loadUnreadable(ctx, bad, len(all)+len(bad))
+	if err != nil {
+		return nil, err
+	}
+	all = append(all, more...)
 	v.entries = make(map[string]*entry, len(all))
 	v.byOwner = make(map[ownerKey][]*entry, len(all))
 	v.ids = make([]string, 0, len(all))
