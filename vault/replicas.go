@@ -167,8 +167,10 @@ func (v *Vault) Follow(ctx context.Context) error {
 				case c.Key == seal.KeyringKey:
 					// Keys rotated by another replica: records sealed
 					// under the new term follow this change.
-					if err := v.kr.Reload(ctx); err != nil {
-						v.log.LogAttrs(ctx, slog.LevelError, "could not read the keyring another replica rotated", slog.String("err", err.Error()))
+					if err := v.kr.Reload(ctx); errors.Is(err, seal.ErrWrongMasterKey) {
+						v.log.LogAttrs(ctx, slog.LevelError, "the keyring is now sealed by another master key (keys rekey): restart this replica with the new key; until then it serves with the keys it holds")
+					} else if err != nil {
+						v.log.LogAttrs(ctx, slog.LevelError, "could not read the keyring another replica changed", slog.String("err", err.Error()))
 					}
 				case strings.HasPrefix(c.Key, connPrefix):
 					v.applyChange(ctx, c)
