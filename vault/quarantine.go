@@ -157,7 +157,7 @@ func decodeChecked(key string, plain []byte, c *Connection, pb *recordv1.Connect
 	if err := unmarshalRecord(plain, c, pb); err != nil {
 		return UnreadableUndecodable, err
 	}
-	if connPrefix+c.ID != key {
+	if len(key) != len(connPrefix)+len(c.ID) || key[len(connPrefix):] != c.ID {
 		return UnreadableWrongID, errors.New("the record names another connection")
 	}
 	return "", nil
