@@ -72,6 +72,15 @@ func TestServer_UnreadableRecord(t *testing.T) {
 	if _, err := tvv1.NewAdminServiceClient(e.dial("ops-other")).ListUnreadableRecords(ctx, &tvv1.ListUnreadableRecordsRequest{}); status.Code(err) != codes.PermissionDenied {
 		t.Fatalf("ListUnreadableRecords by a limited operator = %v; want PERMISSION_DENIED", err)
 	}
+	// A credential limited to some providers cannot learn the record's
+	// provider, so it is told nothing of it.
+	limited := tvv1.NewTokenVaultServiceClient(e.dial("app-acme"))
+	if _, err := limited.GetAccessToken(ctx, &tvv1.GetAccessTokenRequest{ConnectionId: bad}); status.Code(err) != codes.NotFound || reason(err) != "NOT_CONNECTED" {
+		t.Fatalf("GetAccessToken(damaged) by a limited credential = %v; want NOT_FOUND, NOT_CONNECTED", err)
+	}
+	if _, err := limited.GetAccessToken(ctx, &tvv1.GetAccessTokenRequest{ConnectionId: ids[0]}); err != nil {
+		t.Fatalf("GetAccessToken(intact) by a limited credential = %v", err)
+	}
 	if _, err := e.api.DeleteConnection(ctx, &tvv1.DeleteConnectionRequest{ConnectionId: bad}); err != nil {
 		t.Fatalf("DeleteConnection(damaged) = %v", err)
 	}
