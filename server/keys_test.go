@@ -8,8 +8,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/tokenvault/tokenvault/providers/providertest"
 	tvv1 "github.com/tokenvault/tokenvault/proto/tokenvault/v1"
+	"github.com/tokenvault/tokenvault/providers/providertest"
 	"github.com/tokenvault/tokenvault/vault"
 	"github.com/tokenvault/tokenvault/vault/seal"
 )
