@@ -24,6 +24,10 @@ func (v *Vault) Get(ctx context.Context, id string) (*Connection, error) {
 		return nil, fmt.Errorf("vault: read %s: %w", id, err)
 	}
 	c, err := v.decode(key, val)
+	if errors.Is(err, ErrRecordUnreadable) {
+		v.forgetIfFree(e)
+		return nil, err
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -61,8 +65,8 @@ func (v *Vault) List(ctx context.Context, f Filter, after string, limit int) ([]
 	out := make([]*Connection, 0, len(ids))
 	for _, id := range ids {
 		c, err := v.Get(ctx, id)
-		if errors.Is(err, ErrNotFound) {
-			continue // deleted since the page was chosen
+		if errors.Is(err, ErrNotFound) || errors.Is(err, ErrRecordUnreadable) {
+			continue // deleted since the page was chosen, or quarantined (Unreadable lists it)
 		}
 		if err != nil {
 			return nil, "", err

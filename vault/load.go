@@ -170,13 +170,18 @@ func (v *Vault) loadUnreadable(ctx context.Context, bad []badRecord, total int) 
 				continue // deleted meanwhile
 			}
 			if err == nil {
-				if c, err := v.decode(b.key, val); err == nil {
+				c, err := v.decode(b.key, val)
+				if err == nil {
 					e := newEntry(c)
 					e.rev = rev
 					e.res.Store(newResident(c))
 					out = append(out, e)
 				}
-				continue // decode quarantined it
+				if err == nil || errors.Is(err, ErrRecordUnreadable) {
+					continue // served, or decode quarantined it
+				}
+				// The keyring could not be read again: quarantined as it
+				// stands, until the record is next read.
 			}
 		}
 		left = append(left, b)

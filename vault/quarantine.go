@@ -150,6 +150,15 @@ func (v *Vault) Unreadable() []UnreadableRecord {
 // UnreadableCount is how many records are quarantined.
 func (v *Vault) UnreadableCount() int { return int(v.unreadable.n.Load()) }
 
+// forgetIfFree forgets e, whose record was just quarantined, unless its
+// lock is held: its holder reads the record and forgets it then.
+func (v *Vault) forgetIfFree(e *entry) {
+	if e.mu.TryLock() {
+		v.forget(e)
+		e.mu.Unlock()
+	}
+}
+
 // decodeChecked decodes the plaintext of the record under key into c and
 // checks that it names the connection its key does. It returns the
 // quarantine reason of a failure.

@@ -3,6 +3,7 @@ package vault
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"slices"
 	"strings"
@@ -261,6 +262,13 @@ func (v *Vault) applyChange(ctx context.Context, ch Change) {
 		return
 	}
 	c, err := v.decode(ch.Key, ch.Value)
+	if errors.Is(err, ErrRecordUnreadable) {
+		// Quarantined (quarantine.go): served no more here.
+		if e := v.entry(id); e != nil {
+			v.forgetIfFree(e)
+		}
+		return
+	}
 	if err != nil {
 		// A record sealed under a key term this replica does not know yet
 		// (a rotation elsewhere) opens once the keyring is read again.
@@ -374,13 +382,15 @@ func (v *Vault) openShared(key string, sealed []byte) ([]byte, error) {
 	if err == nil || !v.shared {
 		return plain, err
 	}
-	if term, terr := seal.TermOf(sealed); terr != nil || term <= v.kr.Term() {
+	term, terr := seal.TermOf(sealed)
+	if terr != nil || term <= v.kr.Term() {
 		return plain, err // not a newer term: reading the keyring will not help
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if rerr := v.kr.Reload(ctx); rerr != nil {
-		return plain, err
+		// Not the value's fault: it is not quarantined for it.
+		return nil, fmt.Errorf("sealed under key term %d, newer than this replica's keyring, which could not be read again: %w", term, rerr)
 	}
 	return v.kr.Open(key, sealed)
 }

@@ -229,8 +229,11 @@ func Open(ctx context.Context, cfg Config) (*Vault, error) {
 // ErrRecordUnreadable. One that does leaves quarantine if it was in it.
 func (v *Vault) decode(key string, sealed []byte) (*Connection, error) {
 	plain, err := v.openShared(key, sealed)
-	if err != nil {
+	if errors.Is(err, seal.ErrBroken) {
 		return nil, v.quarantineRecord(key, unreadableReason(err))
+	}
+	if err != nil {
+		return nil, fmt.Errorf("vault: open %s: %w", key, err) // the keyring could not be read again
 	}
 	var c Connection
 	if reason, err := decodeChecked(key, plain, &c, nil); err != nil {
