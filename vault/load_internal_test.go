@@ -118,3 +118,56 @@ func TestLoadConnections_ManyBatches(t *testing.T) {
 		}
 	}
 }
+
+// Records that open but do not decode, or that name another connection
+// than their key (sealed for conn/b, holding conn a's record: only a
+// holder of the data key could write it), are loadConnections's bad
+// records with their reasons, in batches of several workers; the others
+// load.
+func TestLoadConnections_UndecodableAndWrongID(t *testing.T) {
+	ctx := context.Background()
+	st := &mapStore{m: map[string][]byte{}}
+	mk, err := seal.GenerateMasterKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	kr, err := OpenKeyring(ctx, st, mk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	put := func(key string, plain []byte) {
+		sealed, err := kr.Seal(key, plain)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st.Apply(ctx, Op{Key: key, Value: sealed})
+	}
+	const n = 2*loadBatch + 3
+	for i := range n {
+		c := &Connection{ID: fmt.Sprintf("conn_%05d", i), Owner: "o", Provider: "fake", Status: StatusActive}
+		plain, err := marshalRecord(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch i {
+		case 5:
+			plain = []byte{0xff, 0xff, 0xff} // not a record
+		case loadBatch + 1:
+			c.ID = "conn_other"
+			plain, _ = marshalRecord(c)
+		}
+		put(connPrefix+fmt.Sprintf("conn_%05d", i), plain)
+	}
+	v := &Vault{store: st, kr: kr}
+	entries, bad, err := v.loadConnections(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []badRecord{
+		{key: connPrefix + "conn_00005", reason: UnreadableUndecodable},
+		{key: connPrefix + fmt.Sprintf("conn_%05d", loadBatch+1), reason: UnreadableWrongID},
+	}
+	if len(entries) != n-2 || !slices.Equal(bad, want) {
+		t.Fatalf("loaded %d, bad %+v; want %d and %+v", len(entries), bad, n-2, want)
+	}
+}
