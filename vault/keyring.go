@@ -185,7 +185,7 @@ func (v *Vault) RotateKeys(ctx context.Context) (uint32, int, error) {
 	if err != nil {
 		return 0, 0, err
 	}
-	n, err := Rewrap(ctx, v.store, v.kr, connPrefix, statePrefix, flowPrefix, sessionPrefix, eventPrefix)
+	n, err := Rewrap(ctx, v.store, v.kr, sealedPrefixes...)
 	if errors.Is(err, seal.ErrBroken) {
 		// Values that do not open stay as they are: the connection records
 		// among them are quarantined when read (quarantine.go), and keep
@@ -240,7 +240,7 @@ func (v *Vault) RetireKeys(ctx context.Context) (uint32, []uint32, error) {
 		return 0, nil, errors.New("vault: retire keys: the keyring is not open")
 	}
 	used := map[uint32]int{}
-	for _, prefix := range []string{connPrefix, statePrefix, eventPrefix} {
+	for _, prefix := range sealedPrefixes {
 		err := v.store.Scan(ctx, prefix, "", func(key string, value []byte, rev uint64) (bool, error) {
 			if term, err := seal.TermOf(value); err == nil && term < target {
 				used[term]++

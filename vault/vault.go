@@ -42,6 +42,11 @@ const (
 	sessionPrefix = "session/"
 )
 
+// sealedPrefixes are the prefixes whose values are sealed with the
+// keyring: the re-wrap pass walks them, and a key term is retired only
+// when none of them holds a value under it.
+var sealedPrefixes = []string{connPrefix, statePrefix, flowPrefix, sessionPrefix, eventPrefix}
+
 // Config configures a Vault.
 type Config struct {
 	Store   Store
