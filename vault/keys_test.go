@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	bbolt "go.etcd.io/bbolt"
 
@@ -233,5 +234,28 @@ func TestKeys_RekeyMaster(t *testing.T) {
 	servesAll(t, h, ids)
 	if oldMK.ID() == newMK.ID() || len(newMK.ID()) != 16 || strings.Contains(newMK.ID(), newMK.Encode()[:8]) {
 		t.Fatalf("master key ids %s, %s", oldMK.ID(), newMK.ID())
+	}
+}
+
+// A connect session (and a flow no browser has opened yet) made before a
+// rotation is re-wrapped with the connections, so retiring the old term
+// leaves it working; a retire that skipped them would leave the user's
+// link dead.
+func TestKeys_RetireKeepsSessionsAndFlows(t *testing.T) {
+	h := newHarness(t)
+	ctx := context.Background()
+	tok, _, err := h.v.CreateSession(ctx, vault.SessionRequest{Owner: "alice", TTL: 20 * time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := h.v.RotateKeys(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, dropped, err := h.v.RetireKeys(ctx); err != nil || !slices.Equal(dropped, []uint32{1}) {
+		t.Fatalf("RetireKeys() = %v, %v; want [1] dropped", dropped, err)
+	}
+	h.reopen()
+	if s, err := h.v.Session(ctx, tok); err != nil || s.Owner != "alice" {
+		t.Fatalf("Session after rotate and retire = %+v, %v; want alice's session", s, err)
 	}
 }
