@@ -55,6 +55,7 @@ func (v *Vault) loadConnections(ctx context.Context) ([]*entry, []badRecord, err
 	for range workers {
 		wg.Go(func() {
 			var (
+				d  loadDecoder
 				pb recordv1.Connection
 				c  Connection
 			)
@@ -64,16 +65,12 @@ func (v *Vault) loadConnections(ctx context.Context) ([]*entry, []badRecord, err
 				for i, key := range j.keys {
 					plain := j.plain[start:j.ends[i]]
 					start = j.ends[i]
-					if reason, err := decodeChecked(key, plain, &c, &pb); err != nil {
+					e, reason, err := decodeEntryChecked(key, plain, &d, &c, &pb)
+					if err != nil {
 						j.bad = append(j.bad, badRecord{key: key, reason: reason})
 						continue
 					}
-					e := newEntry(&c)
 					e.rev = j.revs[i]
-					e.res.Store(newResident(&c))
-					if used := nanos(c.LastUsedAt); used > 0 {
-						e.lastUsed.Store(used)
-					}
 					j.out[i] = e
 				}
 				select {
@@ -201,4 +198,35 @@ func (v *Vault) loadUnreadable(ctx context.Context, bad []badRecord, total int) 
 		v.quarantineRecord(b.key, b.reason)
 	}
 	return out, nil
+}
+
+// decodeEntryChecked is decodeEntry, and the check that the record is the
+// one its key names; on failure it says why, as a quarantine reason.
+func decodeEntryChecked(key string, plain []byte, d *loadDecoder, c *Connection, pb *recordv1.Connection) (*entry, string, error) {
+	e, err := decodeEntry(plain, d, c, pb)
+	if err != nil {
+		return nil, UnreadableUndecodable, err
+	}
+	if len(key) != len(connPrefix)+len(e.id) || key[len(connPrefix):] != e.id {
+		return nil, UnreadableWrongID, errors.New("the record names another connection")
+	}
+	return e, "", nil
+}
+
+// decodeEntry returns the entry of a record's plaintext, its resident
+// stored: by d (loaddecode.go) or, for a record d leaves to it, the general
+// decoder into c and pb (scratch).
+func decodeEntry(plain []byte, d *loadDecoder, c *Connection, pb *recordv1.Connection) (*entry, error) {
+	if e, err := d.decode(plain); err == nil {
+		return e, nil
+	}
+	if err := unmarshalRecord(plain, c, pb); err != nil {
+		return nil, err
+	}
+	e := newEntry(c)
+	e.res.Store(newResident(c))
+	if used := nanos(c.LastUsedAt); used > 0 {
+		e.lastUsed.Store(used)
+	}
+	return e, nil
 }
