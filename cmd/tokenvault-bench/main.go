@@ -290,11 +290,15 @@ func run(o options) error {
 		return err
 	}
 	tKeyring := time.Since(clock.start)
+	if o.gogc == 50 {
+		debug.SetGCPercent(400) // as the sidecar opens the vault (loadGOGC)
+	}
 	v, err := vault.Open(ctx, vault.Config{
 		Store: st, Keyring: kr, Providers: map[string]vault.Provider{providerName: bp}, Now: clock.Now,
 		RefreshPolicies: map[string]vault.RefreshPolicy{providerName: {RateLimit: o.rate, Burst: burst}},
 		Logger:          slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError})),
 	})
+	debug.SetGCPercent(o.gogc)
 	if err != nil {
 		return err
 	}
