@@ -5,31 +5,31 @@ import (
 	"testing"
 )
 
-// TestLoadingGC: the vault opens under loadGOGC and serving goes on under
-// the setting before; a GOGC from the environment is never overridden.
-func TestLoadingGC(t *testing.T) {
-	defer debug.SetGCPercent(debug.SetGCPercent(defaultGOGC))
-	restore := loadingGC(func(string) string { return "" })
-	if got := debug.SetGCPercent(loadGOGC); got != loadGOGC {
-		t.Fatalf("while loading: GOGC %d; want %d", got, loadGOGC)
+// TestStartingGC: the sidecar starts under startGOGC and serves under
+// defaultGOGC; a GOGC from the environment is never overridden.
+func TestStartingGC(t *testing.T) {
+	defer debug.SetGCPercent(debug.SetGCPercent(100))
+	serving := startingGC(func(string) string { return "" })
+	if got := debug.SetGCPercent(startGOGC); got != startGOGC {
+		t.Fatalf("while starting: GOGC %d; want %d", got, startGOGC)
 	}
-	restore()
+	serving()
 	if got := debug.SetGCPercent(defaultGOGC); got != defaultGOGC {
-		t.Fatalf("after loading: GOGC %d; want %d back", got, defaultGOGC)
+		t.Fatalf("serving: GOGC %d; want %d", got, defaultGOGC)
 	}
 
 	debug.SetGCPercent(123)
-	restore = loadingGC(func(k string) string {
+	serving = startingGC(func(k string) string {
 		if k == "GOGC" {
 			return "123"
 		}
 		return ""
 	})
 	if got := debug.SetGCPercent(123); got != 123 {
-		t.Fatalf("with GOGC=123 set: GOGC %d while loading; want 123", got)
+		t.Fatalf("with GOGC=123 set: GOGC %d while starting; want 123", got)
 	}
-	restore()
+	serving()
 	if got := debug.SetGCPercent(123); got != 123 {
-		t.Fatalf("with GOGC=123 set: GOGC %d after loading; want 123", got)
+		t.Fatalf("with GOGC=123 set: GOGC %d serving; want 123", got)
 	}
 }

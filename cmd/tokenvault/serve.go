@@ -34,30 +34,25 @@ var errUsage = errors.New("usage")
 // connections under 150 MiB resident, for a few percent more GC CPU.
 const defaultGOGC = 50
 
-// loadGOGC is the garbage collector's target percentage while the vault
-// opens, unless GOGC is set. Opening allocates little but the resident
-// connections, which all stay: collecting at defaultGOGC while they load
-// marked the growing set again at every 50% of growth (about eight cycles
-// from a few MiB to 100,000 connections), a seventh of the start's CPU.
-// FreeOSMemory after opening collects once and hands back what is free.
-const loadGOGC = 400
+// startGOGC is the garbage collector's target percentage while the
+// sidecar starts, unless GOGC is set. A start allocates little but what
+// stays (above all the resident connections): collecting at defaultGOGC
+// from the runtime's smallest heap marked the growing set again at every
+// 50% of growth (about eight cycles on the way to 100,000 connections, a
+// seventh of the start's CPU; in dev mode a sixth). Serving begins under
+// defaultGOGC, after FreeOSMemory has collected once and handed back what
+// is free.
+const startGOGC = 400
 
-// tuneGC sets defaultGOGC unless the environment sets GOGC.
-func tuneGC(env func(string) string) {
-	if env("GOGC") == "" {
-		debug.SetGCPercent(defaultGOGC)
-	}
-}
-
-// loadingGC sets loadGOGC for the vault's opening, unless the environment
-// sets GOGC; the returned func goes back to tuneGC's setting. A memory
-// limit (GOMEMLIMIT) still holds throughout.
-func loadingGC(env func(string) string) (restore func()) {
+// startingGC sets startGOGC unless the environment sets GOGC; the returned
+// func sets defaultGOGC (likewise). A memory limit (GOMEMLIMIT) holds
+// throughout.
+func startingGC(env func(string) string) (serving func()) {
 	if env("GOGC") != "" {
 		return func() {}
 	}
-	prev := debug.SetGCPercent(loadGOGC)
-	return func() { debug.SetGCPercent(prev) }
+	debug.SetGCPercent(startGOGC)
+	return func() { debug.SetGCPercent(defaultGOGC) }
 }
 
 type serveFlags struct {
@@ -93,6 +88,7 @@ func serve(ctx context.Context, args []string, env func(string) string, stdout, 
 		return errUsage
 	}
 
+	serving := startingGC(env)
 	cfg := &Config{}
 	if f.config != "" {
 		var err error
@@ -150,7 +146,6 @@ func serve(ctx context.Context, args []string, env func(string) string, stdout, 
 	if err := checkFileModes(cfg.DataDir, filepath.Join(cfg.DataDir, "tokenvault.db"), cfg.MasterKeyFile, f.dev, log); err != nil {
 		return err
 	}
-	tuneGC(env)
 	store, err := openStore(ctx, cfg.Store, cfg.DataDir, env)
 	if err != nil {
 		return err
@@ -233,7 +228,6 @@ func serve(ctx context.Context, args []string, env func(string) string, stdout, 
 		log.Error("no credentials configured (auth.api_keys, auth.unix_socket.peers): every call but health checks will be refused")
 	}
 	metrics := server.NewMetrics()
-	restoreGC := loadingGC(env)
 	v, err := vault.Open(ctx, vault.Config{
 		Store: store, Keyring: kr, Providers: vprovs,
 		ReturnTo: cfg.ReturnTo, DefaultReturnTo: cfg.DefaultReturnTo,
@@ -242,13 +236,9 @@ func serve(ctx context.Context, args []string, env func(string) string, stdout, 
 		RefreshPolicies: refreshPolicies(cfg), Failpoint: failpoint(env, log),
 		OnRefresh: metrics.ObserveRefresh, FencedCallTimeout: fencedCallTimeout(store),
 	})
-	restoreGC()
 	if err != nil {
 		return err
 	}
-	// Opening decoded every record: hand that garbage back to the OS now,
-	// not over the next minutes.
-	debug.FreeOSMemory()
 	// Closed after the server has stopped (defers run in reverse), so the
 	// last calls' records are written, and before the store closes.
 	auditLog := audit.New(audit.Config{Store: store, Retention: cfg.Audit.Retention, Logger: log})
@@ -292,6 +282,10 @@ func serve(ctx context.Context, args []string, env func(string) string, stdout, 
 	hooksDone := make(chan struct{})
 	go func() { defer close(hooksDone); hooks.Run(bgCtx) }()
 	defer func() { stopBG(); <-hooksDone }() // webhook deliveries, and the outbox sweep
+	// Starting decoded every record: hand that garbage back to the OS now,
+	// not over the next minutes.
+	serving()
+	debug.FreeOSMemory()
 	log.Info("tokenvault serving",
 		slog.String("grpc", gl.Addr().String()), slog.String("json_gateway", gl.Addr().String()), slog.String("public", hl.Addr().String()),
 		slog.String("health", healthL.Addr().String()), slog.String("metrics", metricsL.Addr().String()),
