@@ -6,8 +6,12 @@ import (
 	"math"
 	"math/rand/v2"
 	"reflect"
+	"slices"
 	"testing"
 	"time"
+
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
 
 	recordv1 "github.com/tokenvault/tokenvault/proto/tokenvault/record/v1"
 	"github.com/tokenvault/tokenvault/vault/seal"
@@ -159,22 +163,44 @@ func TestLoadDecoder_SameAsGeneral(t *testing.T) {
 	}
 }
 
-// TestLoadDecoder_Duplicates: a field the runtime would merge (a message
-// twice) goes to the general decoder.
+// TestLoadDecoder_Duplicates: a message field twice, which the runtime
+// would merge (the grant, the refresh in flight), goes to the general
+// decoder.
 func TestLoadDecoder_Duplicates(t *testing.T) {
-	c := &Connection{ID: "conn_1", Owner: "o", Provider: "p", Status: StatusActive, InFlight: &InFlight{Credential: "x"},
-		Grant: Grant{Tokens: []Token{{AccessToken: "at"}}}}
+	c := &Connection{ID: "conn_1", Owner: "o", Provider: "p", Status: StatusActive,
+		InFlight: &InFlight{Credential: "x"}, Grant: Grant{Tokens: []Token{{AccessToken: "at"}}}}
 	plain, err := marshalRecord(c)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var d loadDecoder
-	if _, err := d.decode(append(plain, plain...)); err != errGeneral {
-		t.Fatalf("a record twice over: %v; want errGeneral", err)
+	field := func(num protowire.Number, m proto.Message) []byte {
+		b, err := proto.Marshal(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return protowire.AppendBytes(protowire.AppendTag(nil, num, protowire.BytesType), b)
 	}
-	e, err := decodeEntry(append(plain, plain...), &d, &Connection{}, &recordv1.Connection{})
-	if err != nil || e.id != "conn_1" || len(e.res.Load().tokens) != 2 {
-		t.Fatalf("decodeEntry of a record twice over = %v, %v; want the general decoder's merge (2 tokens)", e, err)
+	for _, tc := range []struct {
+		name  string
+		extra []byte
+	}{
+		{"grant", field(23, &recordv1.Grant{Tokens: []*recordv1.Token{{AccessToken: "at2"}}})},
+		{"in_flight", field(19, &recordv1.InFlight{Attempts: 3})},
+	} {
+		twice := append(slices.Clone(plain), tc.extra...)
+		var d loadDecoder
+		if _, err := d.decode(twice); err != errGeneral {
+			t.Fatalf("%s twice: %v; want errGeneral", tc.name, err)
+		}
+		e, err := decodeEntry(twice, &d, &Connection{}, &recordv1.Connection{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, err := generalEntry(twice)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sameEntry(t, tc.name+" twice", e, want)
 	}
 }
 
