@@ -291,7 +291,7 @@ func run(o options) error {
 	}
 	tKeyring := time.Since(clock.start)
 	if o.gogc == 50 {
-		debug.SetGCPercent(400) // as the sidecar opens the vault (loadGOGC)
+		debug.SetGCPercent(400) // as the sidecar starts (startGOGC)
 	}
 	v, err := vault.Open(ctx, vault.Config{
 		Store: st, Keyring: kr, Providers: map[string]vault.Provider{providerName: bp}, Now: clock.Now,
