@@ -243,8 +243,8 @@ func BenchmarkLoadConnections(b *testing.B) {
 	}
 	v := &Vault{store: st, kr: kr}
 	for b.Loop() {
-		if _, err := v.loadConnections(ctx); err != nil {
-			b.Fatal(err)
+		if _, bad, err := v.loadConnections(ctx); err != nil || len(bad) != 0 {
+			b.Fatal(bad, err)
 		}
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/n, "ns/record")
