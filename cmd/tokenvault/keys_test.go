@@ -30,7 +30,7 @@ func connectOwner(t *testing.T, r ready, owner string) string {
 	if err != nil {
 		t.Fatalf("StartConnect = %v", err)
 	}
-	resp, err := http.Get(sc.AuthorizationUrl)
+	resp, err := newBrowser(t).Get(sc.AuthorizationUrl) // the start URL binds the flow to this browser
 	if err != nil {
 		t.Fatal(err)
 	}
