@@ -18,6 +18,12 @@
 //
 //	make build && go run ./cmd/tokenvault-bench -connections 10000 -probe .bin/tokenvault
 //
+// With -etcd as well, the same on the etcd store: a one-member etcd
+// cluster on 127.0.0.1 (etcd.go), empty and with the seeded connections
+// migrated into it by `tokenvault store migrate`:
+//
+//	go run ./cmd/tokenvault-bench -connections 100000 -probe .bin/tokenvault -etcd -data /tmp/seed100k
+//
 // The provider is a small strict OAuth 2.0 token endpoint (rotation, reuse
 // detection) run in a child process on 127.0.0.1, so that its bookkeeping
 // is not counted; the vault reaches it through the real generic provider
@@ -98,6 +104,8 @@ type options struct {
 	startupOnly  bool
 	fakeLifetime time.Duration
 	probe        string
+	etcd         bool
+	etcdMember   string
 	runs         int
 	settle       time.Duration
 }
@@ -122,11 +130,20 @@ func main() {
 	flag.StringVar(&o.memprofile, "memprofile", "", "write a heap profile taken after startup, and one of the run to this path + .end")
 	flag.BoolVar(&o.startupOnly, "startup-only", false, "measure the startup and memory, then stop")
 	flag.StringVar(&o.probe, "probe", "", "path of a tokenvault binary: measure exec -> first health check and idle memory of the real sidecar (see probe.go), then stop")
+	flag.BoolVar(&o.etcd, "etcd", false, "with -probe: also start the sidecar on a one-member etcd cluster on 127.0.0.1, empty and with the seeded connections migrated into it")
 	flag.IntVar(&o.runs, "runs", 7, "with -probe: starts per setup")
 	flag.DurationVar(&o.settle, "settle", 2*time.Second, "with -probe: idle time after the first health check before memory is read")
 	flag.BoolVar(&o.fake, "fake", false, "internal: serve the loopback token endpoint and print its address")
 	flag.DurationVar(&o.fakeLifetime, "fake-lifetime", time.Hour, "internal: expires_in of the loopback token endpoint")
+	flag.StringVar(&o.etcdMember, "etcd-member", "", "internal: run a one-member etcd cluster with its data in this directory and print its client URL")
 	flag.Parse()
+	if o.etcdMember != "" {
+		if err := serveEtcd(o.etcdMember); err != nil {
+			fmt.Fprintln(os.Stderr, "etcd member:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if o.fake {
 		if err := serveFake(o.fakeLifetime, o.tokenBytes); err != nil {
 			fmt.Fprintln(os.Stderr, "fake:", err)
@@ -213,6 +230,9 @@ func run(o options) error {
 	if o.connections <= 0 || o.lifetime <= 0 || o.duration <= 0 {
 		return errors.New("-connections, -lifetime and -duration must be positive")
 	}
+	if o.etcd && o.probe == "" {
+		return errors.New("-etcd goes with -probe")
+	}
 	if o.scale <= 0 {
 		o.scale = float64(o.lifetime) / float64(o.duration)
 	}
@@ -247,7 +267,8 @@ func run(o options) error {
 		return err
 	}
 	if o.probe != "" {
-		return probeStartup(o, dir, fakeAddr)
+		_, err := probeStartup(o, dir, fakeAddr)
+		return err
 	}
 	runPath := filepath.Join(dir, "run.db")
 	if err := copyFile(filepath.Join(dir, "seed.db"), runPath); err != nil {

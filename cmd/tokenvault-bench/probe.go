@@ -1,10 +1,12 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -25,15 +27,34 @@ type probeSetup struct {
 	name        string
 	connections int  // in the store it starts on
 	dev         bool // serve --dev on an empty data dir
+	etcd        bool // on the etcd member (-etcd), not a bbolt file
 }
 
 // probeRun is what one start measured.
 type probeRun struct {
 	ready                 time.Duration // exec -> first SERVING health answer
 	cpu                   time.Duration // the process's CPU time by then
+	etcdCPU               time.Duration // the etcd member's CPU time from exec to then
 	rss, rssAnon, rssFile float64       // KiB, idle after settle
 	rssAtReady            float64       // KiB, as soon as it answered
 }
+
+// probeResult is the runs of one setup.
+type probeResult struct {
+	setup probeSetup
+	runs  []probeRun
+}
+
+// probeEnv is what every start of a probe shares.
+type probeEnv struct {
+	bin, seedPath, keyPath, fakeAddr string
+	settle                           time.Duration
+	etcd                             *etcdMember // with -etcd
+}
+
+// etcdPrefix is where the seeded connections are migrated on the etcd
+// member; an empty store's start gets a prefix of its own each run.
+const etcdPrefix = "probe/"
 
 // probeStartup measures the real tokenvault binary as a Kubernetes probe
 // sees it: the time from exec to the first gRPC health check answered
@@ -44,54 +65,168 @@ type probeRun struct {
 // (`serve --dev`), a configured sidecar on an empty store, and the same on
 // a copy of the seeded store of o.connections connections. Resident memory
 // per connection is the difference of the last two's medians.
-func probeStartup(o options, dir, fakeAddr string) error {
+//
+// With o.etcd it starts a one-member etcd cluster on 127.0.0.1 (etcd.go),
+// copies the seeded store into it with the binary's own `store migrate`,
+// and adds two setups to the rotation: a sidecar configured with
+// `store: {kind: etcd}` on an empty prefix and on the migrated one. It also
+// reads the CPU the etcd member spent while the sidecar started (serving
+// its reads). Every start's connections are checked on its /metrics
+// (tokenvault_connections), so that a figure is never one of a store
+// other than the one it is labelled with.
+func probeStartup(o options, dir, fakeAddr string) ([]probeResult, error) {
 	bin, err := filepath.Abs(o.probe)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if _, err := os.Stat(bin); err != nil {
-		return fmt.Errorf("-probe: %w (build it with: make build)", err)
+		return nil, fmt.Errorf("-probe: %w (build it with: make build)", err)
 	}
-	seedPath, keyPath := filepath.Join(dir, "seed.db"), filepath.Join(dir, "master.key")
-	setups := []probeSetup{{"dev", 0, true}, {"empty", 0, false}, {strconv.Itoa(o.connections), o.connections, false}}
-	results := make([][]probeRun, len(setups))
+	env := probeEnv{bin: bin, seedPath: filepath.Join(dir, "seed.db"), keyPath: filepath.Join(dir, "master.key"),
+		fakeAddr: fakeAddr, settle: o.settle}
+	setups := []probeSetup{{name: "dev", dev: true}, {name: "empty"}, {name: strconv.Itoa(o.connections), connections: o.connections}}
+	if o.etcd {
+		etcdDir, err := os.MkdirTemp("", "tokenvault-probe-etcd-")
+		if err != nil {
+			return nil, err
+		}
+		defer os.RemoveAll(etcdDir)
+		if env.etcd, err = startEtcd(etcdDir); err != nil {
+			return nil, err
+		}
+		defer env.etcd.stop()
+		if err := migrateToEtcd(env, o.connections); err != nil {
+			return nil, err
+		}
+		setups = append(setups, probeSetup{name: "etcd empty", etcd: true},
+			probeSetup{name: "etcd " + strconv.Itoa(o.connections), connections: o.connections, etcd: true})
+	}
+	results := make([]probeResult, len(setups))
+	for i, s := range setups {
+		results[i].setup = s
+	}
 	for run := range o.runs {
 		for i, s := range setups {
-			r, err := probeOnce(bin, s, seedPath, keyPath, fakeAddr, o.settle)
+			r, err := probeOnce(env, s, run)
 			if err != nil {
-				return fmt.Errorf("%s run %d: %w", s.name, run+1, err)
+				return nil, fmt.Errorf("%s run %d: %w", s.name, run+1, err)
 			}
-			results[i] = append(results[i], r)
-			fmt.Printf("%-8s run %d: ready %7.1f ms, CPU %6.1f ms; RSS at ready %6.1f MiB; idle RSS %6.1f MiB (anon %6.1f, file %5.1f)\n",
-				s.name, run+1, ms(r.ready), ms(r.cpu), r.rssAtReady/1024, r.rss/1024, r.rssAnon/1024, r.rssFile/1024)
+			results[i].runs = append(results[i].runs, r)
+			etcdCPU := ""
+			if s.etcd {
+				etcdCPU = fmt.Sprintf(" (etcd member %6.1f ms)", ms(r.etcdCPU))
+			}
+			fmt.Printf("%-12s run %d: ready %7.1f ms, CPU %6.1f ms%s; RSS at ready %6.1f MiB; idle RSS %6.1f MiB (anon %6.1f, file %5.1f)\n",
+				s.name, run+1, ms(r.ready), ms(r.cpu), etcdCPU, r.rssAtReady/1024, r.rss/1024, r.rssAnon/1024, r.rssFile/1024)
 		}
 	}
 	fmt.Printf("\nexec -> first SERVING health check, %d runs each: median (min–max)\n", o.runs)
 	med := make([]float64, len(setups))
-	for i, s := range setups {
-		ready := make([]float64, 0, o.runs)
-		cpu := make([]float64, 0, o.runs)
-		rss := make([]float64, 0, o.runs)
-		file := make([]float64, 0, o.runs)
-		for _, r := range results[i] {
+	for i, res := range results {
+		s := res.setup
+		var ready, cpu, etcdCPU, rss, file []float64
+		for _, r := range res.runs {
 			ready = append(ready, ms(r.ready))
 			cpu = append(cpu, ms(r.cpu))
+			etcdCPU = append(etcdCPU, ms(r.etcdCPU))
 			rss = append(rss, r.rss/1024)
 			file = append(file, r.rssFile/1024)
 		}
 		med[i] = median(rss)
-		connections := fmt.Sprintf("%d connections", s.connections)
-		if s.dev {
-			connections = "dev mode"
+		label := fmt.Sprintf("bbolt, %d connections", s.connections)
+		switch {
+		case s.dev:
+			label = "dev mode"
+		case s.etcd:
+			label = fmt.Sprintf("etcd, %d connections", s.connections)
 		}
-		fmt.Printf("%-18s ready %s ms, CPU by then %s ms; idle RSS %s MiB, of it file-backed %s MiB\n", connections,
-			spread(ready, "%.1f"), spread(cpu, "%.0f"), spread(rss, "%.1f"), spread(file, "%.1f"))
+		member := ""
+		if s.etcd {
+			member = fmt.Sprintf(" (etcd member %s ms)", spread(etcdCPU, "%.0f"))
+		}
+		fmt.Printf("%-25s ready %s ms, CPU by then %s ms%s; idle RSS %s MiB, of it file-backed %s MiB\n", label,
+			spread(ready, "%.1f"), spread(cpu, "%.0f"), member, spread(rss, "%.1f"), spread(file, "%.1f"))
 	}
 	if o.connections > 0 {
-		fmt.Printf("resident memory per connection (idle RSS medians, %d connections against none): %.0f bytes\n",
+		fmt.Printf("resident memory per connection (idle RSS medians, %d connections against none): bbolt %.0f bytes",
 			o.connections, (med[2]-med[1])*1024*1024/float64(o.connections))
+		if o.etcd {
+			fmt.Printf(", etcd %.0f bytes", (med[4]-med[3])*1024*1024/float64(o.connections))
+		}
+		fmt.Println()
 	}
+	return results, nil
+}
+
+// migrateToEtcd copies the seeded store to the etcd member under
+// etcdPrefix with the binary's own `tokenvault store migrate` (from a copy:
+// the command opens its source read-write), and checks that it copied
+// every connection.
+func migrateToEtcd(env probeEnv, connections int) error {
+	runDir, err := os.MkdirTemp("", "tokenvault-probe-migrate-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(runDir)
+	from := filepath.Join(runDir, "tokenvault.db")
+	if err := copyFile(env.seedPath, from); err != nil {
+		return err
+	}
+	cfgPath, err := writeProbeConfig(env, runDir, etcdPrefix)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, env.bin, "store", "migrate", "--from", from, "--to", cfgPath)
+	cmd.Env = append(os.Environ(), "TOKENVAULT_PROBE_CLIENT_SECRET="+clientSecret)
+	start := time.Now()
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("store migrate: %w: %s", err, out)
+	}
+	var records, copied int
+	if _, err := fmt.Sscanf(string(out), "copied %d records (%d connections)", &records, &copied); err != nil || copied != connections {
+		return fmt.Errorf("store migrate: want %d connections copied, got: %s", connections, out)
+	}
+	fmt.Printf("etcd: one member on 127.0.0.1 (fsync on), a child process; tokenvault store migrate: %d records (%d connections) in %v\n",
+		records, copied, time.Since(start).Round(time.Millisecond))
 	return nil
+}
+
+// writeProbeConfig writes runDir/tokenvault.yaml, with a copy of the
+// master key beside it, for the provider of the seeded connections (their
+// tokens expire in the seed's simulated 2030: nothing is refreshed while
+// measured), and with a store block naming the etcd member and prefix if
+// prefix is not empty.
+func writeProbeConfig(env probeEnv, runDir, prefix string) (string, error) {
+	key, err := os.ReadFile(env.keyPath)
+	if err != nil {
+		return "", err
+	}
+	mkPath := filepath.Join(runDir, "master.key")
+	if err := os.WriteFile(mkPath, key, 0o600); err != nil {
+		return "", err
+	}
+	cfg := fmt.Sprintf(`master_key_file: %s
+providers:
+  %s:
+    kind: oauth2
+    client_id: %s
+    client_secret_env: TOKENVAULT_PROBE_CLIENT_SECRET
+    auth_url: http://%s/authorize
+    token_url: http://%s/token
+    auth_style: header
+`, mkPath, providerName, clientID, env.fakeAddr, env.fakeAddr)
+	if prefix != "" {
+		cfg += fmt.Sprintf(`store:
+  kind: etcd
+  endpoints: [%s]
+  prefix: %q
+`, env.etcd.endpoint, prefix)
+	}
+	cfgPath := filepath.Join(runDir, "tokenvault.yaml")
+	return cfgPath, os.WriteFile(cfgPath, []byte(cfg), 0o600)
 }
 
 func ms(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1e6 }
@@ -120,7 +255,7 @@ func freePort() (string, error) {
 	return l.Addr().String(), nil
 }
 
-func probeOnce(bin string, s probeSetup, seedPath, keyPath, fakeAddr string, settle time.Duration) (probeRun, error) {
+func probeOnce(env probeEnv, s probeSetup, run int) (probeRun, error) {
 	var r probeRun
 	runDir, err := os.MkdirTemp("", "tokenvault-probe-")
 	if err != nil {
@@ -139,46 +274,41 @@ func probeOnce(bin string, s probeSetup, seedPath, keyPath, fakeAddr string, set
 	if err != nil {
 		return r, err
 	}
-	args := []string{"serve", "--grpc-addr", grpcAddr, "--public-addr", httpAddr, "--health-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0",
+	metricsAddr, err := freePort()
+	if err != nil {
+		return r, err
+	}
+	args := []string{"serve", "--grpc-addr", grpcAddr, "--public-addr", httpAddr, "--health-addr", "127.0.0.1:0", "--metrics-addr", metricsAddr,
 		"--data-dir", data, "--log-level", "error"}
-	if s.dev {
+	switch {
+	case s.dev:
 		args = append(args, "--dev")
-	} else {
+	case s.etcd:
+		prefix := etcdPrefix
+		if s.connections == 0 {
+			prefix = fmt.Sprintf("probe-empty-%d/", run+1)
+		}
+		cfgPath, err := writeProbeConfig(env, runDir, prefix)
+		if err != nil {
+			return r, err
+		}
+		args = append(args, "--config", cfgPath)
+	default:
 		if s.connections > 0 {
-			if err := copyFile(seedPath, filepath.Join(data, "tokenvault.db")); err != nil {
+			if err := copyFile(env.seedPath, filepath.Join(data, "tokenvault.db")); err != nil {
 				return r, err
 			}
 			if err := os.Chmod(filepath.Join(data, "tokenvault.db"), 0o600); err != nil {
 				return r, err
 			}
 		}
-		key, err := os.ReadFile(keyPath)
+		cfgPath, err := writeProbeConfig(env, runDir, "")
 		if err != nil {
-			return r, err
-		}
-		mkPath := filepath.Join(runDir, "master.key")
-		if err := os.WriteFile(mkPath, key, 0o600); err != nil {
-			return r, err
-		}
-		// The provider of the seeded connections. Their tokens expire in
-		// the seed's simulated 2030: nothing is refreshed while measured.
-		cfg := fmt.Sprintf(`master_key_file: %s
-providers:
-  %s:
-    kind: oauth2
-    client_id: %s
-    client_secret_env: TOKENVAULT_PROBE_CLIENT_SECRET
-    auth_url: http://%s/authorize
-    token_url: http://%s/token
-    auth_style: header
-`, mkPath, providerName, clientID, fakeAddr, fakeAddr)
-		cfgPath := filepath.Join(runDir, "tokenvault.yaml")
-		if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 			return r, err
 		}
 		args = append(args, "--config", cfgPath)
 	}
-	cmd := exec.Command(bin, args...)
+	cmd := exec.Command(env.bin, args...)
 	cmd.Dir = runDir // dev mode writes nothing outside --data-dir; be sure
 	cmd.Env = append(os.Environ(), "TOKENVAULT_PROBE_CLIENT_SECRET="+clientSecret)
 	var stderr strings.Builder
@@ -197,6 +327,10 @@ providers:
 	defer conn.Close()
 	health := healthpb.NewHealthClient(conn)
 
+	var etcdCPU0 time.Duration
+	if s.etcd {
+		etcdCPU0 = cpuOf(env.etcd.pid)
+	}
 	start := time.Now()
 	if err := cmd.Start(); err != nil {
 		return r, err
@@ -222,6 +356,9 @@ providers:
 		if err == nil && resp.Status == healthpb.HealthCheckResponse_SERVING {
 			r.ready = time.Since(start)
 			r.cpu = cpuOf(cmd.Process.Pid)
+			if s.etcd {
+				r.etcdCPU = cpuOf(env.etcd.pid) - etcdCPU0
+			}
 			break
 		}
 		select {
@@ -237,10 +374,53 @@ providers:
 	}
 	st := statusOf(cmd.Process.Pid)
 	r.rssAtReady = st["VmRSS"]
-	time.Sleep(settle)
+	time.Sleep(env.settle)
 	st = statusOf(cmd.Process.Pid)
 	r.rss, r.rssAnon, r.rssFile = st["VmRSS"], st["RssAnon"], st["RssFile"]
-	return r, stop()
+	// After the memory is read: the scrape allocates.
+	n, err := connectionsServed(metricsAddr)
+	if err == nil && n != s.connections {
+		err = fmt.Errorf("serves %d connections, want %d", n, s.connections)
+	}
+	if serr := stop(); err == nil {
+		err = serr
+	}
+	return r, err
+}
+
+// connectionsServed sums the sidecar's tokenvault_connections gauges.
+func connectionsServed(metricsAddr string) (int, error) {
+	c := http.Client{Timeout: 10 * time.Second}
+	resp, err := c.Get("http://" + metricsAddr + "/metrics")
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return 0, fmt.Errorf("/metrics: %s", resp.Status)
+	}
+	n, seen := 0, false
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		line := sc.Text()
+		if !strings.HasPrefix(line, "tokenvault_connections{") {
+			continue
+		}
+		f := strings.Fields(line)
+		v, err := strconv.ParseFloat(f[len(f)-1], 64)
+		if err != nil {
+			return 0, fmt.Errorf("/metrics: %q", line)
+		}
+		n += int(v)
+		seen = true
+	}
+	if err := sc.Err(); err != nil {
+		return 0, err
+	}
+	if !seen {
+		return 0, errors.New("/metrics: no tokenvault_connections")
+	}
+	return n, nil
 }
 
 // cpuOf returns the user+system CPU time process pid has used (to the

@@ -1,0 +1,81 @@
+package main
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+// TestMain lets the test binary be the bench's child processes (the
+// loopback token endpoint, the etcd member), as the bench execs itself.
+func TestMain(m *testing.M) {
+	if len(os.Args) > 1 && (os.Args[1] == "-fake" || os.Args[1] == "-etcd-member") {
+		main()
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+// tokenvaultBin is $TOKENVAULT_BIN (make test passes the binary it built),
+// else one built from the main module for this test.
+func tokenvaultBin(t *testing.T) string {
+	t.Helper()
+	if p := os.Getenv("TOKENVAULT_BIN"); p != "" {
+		p, err := filepath.Abs(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	bin := filepath.Join(t.TempDir(), "tokenvault")
+	cmd := exec.Command("go", "build", "-o", bin, "./cmd/tokenvault")
+	cmd.Dir = filepath.Join("..", "..")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("building tokenvault: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// TestProbeEtcd runs the -probe -etcd path once on a small seed: the real
+// binary migrates the seeded bbolt store into a real etcd member and
+// starts on it, and every start serves the connections it is labelled
+// with (probeOnce checks /metrics).
+func TestProbeEtcd(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts the real sidecar five times and an etcd member")
+	}
+	bin := tokenvaultBin(t)
+	o := options{connections: 200, lifetime: time.Hour, tokenBytes: 128, probe: bin, etcd: true,
+		runs: 1, settle: 100 * time.Millisecond}
+	fakeAddr, _, stopFake, err := startFake(o.lifetime, o.tokenBytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stopFake()
+	dir := t.TempDir()
+	if _, err := seed(context.Background(), o, dir, fakeAddr); err != nil {
+		t.Fatal(err)
+	}
+	results, err := probeStartup(o, dir, fakeAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(results) != 5 {
+		t.Fatalf("%d setups measured, want 5 (dev, bbolt empty and seeded, etcd empty and seeded)", len(results))
+	}
+	last := results[4]
+	if !last.setup.etcd || last.setup.connections != o.connections {
+		t.Fatalf("last setup %+v, want etcd with %d connections", last.setup, o.connections)
+	}
+	for _, res := range results {
+		if len(res.runs) != 1 {
+			t.Fatalf("%s: %d runs, want 1", res.setup.name, len(res.runs))
+		}
+		if r := res.runs[0]; r.ready <= 0 || r.rss <= 0 {
+			t.Errorf("%s: ready %v, idle RSS %v KiB: want both positive", res.setup.name, r.ready, r.rss)
+		}
+	}
+}
