@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -55,6 +56,10 @@ type probeEnv struct {
 // etcdPrefix is where the seeded connections are migrated on the etcd
 // member; an empty store's start gets a prefix of its own each run.
 const etcdPrefix = "probe/"
+
+// emptyPrefixes numbers the empty prefixes: each start on an empty etcd
+// store has one never used before.
+var emptyPrefixes atomic.Int64
 
 // probeStartup measures the real tokenvault binary as a Kubernetes probe
 // sees it: the time from exec to the first gRPC health check answered
@@ -107,7 +112,10 @@ func probeStartup(o options, dir, fakeAddr string) ([]probeResult, error) {
 	}
 	for run := range o.runs {
 		for i, s := range setups {
-			r, err := probeOnce(env, s, run)
+			r, err := probeOnce(env, s)
+			for try := 1; errors.Is(err, errPortTaken) && try < 5; try++ {
+				r, err = probeOnce(env, s)
+			}
 			if err != nil {
 				return nil, fmt.Errorf("%s run %d: %w", s.name, run+1, err)
 			}
@@ -245,6 +253,11 @@ func spread(xs []float64, f string) string {
 	return fmt.Sprintf(f+" ("+f+"–"+f+")", median(xs), slices.Min(xs), slices.Max(xs))
 }
 
+// errPortTaken is a start that failed because another process took one of
+// the ports freePort chose between the choice and the start (the machine
+// is shared): the start is made again on other ports.
+var errPortTaken = errors.New("a port was taken meanwhile")
+
 // freePort returns a port on 127.0.0.1 nobody listens on now.
 func freePort() (string, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -255,7 +268,7 @@ func freePort() (string, error) {
 	return l.Addr().String(), nil
 }
 
-func probeOnce(env probeEnv, s probeSetup, run int) (probeRun, error) {
+func probeOnce(env probeEnv, s probeSetup) (probeRun, error) {
 	var r probeRun
 	runDir, err := os.MkdirTemp("", "tokenvault-probe-")
 	if err != nil {
@@ -286,7 +299,7 @@ func probeOnce(env probeEnv, s probeSetup, run int) (probeRun, error) {
 	case s.etcd:
 		prefix := etcdPrefix
 		if s.connections == 0 {
-			prefix = fmt.Sprintf("probe-empty-%d/", run+1)
+			prefix = fmt.Sprintf("probe-empty-%d/", emptyPrefixes.Add(1))
 		}
 		cfgPath, err := writeProbeConfig(env, runDir, prefix)
 		if err != nil {
@@ -363,7 +376,10 @@ func probeOnce(env probeEnv, s probeSetup, run int) (probeRun, error) {
 		}
 		select {
 		case err := <-exited:
-			return r, fmt.Errorf("exited before serving (%v): %s", err, stderr.String())
+			if strings.Contains(stderr.String(), "address already in use") {
+				err = fmt.Errorf("%w: %v", errPortTaken, err)
+			}
+			return r, fmt.Errorf("exited before serving (%w): %s", err, stderr.String())
 		default:
 		}
 		if time.Now().After(deadline) {
