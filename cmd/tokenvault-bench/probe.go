@@ -132,8 +132,9 @@ func probeStartup(o options, dir, fakeAddr string) ([]probeResult, error) {
 	med := make([]float64, len(setups))
 	for i, res := range results {
 		s := res.setup
-		var ready, cpu, etcdCPU, rss, file []float64
+		var ready, cpu, etcdCPU, atReady, rss, file []float64
 		for _, r := range res.runs {
+			atReady = append(atReady, r.rssAtReady/1024)
 			ready = append(ready, ms(r.ready))
 			cpu = append(cpu, ms(r.cpu))
 			etcdCPU = append(etcdCPU, ms(r.etcdCPU))
@@ -152,8 +153,8 @@ func probeStartup(o options, dir, fakeAddr string) ([]probeResult, error) {
 		if s.etcd {
 			member = fmt.Sprintf(" (etcd member %s ms)", spread(etcdCPU, "%.0f"))
 		}
-		fmt.Printf("%-25s ready %s ms, CPU by then %s ms%s; idle RSS %s MiB, of it file-backed %s MiB\n", label,
-			spread(ready, "%.1f"), spread(cpu, "%.0f"), member, spread(rss, "%.1f"), spread(file, "%.1f"))
+		fmt.Printf("%-25s ready %s ms, CPU by then %s ms%s; RSS then %s MiB; idle RSS %s MiB, of it file-backed %s MiB\n", label,
+			spread(ready, "%.1f"), spread(cpu, "%.0f"), member, spread(atReady, "%.1f"), spread(rss, "%.1f"), spread(file, "%.1f"))
 	}
 	if o.connections > 0 {
 		fmt.Printf("resident memory per connection (idle RSS medians, %d connections against none): bbolt %.0f bytes",
