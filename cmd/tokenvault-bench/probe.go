@@ -259,6 +259,9 @@ func spread(xs []float64, f string) string {
 // is shared): the start is made again on other ports.
 var errPortTaken = errors.New("a port was taken meanwhile")
 
+// probePort picks the ports of a probed start (a test takes one first).
+var probePort = freePort
+
 // freePort returns a port on 127.0.0.1 nobody listens on now.
 func freePort() (string, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -280,15 +283,15 @@ func probeOnce(env probeEnv, s probeSetup) (probeRun, error) {
 	if err := os.Mkdir(data, 0o700); err != nil {
 		return r, err
 	}
-	grpcAddr, err := freePort()
+	grpcAddr, err := probePort()
 	if err != nil {
 		return r, err
 	}
-	httpAddr, err := freePort()
+	httpAddr, err := probePort()
 	if err != nil {
 		return r, err
 	}
-	metricsAddr, err := freePort()
+	metricsAddr, err := probePort()
 	if err != nil {
 		return r, err
 	}

@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"errors"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -77,5 +79,35 @@ func TestProbeEtcd(t *testing.T) {
 		if r := res.runs[0]; r.ready <= 0 || r.rss <= 0 {
 			t.Errorf("%s: ready %v, idle RSS %v KiB: want both positive", res.setup.name, r.ready, r.rss)
 		}
+	}
+}
+
+// TestProbePortTaken: a start whose chosen port another process took
+// meanwhile is told apart (errPortTaken), so that probeStartup makes it
+// again instead of failing a long run.
+func TestProbePortTaken(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts the real sidecar")
+	}
+	bin := tokenvaultBin(t)
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	defer func(p func() (string, error)) { probePort = p }(probePort)
+	calls := 0
+	probePort = func() (string, error) {
+		if calls++; calls == 3 { // the metrics listener's
+			return taken.Addr().String(), nil
+		}
+		return freePort()
+	}
+	env := probeEnv{bin: bin, settle: 10 * time.Millisecond}
+	if _, err := probeOnce(env, probeSetup{name: "dev", dev: true}); !errors.Is(err, errPortTaken) {
+		t.Fatalf("start on a taken port: %v, want errPortTaken", err)
+	}
+	if _, err := probeOnce(env, probeSetup{name: "dev", dev: true}); err != nil {
+		t.Fatalf("start on free ports: %v", err)
 	}
 }
