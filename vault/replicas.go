@@ -62,6 +62,22 @@ type Watcher interface {
 	Watch(ctx context.Context, prefix string, after uint64, fn func([]Change) error) error
 }
 
+// A Share tells a replica which connections' scheduled work (refresh ahead
+// of expiry, validation, expiry) is its own, when several replicas share a
+// Store: each connection's to exactly one live replica, so that the
+// provider load is spread over the replicas and nothing is done twice. A
+// replica that leaves (dies, is cut off) hands its share to the others
+// within a lease TTL. Views may briefly differ while members come and go:
+// the connection's fence keeps two replicas that both think they own it
+// from refreshing one expiry twice.
+type Share interface {
+	// Owns reports whether this replica owns connection id's scheduled work.
+	Owns(id string) bool
+	// Changed returns a channel closed when ownership may have changed
+	// (a member joined or left).
+	Changed() <-chan struct{}
+}
+
 // A Change is one write of a key reported by a Watcher.
 type Change struct {
 	Key     string

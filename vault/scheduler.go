@@ -322,6 +322,13 @@ type SchedulerConfig struct {
 	MaxSleep time.Duration
 	// Logger defaults to the vault's.
 	Logger *slog.Logger
+	// Share, if set, divides the scheduled work between the replicas
+	// sharing the vault's Store: a connection that comes due is acted on
+	// only if this replica owns it; otherwise it is parked until its
+	// owner's commit re-plans it, or ownership changes (a replica left:
+	// its share comes due here at once). Nil: every connection is this
+	// scheduler's (one replica).
+	Share Share
 }
 
 // SchedulerStats counts what a Scheduler did since it started.
@@ -334,6 +341,7 @@ type SchedulerStats struct {
 	Reauth    uint64 // connections moved to needs_reauth
 	Skipped   uint64 // actions not taken: the record changed meanwhile
 	Replanned uint64 // entries found late and decided again
+	Foreign   int    // connections due now whose work another replica owns (Share)
 }
 
 // A Scheduler refreshes a vault's connections ahead of expiry and validates
@@ -359,6 +367,7 @@ type Scheduler struct {
 	heap    schedHeap
 	count   int                      // items scheduled (heap, ready or running)
 	ready   map[string][]*schedItem  // due, waiting for the rate limit or a slot, by provider
+	parked  map[*schedItem]struct{}  // due, owned by another replica (Share)
 	buckets map[string]*rate.Limiter // by provider: actions started
 	sends   map[string]*rate.Limiter // by provider: requests sent (sendGate)
 	paused  map[string]time.Time     // provider -> until (Retry-After)
@@ -394,6 +403,7 @@ const (
 	itemIdle    itemState = iota // on the heap
 	itemReady                    // due, in a ready queue
 	itemRunning                  // its action is running
+	itemParked                   // due, but another replica's (Share)
 )
 
 // NewScheduler returns a scheduler for v; Run starts it.
@@ -418,6 +428,7 @@ func NewScheduler(v *Vault, cfg SchedulerConfig) *Scheduler {
 		canValidate: map[string]bool{},
 		wake:        make(chan struct{}, 1),
 		ready:       map[string][]*schedItem{},
+		parked:      map[*schedItem]struct{}{},
 		buckets:     map[string]*rate.Limiter{},
 		sends:       map[string]*rate.Limiter{},
 		paused:      map[string]time.Time{},
@@ -440,7 +451,7 @@ func (s *Scheduler) policy(provider string) RefreshPolicy {
 // Stats returns the scheduler's counters.
 func (s *Scheduler) Stats() SchedulerStats {
 	s.mu.Lock()
-	st := SchedulerStats{Scheduled: s.count, Running: s.running}
+	st := SchedulerStats{Scheduled: s.count, Running: s.running, Foreign: len(s.parked)}
 	s.mu.Unlock()
 	st.Refreshes = s.stats.refreshes.Load()
 	st.Validated = s.stats.validated.Load()
@@ -463,6 +474,18 @@ func (s *Scheduler) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	s.build()
+	if s.cfg.Share != nil {
+		wg.Go(func() {
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-s.cfg.Share.Changed():
+					s.unpark()
+				}
+			}
+		})
+	}
 	for {
 		d := s.step(ctx, &wg)
 		select {
@@ -489,6 +512,7 @@ func (s *Scheduler) build() {
 	s.heap = s.heap[:0]
 	s.count = 0
 	clear(s.ready)
+	clear(s.parked)
 	s.provs = nil
 	for name := range s.v.cfg.Providers {
 		s.policy(name)
@@ -550,6 +574,23 @@ func (s *Scheduler) noteChange(e *entry, c *resident) {
 		it = &schedItem{e: e, index: -1, epoch: s.epoch}
 		e.item = it
 	}
+	if it.state == itemParked {
+		// Its owner acted (or the record changed otherwise): plan anew.
+		delete(s.parked, it)
+		it.state = itemIdle
+		if !s.plan(it, c, now) {
+			s.count--
+			s.mu.Unlock()
+			return
+		}
+		heap.Push(&s.heap, it)
+		poke := it.index == 0
+		s.mu.Unlock()
+		if poke {
+			s.poke()
+		}
+		return
+	}
 	if it.state != itemIdle {
 		// Queued or running: decided again when it runs or ends.
 		s.mu.Unlock()
@@ -569,6 +610,23 @@ func (s *Scheduler) noteChange(e *entry, c *resident) {
 	poke := it.index == 0 || wasFirst
 	s.mu.Unlock()
 	if poke {
+		s.poke()
+	}
+}
+
+// unpark puts the parked items back on the heap, due: ownership changed,
+// and the next step acts on those that are now this replica's (parking the
+// others again).
+func (s *Scheduler) unpark() {
+	s.mu.Lock()
+	n := len(s.parked)
+	for it := range s.parked {
+		it.state = itemIdle
+		heap.Push(&s.heap, it)
+	}
+	clear(s.parked)
+	s.mu.Unlock()
+	if n > 0 {
 		s.poke()
 	}
 }
@@ -614,6 +672,11 @@ func (s *Scheduler) step(ctx context.Context, wg *sync.WaitGroup) time.Duration 
 			}
 		}
 		heap.Pop(&s.heap)
+		if s.cfg.Share != nil && !s.cfg.Share.Owns(it.e.id) {
+			it.state = itemParked
+			s.parked[it] = struct{}{}
+			continue
+		}
 		it.state = itemReady
 		p := it.e.provider
 		if len(s.ready[p]) == 0 {

@@ -49,7 +49,7 @@ func (p *rotatingProvider) issue() vault.Token {
 func (p *rotatingProvider) Exchange(context.Context, vault.ExchangeRequest) (vault.Grant, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return vault.Grant{Tokens: []vault.Token{p.issue()}, Scopes: []string{"read"}, Account: "acct"}, nil
+	return vault.Grant{Tokens: []vault.Token{p.issue()}, Scopes: []string{"read"}, Account: fmt.Sprintf("acct-%d", p.n)}, nil
 }
 
 func (p *rotatingProvider) Refresh(ctx context.Context, g vault.Grant, cred string) (vault.Grant, error) {
@@ -86,25 +86,33 @@ type replica struct {
 
 // testClock is a clock several replicas share, moved by the test.
 type testClock struct {
-	mu sync.Mutex
-	t  time.Time
+	mu   sync.Mutex
+	t    time.Time
+	real bool // the real clock: Add is not used
 }
 
-func (c *testClock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
+func (c *testClock) Now() time.Time {
+	if c.real {
+		return time.Now()
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
 func (c *testClock) Add(d time.Duration) {
 	c.mu.Lock()
 	c.t = c.t.Add(d)
 	c.mu.Unlock()
 }
 
-func startReplicas(t *testing.T, c *etcdtest.Cluster, n int, p *rotatingProvider, clk *testClock, opts etcd.Options, cfg vault.Config) []*replica {
+func startReplicas(t *testing.T, c *etcdtest.Cluster, n int, p *rotatingProvider, clk *testClock, opts etcd.Options, cfg vault.Config, wrap ...func(i int, p vault.Provider) vault.Provider) []*replica {
 	t.Helper()
 	mk, err := seal.GenerateMasterKey()
 	if err != nil {
 		t.Fatal(err)
 	}
 	var rs []*replica
-	for range n {
+	for i := range n {
 		o := opts
 		o.Endpoints, o.Prefix = c.Endpoints(), "replicas/"
 		st := openStore(t, o)
@@ -114,7 +122,11 @@ func startReplicas(t *testing.T, c *etcdtest.Cluster, n int, p *rotatingProvider
 		}
 		r := &replica{st: st, outcomes: make(chan string, 100)}
 		vc := cfg
-		vc.Store, vc.Keyring, vc.Providers, vc.Now = st, kr, map[string]vault.Provider{"fake": p}, clk.Now
+		var vp vault.Provider = p
+		for _, w := range wrap {
+			vp = w(i, vp)
+		}
+		vc.Store, vc.Keyring, vc.Providers, vc.Now = st, kr, map[string]vault.Provider{"fake": vp}, clk.Now
 		vc.OnRefresh = func(_, outcome string, _ time.Duration) {
 			select {
 			case r.outcomes <- outcome:
