@@ -211,7 +211,10 @@ func TestReplicas_ScheduledAndOnDemand_OneRefresh(t *testing.T) {
 		once.Do(func() { first = true })
 		if first {
 			entered <- replica
-			<-release
+			select {
+			case <-release:
+			case <-time.After(10 * time.Second):
+			}
 		}
 	}
 	rs := startReplicas(t, c, 3, p, clk, etcd.Options{LockTTL: 6 * time.Second}, vault.Config{
@@ -250,12 +253,18 @@ func TestReplicas_ScheduledAndOnDemand_OneRefresh(t *testing.T) {
 	// Wait until the caller queues on the fence (its own key under the
 	// connection's lock), then let the provider answer.
 	cli := c.Client(t)
-	waitFor(t, "the on-demand refresh to wait on the fence", func() bool {
+	for deadline := time.Now().Add(3 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
 		r, err := cli.Get(context.Background(), "replicas/lock/conn/"+conn.ID+"/", clientv3.WithPrefix(), clientv3.WithCountOnly())
-		return err == nil && r.Count >= 2
-	})
+		if err == nil && r.Count >= 2 {
+			break
+		}
+	}
 	close(release)
 	r := <-res
+	waitFor(t, "the scheduled refresh to end", func() bool {
+		st := scs[owner].s.Stats()
+		return st.Refreshes+st.Reauth+st.Failed+st.Skipped > 0
+	})
 	if r.err != nil || r.tok != "at-2" {
 		t.Errorf("on-demand AccessToken on replica %d = %q, %v; want the scheduled refresh's at-2", other, r.tok, r.err)
 	}
