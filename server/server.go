@@ -351,6 +351,9 @@ func (s *Server) AddMetricsListener(l net.Listener) { s.metricsL = append(s.metr
 func (s *Server) Serve(ctx context.Context, gl, pl net.Listener, grace time.Duration) error {
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	s.health.SetServingStatus(tvv1.TokenVaultService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+	rctx, stopReady := context.WithCancel(ctx)
+	defer stopReady()
+	go s.followReadiness(rctx)
 	apis := append([]net.Listener{gl}, s.extra...)
 	errc := make(chan error, 1+2*len(apis)+len(s.healthL)+len(s.metricsL))
 	var wg sync.WaitGroup

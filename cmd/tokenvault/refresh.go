@@ -67,9 +67,10 @@ func checkRefreshConfig(pc ProviderConfig) error {
 }
 
 // runScheduler refreshes connections ahead of expiry until ctx is done,
-// then waits for the refreshes under way to commit.
-func runScheduler(ctx context.Context, v *vault.Vault, log *slog.Logger) {
-	s := vault.NewScheduler(v, vault.SchedulerConfig{Logger: log})
+// then waits for the refreshes under way to commit. With share (replicas
+// on etcd) it acts only on the connections this replica owns.
+func runScheduler(ctx context.Context, v *vault.Vault, share vault.Share, log *slog.Logger) {
+	s := vault.NewScheduler(v, vault.SchedulerConfig{Logger: log, Share: share})
 	if err := s.Run(ctx); err != nil && !errors.Is(err, context.Canceled) {
 		log.Error("refresh scheduler stopped", slog.String("err", err.Error()))
 	}

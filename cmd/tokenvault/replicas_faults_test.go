@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -10,6 +11,9 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	tvv1 "github.com/tokenvault/tokenvault/proto/tokenvault/v1"
@@ -238,4 +242,90 @@ func (rs *replicaSet) readFor(d time.Duration, ids []string, tolerate func(int) 
 	ctx, cancel := context.WithCancel(rs.ctx)
 	time.AfterFunc(d, cancel)
 	return rs.readers(ctx, ids, 2, 500*time.Millisecond, tolerate)
+}
+
+// A replica cut off from etcd for longer than its lease can bridge turns
+// unready: /readyz answers 503 and gRPC health reports the
+// TokenVaultService NOT_SERVING, while liveness (/healthz, gRPC health "")
+// stays OK; the other replicas stay ready. Once the network is back it is
+// ready again.
+func TestReplicas_CutOff_NotReady(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs three sidecars")
+	}
+	bin := sharedSidecar(t)
+	c := etcdtest.Start(t, 1)
+	proxy := startProxy(t, c.Endpoints()[0][len("http://"):])
+	rs := newReplicaSet(t, bin, c, 3, time.Hour, 6*time.Second, func(i int) []string {
+		if i == 0 {
+			return []string{proxy.URL()}
+		}
+		return c.Endpoints()
+	})
+	type probe struct {
+		readyz, healthz int
+		service, live   healthpb.HealthCheckResponse_ServingStatus
+	}
+	probeOf := func(i int) probe {
+		var p probe
+		for path, code := range map[string]*int{"/readyz": &p.readyz, "/healthz": &p.healthz} {
+			resp, err := http.Get("http://" + rs.procs[i].health + path)
+			if err == nil {
+				*code = resp.StatusCode
+				resp.Body.Close()
+			}
+		}
+		conn, err := grpc.NewClient(rs.procs[i].health, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		hc := healthpb.NewHealthClient(conn)
+		for svc, st := range map[string]*healthpb.HealthCheckResponse_ServingStatus{"": &p.live, tvv1.TokenVaultService_ServiceDesc.ServiceName: &p.service} {
+			ctx, cancel := context.WithTimeout(rs.ctx, 2*time.Second)
+			if res, err := hc.Check(ctx, &healthpb.HealthCheckRequest{Service: svc}); err == nil {
+				*st = res.Status
+			}
+			cancel()
+		}
+		return p
+	}
+	serving := probe{readyz: 200, healthz: 200, service: healthpb.HealthCheckResponse_SERVING, live: healthpb.HealthCheckResponse_SERVING}
+	for i := range 3 {
+		if p := probeOf(i); p != serving {
+			t.Fatalf("replica %d before the cut: %+v; want %+v", i, p, serving)
+		}
+	}
+	id := rs.connect("alice", 1, 1)
+	proxy.Cut()
+	cut := time.Now()
+	unready := probe{readyz: 503, healthz: 200, service: healthpb.HealthCheckResponse_NOT_SERVING, live: healthpb.HealthCheckResponse_SERVING}
+	var p probe
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		if p = probeOf(0); p == unready {
+			break
+		}
+	}
+	if p != unready {
+		t.Fatalf("replica 0 cut off from etcd for 30s: %+v; want %+v", p, unready)
+	}
+	t.Logf("replica 0 unready %v after the cut (lock TTL 6s: two thirds of it without an answer)", time.Since(cut).Round(100*time.Millisecond))
+	// Its resident token is still served (valid for an hour).
+	if _, err := rs.procs[0].api.GetAccessToken(rs.ctx, &tvv1.GetAccessTokenRequest{ConnectionId: id}); err != nil {
+		t.Errorf("replica 0 cut off: GetAccessToken of a valid resident token = %v", err)
+	}
+	for _, i := range []int{1, 2} {
+		if p := probeOf(i); p != serving {
+			t.Errorf("replica %d while replica 0 is cut off: %+v; want %+v", i, p, serving)
+		}
+	}
+	proxy.Restore()
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		if p = probeOf(0); p == serving {
+			break
+		}
+	}
+	if p != serving {
+		t.Errorf("replica 0 30s after the network is back: %+v; want %+v", p, serving)
+	}
 }

@@ -53,6 +53,8 @@ type replicaProc struct {
 	cmd  *exec.Cmd
 	done chan error
 	api  tvv1.TokenVaultServiceClient
+	// health is the replica's health listener, host:port.
+	health string
 }
 
 // newReplicaSet starts n sidecars (the binary bin) on cluster c, with the
@@ -184,6 +186,7 @@ func (rs *replicaSet) start(i int, failpoint string) {
 	}
 	t.Cleanup(func() { conn.Close() })
 	p.api = tvv1.NewTokenVaultServiceClient(conn)
+	p.health = r.HealthAddr
 	rs.procs[i] = p
 }
 

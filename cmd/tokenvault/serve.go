@@ -22,6 +22,7 @@ import (
 	"github.com/tokenvault/tokenvault/server"
 	"github.com/tokenvault/tokenvault/vault"
 	"github.com/tokenvault/tokenvault/vault/audit"
+	"github.com/tokenvault/tokenvault/vault/etcd"
 	"github.com/tokenvault/tokenvault/vault/seal"
 )
 
@@ -242,6 +243,18 @@ func serve(ctx context.Context, args []string, env func(string) string, stdout, 
 	if err != nil {
 		return err
 	}
+	// Replicas on etcd divide the scheduled work between the live members;
+	// leaving (after the scheduler stops) hands this one's share over at
+	// once.
+	var share vault.Share
+	var members *etcd.Members
+	if es, ok := store.(*etcd.Store); ok {
+		if members, err = es.Join(ctx); err != nil {
+			return fmt.Errorf("store: join the replicas: %w", err)
+		}
+		defer members.Leave()
+		share = members
+	}
 	// Closed after the server has stopped (defers run in reverse), so the
 	// last calls' records are written, and before the store closes.
 	auditLog := audit.New(audit.Config{Store: store, Retention: cfg.Audit.Retention, Logger: log})
@@ -252,7 +265,7 @@ func serve(ctx context.Context, args []string, env func(string) string, stdout, 
 		return err
 	}
 	scfg := server.Config{Vault: v, Providers: infos, Logger: log, ExtraHTTP: extraHTTP,
-		Auth: auth, Audit: auditLog, Metrics: metrics, Webhooks: hooks, Ready: readyChecks(store, kr),
+		Auth: auth, Audit: auditLog, Metrics: metrics, Webhooks: hooks, Ready: readyChecks(store, kr, members),
 		PublicURL: cfg.PublicURL, ConnectPage: pageCfg}
 	if err := server.CheckConnectPage(scfg); err != nil {
 		return err
@@ -277,7 +290,7 @@ func serve(ctx context.Context, args []string, env func(string) string, stdout, 
 
 	bgCtx, stopBG := context.WithCancel(ctx)
 	bgDone := make(chan struct{})
-	go func() { defer close(bgDone); background(bgCtx, v, log) }()
+	go func() { defer close(bgDone); background(bgCtx, v, share, log) }()
 	followDone := make(chan struct{})
 	go func() { defer close(followDone); v.Follow(bgCtx) }() // the other replicas' writes, on etcd
 	defer func() { stopBG(); <-followDone }()
@@ -369,19 +382,29 @@ func resolveListeners(cfg *Config, f serveFlags) (deprecated string, err error) 
 	return deprecated, nil
 }
 
-// readyChecks are what /readyz checks: the store answers a read, and the
-// keyring's data keys are loaded. A store shared by replicas (etcd) adds
-// its reachability here.
-func readyChecks(store vault.Store, kr *seal.Keyring) []server.ReadyCheck {
+// readyChecks are what /readyz (and the TokenVaultService's gRPC health
+// status) check: the store answers a read, and the keyring's data keys are
+// loaded. Replicas on etcd (members set) are ready while they hold their
+// membership lease and etcd answered its keepalive within two thirds of
+// the lock TTL: past that, a fence taken now would not outlive a provider
+// call, so resident tokens can no longer be kept fresh. A single slow read
+// does not make a replica unready.
+func readyChecks(store vault.Store, kr *seal.Keyring, members *etcd.Members) []server.ReadyCheck {
+	storeCheck := server.ReadyCheck{Name: "store", Check: func(ctx context.Context) error {
+		// An absent key: any answer but "not found" means the store
+		// cannot serve.
+		if _, _, err := store.Get(ctx, "readyz/probe"); err != nil && !errors.Is(err, vault.ErrNotFound) {
+			return fmt.Errorf("store read: %w", err)
+		}
+		return nil
+	}}
+	if es, ok := store.(*etcd.Store); ok && members != nil {
+		storeCheck.Check = func(context.Context) error {
+			return members.Healthy(es.LockTTL() * 2 / 3)
+		}
+	}
 	return []server.ReadyCheck{
-		{Name: "store", Check: func(ctx context.Context) error {
-			// An absent key: any answer but "not found" means the store
-			// cannot serve.
-			if _, _, err := store.Get(ctx, "readyz/probe"); err != nil && !errors.Is(err, vault.ErrNotFound) {
-				return fmt.Errorf("store read: %w", err)
-			}
-			return nil
-		}},
+		storeCheck,
 		{Name: "keyring", Check: func(context.Context) error {
 			if kr.Term() == 0 {
 				return errors.New("no data key loaded")
@@ -394,14 +417,14 @@ func readyChecks(store vault.Store, kr *seal.Keyring) []server.ReadyCheck {
 // background resolves interrupted refreshes left by a crash, then runs
 // the refresh scheduler and sweeps expired connect flows every minute until
 // ctx is done; it returns when the scheduler's refreshes have committed.
-func background(ctx context.Context, v *vault.Vault, log *slog.Logger) {
+func background(ctx context.Context, v *vault.Vault, share vault.Share, log *slog.Logger) {
 	if n, err := v.RecoverInterrupted(ctx); err != nil {
 		log.Error("recover interrupted refreshes", slog.String("err", err.Error()))
 	} else if n > 0 {
 		log.Warn("resolved interrupted refreshes", slog.Int("count", n))
 	}
 	sched := make(chan struct{})
-	go func() { defer close(sched); runScheduler(ctx, v, log) }()
+	go func() { defer close(sched); runScheduler(ctx, v, share, log) }()
 	defer func() { <-sched }()
 	t := time.NewTicker(time.Minute)
 	defer t.Stop()
