@@ -50,6 +50,15 @@ import (
 // body {"type", "timestamp", "data"}. Delivery is at least once and in order
 // per endpoint: the cursor moves past an event only once the endpoint
 // answered 2xx.
+//
+// Replicas sharing a Store that is a vault.Fencer (etcd) deliver each
+// endpoint from one replica at a time: a worker delivers only while it
+// holds the endpoint's fence (a lock bound to its lease), reads the cursor
+// from the Store when it takes the fence, checks before each attempt that
+// the fence outlives the attempt, and moves the cursor in a write fenced by
+// it. A replica that dies or is cut off loses the fence within a lease TTL;
+// another takes it and goes on from the stored cursor (the event in flight
+// may be delivered again: at least once).
 
 // An Outbox is what delivery reads of a vault; *vault.Vault is one.
 type Outbox interface {
@@ -185,6 +194,9 @@ type Stats struct {
 	// the events it has yet to receive (or, disabled, will not).
 	Backlog  uint64
 	Disabled bool
+	// Delivering: this replica delivers to the endpoint now (replicas
+	// sharing a Store take turns; one replica always does).
+	Delivering bool
 }
 
 // A Deliverer delivers the vault's events to the configured endpoints and
@@ -442,7 +454,7 @@ func (h *Deliverer) Stats() []Stats {
 	last, _ := h.ob.LastEventSequence()
 	out := make([]Stats, 0, len(h.workers))
 	for _, w := range h.workers {
-		s := Stats{Name: w.ep.Name, Attempts: make(map[string]uint64, len(Outcomes)), Disabled: w.disabled.Load()}
+		s := Stats{Name: w.ep.Name, Attempts: make(map[string]uint64, len(Outcomes)), Disabled: w.disabled.Load(), Delivering: w.holding.Load()}
 		for i, o := range Outcomes {
 			s.Attempts[o] = w.attempts[i].Load()
 		}
@@ -463,7 +475,19 @@ type hookWorker struct {
 	cursor   atomic.Uint64 // sequence of the last event handled
 	disabled atomic.Bool
 	attempts [len(Outcomes)]atomic.Uint64
+	// fence is held while this replica delivers to the endpoint (replicas
+	// sharing a Fencer); only the worker's goroutine uses it.
+	fence vault.Fence
+	// Holding reports whether this replica delivers to the endpoint now.
+	holding atomic.Bool
 }
+
+// fenceCheckMargin is added to an attempt's timeout when checking that the
+// endpoint's fence outlives it.
+const fenceCheckMargin = time.Second
+
+// fenceName is the name of the endpoint's delivery fence.
+func (w *hookWorker) fenceName() string { return "webhook/" + w.ep.Name }
 
 func (w *hookWorker) cursorKey() string   { return webhookMetaPrefix + w.ep.Name + "/cursor" }
 func (w *hookWorker) disabledKey() string { return webhookMetaPrefix + w.ep.Name + "/disabled" }
@@ -490,7 +514,12 @@ func (w *hookWorker) load(ctx context.Context) error {
 	switch {
 	case errors.Is(err, vault.ErrNotFound):
 		last, _ := w.h.ob.LastEventSequence()
-		if _, err := st.Apply(ctx, vault.Op{Key: w.cursorKey(), Value: []byte(strconv.FormatUint(last, 10)), IfRev: 0}); err != nil {
+		_, err := st.Apply(ctx, vault.Op{Key: w.cursorKey(), Value: []byte(strconv.FormatUint(last, 10)), IfRev: 0})
+		if errors.Is(err, vault.ErrConflict) {
+			// Another replica starting at the same time created it.
+			return w.load(ctx)
+		}
+		if err != nil {
 			return fmt.Errorf("webhook: webhook %q: store cursor: %w", w.ep.Name, err)
 		}
 		w.cursor.Store(last)
@@ -524,19 +553,80 @@ func (w *hookWorker) load(ctx context.Context) error {
 	return nil
 }
 
-// storeCursor persists the cursor. A failure is logged, not fatal: the
-// events after the stored cursor are delivered again after a restart,
-// which at-least-once allows.
-func (w *hookWorker) storeCursor(ctx context.Context) {
+// storeCursor persists the cursor, fenced by the endpoint's fence if held.
+// A failure is logged, not fatal: the events after the stored cursor are
+// delivered again after a restart, which at-least-once allows. It returns
+// false only if the fence is lost (another replica may deliver now).
+func (w *hookWorker) storeCursor(ctx context.Context) bool {
 	c := w.cursor.Load()
-	if _, err := w.h.store.Apply(ctx, vault.Op{Key: w.cursorKey(), Value: []byte(strconv.FormatUint(c, 10)), IfRev: vault.AnyRev}); err != nil && ctx.Err() == nil {
+	ops := []vault.Op{{Key: w.cursorKey(), Value: []byte(strconv.FormatUint(c, 10)), IfRev: vault.AnyRev}}
+	if w.fence != nil {
+		ops = append(ops, w.fence.Op())
+	}
+	_, err := w.h.store.Apply(ctx, ops...)
+	if errors.Is(err, vault.ErrConflict) && w.fence != nil {
+		w.h.log.LogAttrs(ctx, slog.LevelWarn, "webhook delivery fence lost; cursor not stored", slog.String("webhook", w.ep.Name), slog.Uint64("cursor", c))
+		return false
+	}
+	if err != nil && ctx.Err() == nil {
 		w.h.log.LogAttrs(ctx, slog.LevelWarn, "webhook cursor not stored", slog.String("webhook", w.ep.Name), slog.String("err", err.Error()))
 	}
+	return true
 }
 
 // run delivers events in order until ctx ends or the endpoint is disabled.
+// With a Store shared by replicas (a Fencer) it delivers only while it
+// holds the endpoint's fence, waiting for it otherwise.
 func (w *hookWorker) run(ctx context.Context) {
 	defer w.client.CloseIdleConnections()
+	f, ok := w.h.store.(vault.Fencer)
+	if !ok {
+		w.holding.Store(true)
+		w.deliverAll(ctx)
+		w.holding.Store(false)
+		return
+	}
+	fails := 0
+	for !w.disabled.Load() && ctx.Err() == nil {
+		fence, err := f.Fence(ctx, w.fenceName())
+		if err == nil {
+			// Another replica delivered before: go on from its cursor, and
+			// stop if it disabled the endpoint.
+			if err = w.load(ctx); err != nil {
+				fence.Release()
+			}
+		}
+		if err != nil {
+			fails++
+			if ctx.Err() == nil {
+				w.h.log.LogAttrs(ctx, slog.LevelWarn, "webhook: cannot take the endpoint's delivery fence", slog.String("webhook", w.ep.Name), slog.String("err", err.Error()))
+			}
+			_ = w.h.cfg.Wait(ctx, webhookRetryDelay(fails, w.h.cfg.BaseBackoff, w.h.cfg.MaxBackoff, 0, w.h.cfg.Jitter()))
+			continue
+		}
+		fails = 0
+		w.fence = fence
+		w.holding.Store(true)
+		w.h.log.LogAttrs(ctx, slog.LevelInfo, "webhook: this replica delivers to the endpoint", slog.String("webhook", w.ep.Name), slog.Uint64("cursor", w.cursor.Load()))
+		w.deliverAll(ctx)
+		w.holding.Store(false)
+		w.fence = nil
+		fence.Release()
+	}
+}
+
+// fenceHolds returns nil if this replica may make one more attempt: it
+// holds no fence (one replica), or its fence outlives the attempt.
+func (w *hookWorker) fenceHolds(ctx context.Context) error {
+	if w.fence == nil {
+		return nil
+	}
+	return w.fence.Check(ctx, w.h.cfg.Timeout+fenceCheckMargin)
+}
+
+// deliverAll delivers events in order until ctx ends, the endpoint is
+// disabled, or the fence (if held) is lost.
+func (w *hookWorker) deliverAll(ctx context.Context) {
 	fails := 0 // consecutive outbox read failures
 	for !w.disabled.Load() && ctx.Err() == nil {
 		last, wake := w.h.ob.LastEventSequence()
@@ -561,7 +651,9 @@ func (w *hookWorker) run(ctx context.Context) {
 			// Only possible if the cursor is past every retained event: the
 			// newest is never swept.
 			w.cursor.Store(last)
-			w.storeCursor(ctx)
+			if !w.storeCursor(ctx) {
+				return
+			}
 			continue
 		}
 		skipped := false
@@ -578,17 +670,19 @@ func (w *hookWorker) run(ctx context.Context) {
 				return
 			}
 			w.cursor.Store(ev.Sequence)
-			w.storeCursor(ctx)
+			if !w.storeCursor(ctx) {
+				return
+			}
 			skipped = false
 		}
-		if skipped {
-			w.storeCursor(ctx)
+		if skipped && !w.storeCursor(ctx) {
+			return
 		}
 	}
 }
 
-// deliver sends ev until the endpoint takes it (true), or ctx ends or the
-// endpoint is disabled (false).
+// deliver sends ev until the endpoint takes it (true), or ctx ends, the
+// endpoint is disabled or the fence is lost (false).
 func (w *hookWorker) deliver(ctx context.Context, ev vault.Event) bool {
 	body, err := webhookBody(ev)
 	if err != nil {
@@ -598,6 +692,13 @@ func (w *hookWorker) deliver(ctx context.Context, ev vault.Event) bool {
 	}
 	var failingSince time.Time
 	for n := 1; ; n++ {
+		if err := w.fenceHolds(ctx); err != nil {
+			if ctx.Err() == nil {
+				w.h.log.LogAttrs(ctx, slog.LevelWarn, "webhook delivery fence lost; another replica delivers",
+					slog.String("webhook", w.ep.Name), slog.Uint64("sequence", ev.Sequence), slog.String("err", err.Error()))
+			}
+			return false
+		}
 		outcome, code, retryAfter, err := w.attempt(ctx, ev, body)
 		if ctx.Err() != nil {
 			return false
@@ -641,7 +742,11 @@ func (w *hookWorker) deliver(ctx context.Context, ev vault.Event) bool {
 func (w *hookWorker) disable(ctx context.Context, reason string) {
 	w.disabled.Store(true)
 	m, _ := json.Marshal(disabledMarker{At: w.h.cfg.Now(), Reason: reason, URLHash: w.urlHash()})
-	if _, err := w.h.store.Apply(context.WithoutCancel(ctx), vault.Op{Key: w.disabledKey(), Value: m, IfRev: vault.AnyRev}); err != nil {
+	ops := []vault.Op{{Key: w.disabledKey(), Value: m, IfRev: vault.AnyRev}}
+	if w.fence != nil {
+		ops = append(ops, w.fence.Op())
+	}
+	if _, err := w.h.store.Apply(context.WithoutCancel(ctx), ops...); err != nil {
 		w.h.log.LogAttrs(ctx, slog.LevelError, "webhook disabled marker not stored", slog.String("webhook", w.ep.Name), slog.String("err", err.Error()))
 	}
 	msg := "webhook endpoint answered 410 Gone: disabled"
