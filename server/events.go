@@ -107,8 +107,9 @@ func eventProto(ev vault.Event) *tvv1.Event {
 // webhookCollector exports webhook delivery, read at scrape time:
 //
 //	tokenvault_webhook_deliveries_total{endpoint,outcome}  attempts: delivered, failed, network_error, blocked, gone
-//	tokenvault_webhook_backlog{endpoint}                   events written after the endpoint's cursor
+//	tokenvault_webhook_backlog{endpoint}                   events written after the endpoint's cursor (0 where not delivering)
 //	tokenvault_webhook_disabled{endpoint}                  1 if the endpoint is disabled (410 Gone, or failing too long)
+//	tokenvault_webhook_delivering{endpoint}                1 if this replica delivers the endpoint now (replicas take turns)
 //
 // endpoint is the configured webhook name, never its URL.
 type webhookCollector struct{ w *webhook.Deliverer }
@@ -123,12 +124,16 @@ var (
 	webhookDisabledDesc = prometheus.NewDesc("tokenvault_webhook_disabled",
 		"1 if the endpoint is disabled (it answered 410 Gone, or failed for too long).",
 		[]string{"endpoint"}, nil)
+	webhookDeliveringDesc = prometheus.NewDesc("tokenvault_webhook_delivering",
+		"1 if this replica delivers to the endpoint now: replicas sharing etcd take turns, one at a time.",
+		[]string{"endpoint"}, nil)
 )
 
 func (c webhookCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- webhookDeliveriesDesc
 	ch <- webhookBacklogDesc
 	ch <- webhookDisabledDesc
+	ch <- webhookDeliveringDesc
 }
 
 func (c webhookCollector) Collect(ch chan<- prometheus.Metric) {
@@ -142,5 +147,10 @@ func (c webhookCollector) Collect(ch chan<- prometheus.Metric) {
 			disabled = 1
 		}
 		ch <- prometheus.MustNewConstMetric(webhookDisabledDesc, prometheus.GaugeValue, disabled, s.Name)
+		delivering := 0.0
+		if s.Delivering {
+			delivering = 1
+		}
+		ch <- prometheus.MustNewConstMetric(webhookDeliveringDesc, prometheus.GaugeValue, delivering, s.Name)
 	}
 }

@@ -191,7 +191,8 @@ type Stats struct {
 	// Attempts counts delivery attempts by outcome (Outcomes).
 	Attempts map[string]uint64
 	// Backlog is how many events were written after the endpoint's cursor:
-	// the events it has yet to receive (or, disabled, will not).
+	// the events it has yet to receive (or, disabled, will not). Zero on a
+	// replica sharing the endpoint that does not deliver it now.
 	Backlog  uint64
 	Disabled bool
 	// Delivering: this replica delivers to the endpoint now (replicas
@@ -458,7 +459,11 @@ func (h *Deliverer) Stats() []Stats {
 		for i, o := range Outcomes {
 			s.Attempts[o] = w.attempts[i].Load()
 		}
-		if c := w.cursor.Load(); c < last {
+		// A replica that does not deliver the endpoint now (replicas take
+		// turns) reports no backlog: its cursor is the one it last saw,
+		// and summing over replicas gives the endpoint's.
+		_, shared := h.store.(vault.Fencer)
+		if c := w.cursor.Load(); c < last && (s.Delivering || s.Disabled || !shared) {
 			s.Backlog = last - c
 		}
 		out = append(out, s)
