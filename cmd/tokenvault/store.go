@@ -43,10 +43,12 @@ type StoreConfig struct {
 	// MaxRequestBytes is the cluster's --max-request-bytes (default
 	// 1.5 MiB, etcd's default): larger writes are refused before sending.
 	MaxRequestBytes int `yaml:"max_request_bytes"`
-	// LockTTL is how long a replica's hold on a connection's refresh
-	// outlives the replica if it dies or loses the cluster (default 30s,
-	// whole seconds, at least 6s). A provider refresh call under it is
-	// bounded by a third of it.
+	// LockTTL is how long a replica's hold on a connection's refresh, its
+	// membership (its share of the scheduled work) and its hold on a
+	// webhook endpoint outlive the replica if it dies or loses the cluster
+	// (default 30s, whole seconds, at least 6s). A provider refresh call
+	// and a webhook delivery attempt under it are bounded by a third of
+	// it; readiness fails after two thirds of it without an answer.
 	LockTTL time.Duration `yaml:"lock_ttl"`
 }
 

@@ -76,5 +76,9 @@ func buildWebhooks(ctx context.Context, cfg *Config, v *vault.Vault, st vault.St
 	}
 	return webhook.New(ctx, v, st, webhook.Config{
 		Endpoints: eps, Retention: cfg.Events.Retention, DisableAfter: cfg.Events.WebhookDisableAfter, Logger: log,
+		// Replicas on etcd deliver an endpoint under its fence, which must
+		// outlive each attempt: an attempt gets a third of the lock TTL,
+		// like a provider refresh call (0, the default 15s, on bbolt).
+		Timeout: fencedCallTimeout(st),
 	})
 }
