@@ -3,10 +3,12 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -327,5 +329,80 @@ func TestReplicas_CutOff_NotReady(t *testing.T) {
 	}
 	if p != serving {
 		t.Errorf("replica 0 30s after the network is back: %+v; want %+v", p, serving)
+	}
+}
+
+// refreshesOf reads replica i's tokenvault_refreshes_total{outcome="ok"}.
+func (rs *replicaSet) refreshesOf(i int) int {
+	resp, err := http.Get("http://" + rs.procs[i].metrics + "/metrics")
+	if err != nil {
+		return -1
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	n := 0
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(l, "tokenvault_refreshes_total{") && strings.Contains(l, `outcome="ok"`) {
+			var v float64
+			fmt.Sscanf(l[strings.LastIndexByte(l, ' ')+1:], "%g", &v)
+			n += int(v)
+		}
+	}
+	return n
+}
+
+// With no reader at all, the three sidecars' schedulers refresh every
+// connection ahead of expiry, dividing the work (each refresh is made by
+// one replica, counted in its metrics); one sidecar is killed (SIGKILL):
+// its share moves to the others once its lease runs out, and every
+// connection goes on being refreshed, no refresh token presented twice.
+func TestReplicas_SchedulerShareMovesOnKill(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs three sidecars for about a minute")
+	}
+	bin := sharedSidecar(t)
+	c := etcdtest.Start(t, 1)
+	// 12s tokens: the scheduler refreshes them about 10s after issue (its
+	// floor between two refreshes of one token).
+	rs := newReplicaSet(t, bin, c, 3, 12*time.Second, 6*time.Second, nil)
+	var ids []string
+	for i := range 9 {
+		ids = append(ids, rs.connect(fmt.Sprint("user", i), i%3, i%3))
+	}
+	refreshed := func() map[string]int {
+		out := map[string]int{}
+		for _, g := range rs.fake.Grants() {
+			out[g.ID] = g.AccessTokens - 1
+		}
+		return out
+	}
+	time.Sleep(14 * time.Second)
+	before := refreshed()
+	per := []int{rs.refreshesOf(0), rs.refreshesOf(1), rs.refreshesOf(2)}
+	total := 0
+	for _, n := range before {
+		total += n
+	}
+	if per[0]+per[1]+per[2] != total {
+		t.Errorf("refreshes counted by the replicas %v (sum %d); the provider made %d", per, per[0]+per[1]+per[2], total)
+	}
+	t.Logf("scheduled refreshes per replica before the kill: %v", per)
+	rs.procs[2].cmd.Process.Kill()
+	err := <-rs.procs[2].done
+	rs.procs[2].done <- err
+	killed := time.Now()
+	// Every connection is refreshed again: the dead replica's share by
+	// the others once its lease (6s) has run out.
+	for _, g := range rs.fake.Grants() {
+		for deadline := time.Now().Add(40 * time.Second); refreshed()[g.ID] <= before[g.ID] && time.Now().Before(deadline); {
+			time.Sleep(100 * time.Millisecond)
+		}
+		if refreshed()[g.ID] <= before[g.ID] {
+			t.Errorf("grant %s not refreshed in the 40s after replica 2 was killed", g.ID)
+		}
+	}
+	t.Logf("every connection refreshed again %v after the kill", time.Since(killed).Round(100*time.Millisecond))
+	if st := rs.fake.Stats(); st.ReuseDetections != 0 {
+		t.Errorf("reuse detections = %d; want 0", st.ReuseDetections)
 	}
 }

@@ -53,8 +53,8 @@ type replicaProc struct {
 	cmd  *exec.Cmd
 	done chan error
 	api  tvv1.TokenVaultServiceClient
-	// health is the replica's health listener, host:port.
-	health string
+	// health and metrics are the replica's listeners, host:port.
+	health, metrics string
 }
 
 // newReplicaSet starts n sidecars (the binary bin) on cluster c, with the
@@ -186,7 +186,7 @@ func (rs *replicaSet) start(i int, failpoint string) {
 	}
 	t.Cleanup(func() { conn.Close() })
 	p.api = tvv1.NewTokenVaultServiceClient(conn)
-	p.health = r.HealthAddr
+	p.health, p.metrics = r.HealthAddr, r.MetricsAddr
 	rs.procs[i] = p
 }
 
