@@ -476,11 +476,16 @@ func (s *Scheduler) Run(ctx context.Context) error {
 	s.build()
 	if s.cfg.Share != nil {
 		wg.Go(func() {
+			// The next change's channel is taken before looking at the
+			// parked items, so a change while they are looked at is not
+			// missed.
+			changed := s.cfg.Share.Changed()
 			for {
 				select {
 				case <-ctx.Done():
 					return
-				case <-s.cfg.Share.Changed():
+				case <-changed:
+					changed = s.cfg.Share.Changed()
 					s.unpark()
 				}
 			}
