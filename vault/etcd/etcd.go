@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -85,6 +86,10 @@ type Store struct {
 	cli    *clientv3.Client
 	prefix string
 	opts   Options
+
+	// noStream: the server answered RangeStream with Unimplemented; Scan
+	// reads in pages.
+	noStream atomic.Bool
 
 	closeOnce sync.Once
 	closeErr  error
@@ -291,9 +296,15 @@ func (s *Store) Take(ctx context.Context, key string) ([]byte, error) {
 
 // Scan calls fn for each key with the given prefix that sorts after
 // `after`, in key order, until fn returns false or an error; fn's error is
-// returned as is. The keys are read in pages, all at the revision of the
-// first page, so the scan sees one consistent state. (If that revision is
-// compacted away mid-scan, Scan fails.) fn may keep the value it is given.
+// returned as is. All keys are read at one revision, so the scan sees one
+// consistent state. fn may keep the value it is given.
+//
+// A server that has it (etcd 3.7 and later) streams the range in one
+// request: a limited Range makes the server count every key left in the
+// range for each page, which grows as the square of the store (1.3 s of
+// the member's CPU to load 100,000 connections). Older servers are read in
+// pages at the revision of the first page (if that revision is compacted
+// away mid-scan, Scan fails).
 func (s *Store) Scan(ctx context.Context, prefix, after string, fn func(key string, value []byte, rev uint64) (bool, error)) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("etcd: scan: %w", err)
@@ -303,6 +314,74 @@ func (s *Store) Scan(ctx context.Context, prefix, after string, fn func(key stri
 		from = s.prefix + after + "\x00"
 	}
 	end := clientv3.GetPrefixRangeEnd(s.prefix + prefix)
+	if !s.noStream.Load() {
+		streamed, err := s.scanStream(ctx, from, end, fn)
+		if !errors.Is(err, errNoStream) {
+			return err
+		}
+		if streamed {
+			return s.wrap(ctx, "scan", err)
+		}
+		s.noStream.Store(true) // an older server: page from now on
+	}
+	return s.scanPages(ctx, from, end, fn)
+}
+
+// errNoStream: the server does not implement RangeStream.
+var errNoStream = errors.New("etcd: the server cannot stream a range")
+
+// scanStream is Scan over one RangeStream request. Each chunk must arrive
+// within the request timeout of the one before (the whole range may take
+// longer). It returns errNoStream if the server does not stream, with
+// streamed saying whether fn had been called already.
+func (s *Store) scanStream(ctx context.Context, from, end string, fn func(key string, value []byte, rev uint64) (bool, error)) (streamed bool, err error) {
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	watchdog := time.AfterFunc(s.opts.RequestTimeout, cancel)
+	defer watchdog.Stop()
+	stream, err := s.cli.GetStream(sctx, from, clientv3.WithRange(end))
+	if err != nil {
+		if status.Code(err) == codes.Unimplemented {
+			return false, errNoStream
+		}
+		return false, s.wrap(ctx, "scan", err)
+	}
+	// ended says why a stream that stopped early stopped: the caller's
+	// context, the watchdog, or the server's error.
+	ended := func(err error) error {
+		if cerr := ctx.Err(); cerr != nil {
+			return fmt.Errorf("etcd: scan: %w", cerr)
+		}
+		if sctx.Err() != nil {
+			return fmt.Errorf("etcd: scan: no answer within %v: %w", s.opts.RequestTimeout, ErrUnreachable)
+		}
+		return s.wrap(ctx, "scan", err)
+	}
+	for r := range stream {
+		if err := r.Err(); err != nil {
+			if status.Code(err) == codes.Unimplemented {
+				return streamed, errNoStream
+			}
+			return streamed, ended(err)
+		}
+		watchdog.Reset(s.opts.RequestTimeout)
+		for _, kv := range r.Kvs {
+			streamed = true
+			more, err := fn(string(kv.Key[len(s.prefix):]), kv.Value, uint64(kv.ModRevision))
+			if err != nil || !more {
+				return streamed, err
+			}
+		}
+	}
+	if sctx.Err() != nil {
+		return streamed, ended(nil)
+	}
+	return streamed, nil
+}
+
+// scanPages is Scan in pages of scanPage keys, for servers that cannot
+// stream a range.
+func (s *Store) scanPages(ctx context.Context, from, end string, fn func(key string, value []byte, rev uint64) (bool, error)) error {
 	var atRev int64
 	for {
 		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(scanPage)}

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -33,6 +35,64 @@ func TestStore_Conformance(t *testing.T) {
 		n++
 		return openStore(t, etcd.Options{Endpoints: c.Endpoints(), Prefix: "conformance/" + strings.Repeat("x", n) + "/"})
 	})
+}
+
+// The conformance suite again, with Scan reading in pages as it does
+// against a server older than 3.7 (which cannot stream a range).
+func TestStore_Conformance_Paged(t *testing.T) {
+	c := etcdtest.Start(t, 1)
+	n := 0
+	storetest.Run(t, func(t *testing.T) vault.Store {
+		n++
+		st := openStore(t, etcd.Options{Endpoints: c.Endpoints(), Prefix: "paged/" + strings.Repeat("x", n) + "/"})
+		st.PageScans()
+		return st
+	})
+}
+
+// Scan streams or pages a range of several pages alike: every key once, in
+// order, after the cursor, and stops when told.
+func TestStore_ScanLargeRange(t *testing.T) {
+	c := etcdtest.Start(t, 1)
+	ctx := t.Context()
+	const n = 1300 // more than two pages of scanPage
+	var want []string
+	for i := range n {
+		want = append(want, fmt.Sprintf("conn/%05d", i))
+	}
+	streamed := openStore(t, etcd.Options{Endpoints: c.Endpoints(), Prefix: "big/"})
+	for i := 0; i < n; i += 100 {
+		var ops []vault.Op
+		for _, k := range want[i:min(i+100, n)] {
+			ops = append(ops, vault.Op{Key: k, Value: []byte("v-" + k), IfRev: vault.AnyRev})
+		}
+		if _, err := streamed.Apply(ctx, ops...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	paged := openStore(t, etcd.Options{Endpoints: c.Endpoints(), Prefix: "big/"})
+	paged.PageScans()
+	for name, st := range map[string]*etcd.Store{"streamed": streamed, "paged": paged} {
+		var got []string
+		err := st.Scan(ctx, "conn/", "conn/00099", func(k string, v []byte, _ uint64) (bool, error) {
+			if string(v) != "v-"+k {
+				t.Fatalf("%s: %s holds %q", name, k, v)
+			}
+			got = append(got, k)
+			return true, nil
+		})
+		if err != nil || !slices.Equal(got, want[100:]) {
+			t.Errorf("%s: Scan after conn/00099 = %d keys (first %v), %v; want %d from conn/00100", name, len(got), got[:min(1, len(got))], err, n-100)
+		}
+		stop := 0
+		err = st.Scan(ctx, "conn/", "", func(string, []byte, uint64) (bool, error) {
+			stop++
+			return stop < 700, nil
+		})
+		if err != nil || stop != 700 {
+			t.Errorf("%s: Scan told to stop at 700 saw %d, %v", name, stop, err)
+		}
+	}
 }
 
 // Two stores on one cluster with different prefixes do not see each
