@@ -7,11 +7,13 @@ package etcdtest
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/url"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -41,9 +43,34 @@ type Member struct {
 }
 
 // Start starts a cluster of n members (1 or 3, usually) and waits until it
-// serves. The cluster is closed when the test ends.
+// serves. The cluster is closed when the test ends. A port another process
+// took between freeAddr and the member's listen is not a failure: the
+// cluster is started again on other ports, up to startAttempts times.
 func Start(t testing.TB, n int) *Cluster {
 	t.Helper()
+	for attempt := 1; ; attempt++ {
+		c, err := tryStart(t, n)
+		if err == nil {
+			t.Cleanup(c.Close)
+			return c
+		}
+		c.Close()
+		if attempt == startAttempts || !portTaken(err) {
+			t.Fatalf("etcdtest: %v", err)
+		}
+		t.Logf("etcdtest: %v; starting again on other ports", err)
+	}
+}
+
+// startAttempts bounds Start's retries after a port was taken.
+const startAttempts = 5
+
+// portTaken reports whether err is a listen on a port in use.
+func portTaken(err error) bool {
+	return errors.Is(err, syscall.EADDRINUSE) || strings.Contains(err.Error(), "address already in use")
+}
+
+func tryStart(t testing.TB, n int) (*Cluster, error) {
 	c := &Cluster{t: t}
 	var initial []string
 	for i := range n {
@@ -56,18 +83,18 @@ func Start(t testing.TB, n int) *Cluster {
 		c.members = append(c.members, m)
 		initial = append(initial, m.Name+"="+m.PeerURL)
 	}
-	t.Cleanup(c.Close)
 	// Members of a new cluster wait for each other: start them together.
 	errs := make(chan error, n)
 	for _, m := range c.members {
 		go func() { errs <- c.start(m, strings.Join(initial, ","), "new") }()
 	}
+	var first error
 	for range n {
-		if err := <-errs; err != nil {
-			t.Fatalf("etcdtest: %v", err)
+		if err := <-errs; err != nil && (first == nil || portTaken(err)) {
+			first = err
 		}
 	}
-	return c
+	return c, first
 }
 
 // freeAddr returns a loopback address with a port free a moment ago. (etcd
