@@ -205,16 +205,7 @@ providers:
 	if err != nil {
 		t.Fatal(err)
 	}
-	app.Config.Handler = http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "text/html; charset=utf-8")
-		fmt.Fprintf(w, `<!doctype html><html><head><title>app</title><script src="%s/connect/embed.js"></script></head>
-<body><button id="go">Connect accounts</button><pre id="out"></pre><script>
-document.getElementById("go").addEventListener("click", function () {
-  TokenVault.connect(%q).then(function (r) { document.getElementById("out").textContent = JSON.stringify(r); },
-                               function (e) { document.getElementById("out").textContent = "error: " + e.message; });
-});
-</script></body></html>`, in.URL, s2.Url)
-	})
+	app.Config.Handler = pagetest.OpenerPage(in.URL, s2.Url)
 	if err := chromedp.Do(tab, chromedp.Navigate(app.URL), chromedp.WaitVisible(chromedp.ID("go")), chromedp.Click(chromedp.ID("go"))); err != nil {
 		t.Fatal(err)
 	}

@@ -3,8 +3,6 @@ package connectpage
 import (
 	"context"
 	"encoding/json"
-	"fmt"
-	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
@@ -15,21 +13,6 @@ import (
 	"github.com/tokenvault/tokenvault/server/connectpage/pagetest"
 )
 
-// openerPage is an application's page on another origin that opens the
-// connect page with embed.js and writes the result into #out.
-func openerPage(sidecar, sessionURL string) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "text/html; charset=utf-8")
-		fmt.Fprintf(w, `<!doctype html><html><head><title>app</title><script src="%s/connect/embed.js"></script></head>
-<body><button id="go">Connect accounts</button><pre id="out"></pre><script>
-document.getElementById("go").addEventListener("click", function () {
-  TokenVault.connect(%q).then(function (r) { document.getElementById("out").textContent = JSON.stringify(r); },
-                               function (e) { document.getElementById("out").textContent = "error: " + e.message; });
-});
-</script></body></html>`, sidecar, sessionURL)
-	})
-}
-
 func TestBrowser_PopupDeliversToOpenerOrigin(t *testing.T) {
 	b := pagetest.New(t)
 	app := httptest.NewServer(nil) // the application, on another port: another origin
@@ -39,7 +22,7 @@ func TestBrowser_PopupDeliversToOpenerOrigin(t *testing.T) {
 	r := newRig(t, cfg)
 	// The fake "provider" sends the browser straight back with an outcome.
 	r.f.authURL = r.srv.URL + "/connect/?mode=popup&provider=slack&status=connected&connection_id=conn_a1"
-	app.Config.Handler = openerPage(r.srv.URL, r.srv.URL+"/connect/s/tok-alice")
+	app.Config.Handler = pagetest.OpenerPage(r.srv.URL, r.srv.URL+"/connect/s/tok-alice")
 
 	ctx, cancel := b.Tab(60 * time.Second)
 	defer cancel()
@@ -94,7 +77,7 @@ func TestBrowser_PopupIgnoresUnconfiguredOpener(t *testing.T) {
 	app := httptest.NewServer(nil)
 	defer app.Close()
 	r := newRig(t, testConfig("")) // popup origins: app.example.com only
-	app.Config.Handler = openerPage(r.srv.URL, r.srv.URL+"/connect/s/tok-alice")
+	app.Config.Handler = pagetest.OpenerPage(r.srv.URL, r.srv.URL+"/connect/s/tok-alice")
 	ctx, cancel := b.Tab(60 * time.Second)
 	defer cancel()
 	if err := chromedp.Do(ctx, chromedp.Navigate(app.URL), chromedp.Click(chromedp.ID("go"))); err != nil {

@@ -8,6 +8,8 @@ package pagetest
 
 import (
 	"context"
+	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"strings"
@@ -146,4 +148,20 @@ func (b *Browser) Problems() []string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return append([]string(nil), b.problems...)
+}
+
+// OpenerPage is an application's page on another origin that loads the
+// sidecar's embed.js from sidecar and, when its button #go is clicked,
+// opens link in a popup; the result (or the error) lands as JSON in #out.
+func OpenerPage(sidecar, link string) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/html; charset=utf-8")
+		fmt.Fprintf(w, `<!doctype html><html><head><title>app</title><script src="%s/connect/embed.js"></script></head>
+<body><button id="go">Connect accounts</button><pre id="out"></pre><script>
+document.getElementById("go").addEventListener("click", function () {
+  TokenVault.connect(%q).then(function (r) { document.getElementById("out").textContent = JSON.stringify(r); },
+                               function (e) { document.getElementById("out").textContent = "error: " + e.message; });
+});
+</script></body></html>`, sidecar, link)
+	})
 }
