@@ -20,6 +20,7 @@ import (
 
 	"github.com/tokenvault/tokenvault/providers"
 	"github.com/tokenvault/tokenvault/server"
+	"github.com/tokenvault/tokenvault/server/gcgoal"
 	"github.com/tokenvault/tokenvault/vault"
 	"github.com/tokenvault/tokenvault/vault/audit"
 	"github.com/tokenvault/tokenvault/vault/etcd"
@@ -28,20 +29,17 @@ import (
 
 var errUsage = errors.New("usage")
 
-// defaultGOGC is the garbage collector's target percentage unless GOGC is
-// set. Most of the sidecar's heap is its resident connections (about 600
-// bytes each), which live as long as the process: collecting when the heap
-// has grown by half of them rather than all of them keeps 100,000
-// connections under 150 MiB resident, for a few percent more GC CPU.
-const defaultGOGC = 50
+// servingGC is how the garbage collector runs once the sidecar serves,
+// unless GOGC is set (gcgoal.Sidecar says why).
+var servingGC = gcgoal.Sidecar
 
 // startGOGC is the garbage collector's target percentage while the
 // sidecar starts, unless GOGC is set. A start allocates little but what
-// stays (above all the resident connections): collecting at defaultGOGC
+// stays (above all the resident connections): collecting at GOGC 50
 // from the runtime's smallest heap marked the growing set again at every
 // 50% of growth (about eight cycles on the way to 100,000 connections, a
 // seventh of the start's CPU; in dev mode a sixth). Serving begins under
-// defaultGOGC; freeOSAfter later, FreeOSMemory collects once and hands
+// servingGC; freeOSAfter later, FreeOSMemory collects once and hands
 // back what is free.
 const startGOGC = 400
 
@@ -49,14 +47,14 @@ const startGOGC = 400
 const freeOSAfter = 500 * time.Millisecond
 
 // startingGC sets startGOGC unless the environment sets GOGC; the returned
-// func sets defaultGOGC (likewise). A memory limit (GOMEMLIMIT) holds
-// throughout.
-func startingGC(env func(string) string) (serving func()) {
+// func starts servingGC (likewise), and the func it returns stops it. A
+// memory limit (GOMEMLIMIT) holds throughout.
+func startingGC(env func(string) string) (serving func() (stop func())) {
 	if env("GOGC") != "" {
-		return func() {}
+		return func() func() { return func() {} }
 	}
 	debug.SetGCPercent(startGOGC)
-	return func() { debug.SetGCPercent(defaultGOGC) }
+	return func() func() { return gcgoal.Start(servingGC) }
 }
 
 type serveFlags struct {
@@ -304,7 +302,7 @@ func serve(ctx context.Context, args []string, env func(string) string, stdout, 
 	// connections). The price, measured in dev mode: about 0.5 MiB more
 	// resident than collecting before the servers start, whose first
 	// objects now land among the start's garbage.
-	serving()
+	defer serving()()
 	freeOS := time.AfterFunc(freeOSAfter, debug.FreeOSMemory)
 	defer freeOS.Stop()
 	log.Info("tokenvault serving",
