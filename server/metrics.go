@@ -140,7 +140,16 @@ func (m *Metrics) attach(v *vault.Vault, audit *audit.Log, providers []string) {
 				prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 					Name: "tokenvault_records_unreadable",
 					Help: "Connection records quarantined because they do not open (damaged or tampered with); tokenvault records unreadable lists them.",
-				}, func() float64 { return float64(v.UnreadableCount()) }))
+				}, func() float64 { return float64(v.UnreadableCount()) }),
+				prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+					Name: "tokenvault_vault_loading",
+					Help: "1 while the connections load after the start (tokens are read from their records meanwhile; other calls wait for the load), then 0.",
+				}, func() float64 {
+					if v.Loading() {
+						return 1
+					}
+					return 0
+				}))
 		}
 		if audit != nil {
 			m.reg.MustRegister(

@@ -38,7 +38,7 @@ func (s *tokenService) connectionID(ctx context.Context, req selectable) (string
 	case sel.GetOwner() == "" || sel.GetProvider() == "":
 		return "", invalidArgument("selector.owner and selector.provider are required")
 	}
-	id, err := s.lookup(sel)
+	id, err := s.lookup(ctx, sel)
 	if err != nil {
 		return "", err
 	}
@@ -48,8 +48,8 @@ func (s *tokenService) connectionID(ctx context.Context, req selectable) (string
 
 // lookup finds the one connection sel matches, in the vault's owner index
 // (a memory read, as by id).
-func (s *tokenService) lookup(sel *tvv1.ConnectionSelector) (string, error) {
-	id, err := s.v.Lookup(vault.Selector{
+func (s *tokenService) lookup(ctx context.Context, sel *tvv1.ConnectionSelector) (string, error) {
+	id, err := s.v.Lookup(ctx, vault.Selector{
 		Owner: sel.GetOwner(), Provider: sel.GetProvider(), Label: sel.GetLabel(), Tenant: sel.GetTenant(),
 	})
 	var amb *vault.AmbiguousError

@@ -358,6 +358,9 @@ func (s *adminService) ListUnreadableRecords(ctx context.Context, req *tvv1.List
 	if err := needUnlimited(ctx); err != nil {
 		return nil, err
 	}
+	if err := s.v.WaitLoaded(ctx); err != nil {
+		return nil, toStatus(err) // what is unreadable is known once the load has read every record
+	}
 	recs := s.v.Unreadable()
 	resp := &tvv1.ListUnreadableRecordsResponse{Total: int64(len(recs))}
 	for _, r := range recs[:min(len(recs), maxUnreadableListed)] {

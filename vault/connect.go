@@ -214,6 +214,9 @@ func (v *Vault) CompleteConnect(ctx context.Context, req CallbackRequest) (*Call
 	if state == "" {
 		return nil, ErrInvalidState
 	}
+	if err := v.waitLoaded(ctx); err != nil {
+		return nil, err
+	}
 	key := stateKey(state)
 	sealed, _, err := v.store.Get(ctx, key)
 	if errors.Is(err, ErrNotFound) {

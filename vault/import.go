@@ -97,6 +97,9 @@ const (
 // the caller but what was written stays written (a rerun reports it as
 // duplicates).
 func (v *Vault) Import(ctx context.Context, recs []ImportRecord, opts ImportOptions) ([]ImportResult, error) {
+	if err := v.waitLoaded(ctx); err != nil {
+		return nil, err
+	}
 	if len(recs) > MaxImportBatch {
 		return nil, fmt.Errorf("%w: at most %d records per import call, got %d", ErrInvalidArgument, MaxImportBatch, len(recs))
 	}

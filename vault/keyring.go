@@ -181,6 +181,9 @@ func rewrapOne(ctx context.Context, st Store, k *seal.Keyring, r staleRecord, ta
 // returns the new term and how many records were re-sealed. Values that do
 // not open are left as they are and logged by key; they do not fail it.
 func (v *Vault) RotateKeys(ctx context.Context) (uint32, int, error) {
+	if err := v.waitLoaded(ctx); err != nil {
+		return 0, 0, err
+	}
 	term, err := v.kr.Rotate(ctx)
 	if err != nil {
 		return 0, 0, err
@@ -235,6 +238,9 @@ func (e *TermInUseError) Unwrap() error { return ErrKeyTermInUse }
 // it change): a replica sealing under an older term meanwhile would write
 // values that no longer open.
 func (v *Vault) RetireKeys(ctx context.Context) (uint32, []uint32, error) {
+	if err := v.waitLoaded(ctx); err != nil {
+		return 0, nil, err
+	}
 	target := v.kr.Term()
 	if target == 0 {
 		return 0, nil, errors.New("vault: retire keys: the keyring is not open")

@@ -80,6 +80,9 @@ type UpdateRequest struct {
 // stay within CheckAppMetadata's bounds. A change that changes nothing
 // writes nothing. It returns ErrNotFound for an unknown id.
 func (v *Vault) Update(ctx context.Context, r UpdateRequest) (*Connection, error) {
+	if err := v.waitLoaded(ctx); err != nil {
+		return nil, err
+	}
 	if err := CheckAppMetadata(r.Set); err != nil {
 		return nil, err
 	}
@@ -141,6 +144,9 @@ type DeleteResult struct {
 // unknown id. A quarantined record (quarantine.go) is deleted alone: no
 // revocation, no event, and a result holding only the id.
 func (v *Vault) Delete(ctx context.Context, id, reason string) (*DeleteResult, error) {
+	if err := v.waitLoaded(ctx); err != nil {
+		return nil, err
+	}
 	e := v.entry(id)
 	if e == nil {
 		if v.quarantined(id) != nil {
@@ -229,6 +235,9 @@ func (v *Vault) DeleteOwner(ctx context.Context, owner, reason string) (ids []st
 	if owner == "" {
 		return nil, 0, fmt.Errorf("%w: owner is required", ErrInvalidArgument)
 	}
+	if err := v.waitLoaded(ctx); err != nil {
+		return nil, 0, err
+	}
 	v.mu.RLock()
 	var todo []string
 	for _, id := range v.ids {
@@ -288,6 +297,9 @@ type ExchangeResult struct {
 // configuration error (rotation not turned on for the app) stops the run,
 // and the connections not reached are reported skipped.
 func (v *Vault) ExchangeLegacy(ctx context.Context, provider string, dryRun bool) ([]ExchangeResult, error) {
+	if err := v.waitLoaded(ctx); err != nil {
+		return nil, err
+	}
 	p, err := v.provider(provider)
 	if err != nil {
 		return nil, err

@@ -14,6 +14,9 @@ import (
 // ErrNotFound. The record holds token material: callers outside the
 // process get Redacted().
 func (v *Vault) Get(ctx context.Context, id string) (*Connection, error) {
+	if err := v.waitLoaded(ctx); err != nil {
+		return nil, err
+	}
 	e := v.entry(id)
 	if e == nil {
 		return nil, v.missing(id)
@@ -41,6 +44,9 @@ func (v *Vault) Get(ctx context.Context, id string) (*Connection, error) {
 // in id order, and the id to pass as after for the next page ("" at the
 // end).
 func (v *Vault) List(ctx context.Context, f Filter, after string, limit int) ([]*Connection, string, error) {
+	if err := v.waitLoaded(ctx); err != nil {
+		return nil, "", err
+	}
 	if limit <= 0 {
 		limit = 100
 	}

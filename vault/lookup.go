@@ -1,6 +1,7 @@
 package vault
 
 import (
+	"context"
 	"fmt"
 	"slices"
 )
@@ -41,7 +42,10 @@ type ownerKey struct{ owner, provider string }
 // reports the revocation (a connection revoked and connected again leaves
 // its revoked record behind, which a live one outranks). With no match at
 // all Lookup returns ErrNotFound.
-func (v *Vault) Lookup(sel Selector) (string, error) {
+func (v *Vault) Lookup(ctx context.Context, sel Selector) (string, error) {
+	if err := v.waitLoaded(ctx); err != nil {
+		return "", err
+	}
 	v.mu.RLock()
 	defer v.mu.RUnlock()
 	cands := v.byOwner[ownerKey{sel.Owner, sel.Provider}]

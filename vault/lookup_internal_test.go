@@ -1,6 +1,7 @@
 package vault
 
 import (
+	"context"
 	"go/ast"
 	"go/parser"
 	"go/token"
@@ -61,6 +62,7 @@ func isEntries(x ast.Expr) bool {
 // Lookup, and its owner's other connections stay.
 func TestVault_RemoveEntry_LeavesTheIndex(t *testing.T) {
 	v := &Vault{entries: map[string]*entry{}, byOwner: map[ownerKey][]*entry{}}
+	v.loadState.ready.Store(true)
 	for _, c := range []*Connection{
 		{ID: "conn_a", Owner: "alice", Provider: "slack", Label: "work"},
 		{ID: "conn_b", Owner: "alice", Provider: "slack", Label: "home"},
@@ -69,11 +71,11 @@ func TestVault_RemoveEntry_LeavesTheIndex(t *testing.T) {
 		e.res.Store(newResident(c))
 		v.addEntry(e)
 	}
-	if _, err := v.Lookup(Selector{Owner: "alice", Provider: "slack"}); err == nil {
+	if _, err := v.Lookup(context.Background(), Selector{Owner: "alice", Provider: "slack"}); err == nil {
 		t.Fatal("two connections, no label: Lookup picked one")
 	}
 	v.removeEntry("conn_a")
-	if id, err := v.Lookup(Selector{Owner: "alice", Provider: "slack"}); err != nil || id != "conn_b" {
+	if id, err := v.Lookup(context.Background(), Selector{Owner: "alice", Provider: "slack"}); err != nil || id != "conn_b" {
 		t.Errorf("after removing conn_a, Lookup = %q, %v; want conn_b", id, err)
 	}
 	v.removeEntry("conn_b")

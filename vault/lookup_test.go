@@ -67,7 +67,7 @@ func TestVault_Lookup(t *testing.T) {
 	check := func(when string) {
 		t.Helper()
 		for _, r := range rows {
-			got, err := h.v.Lookup(r.sel)
+			got, err := h.v.Lookup(context.Background(), r.sel)
 			var amb *vault.AmbiguousError
 			switch {
 			case r.wantAmbig != nil:

@@ -39,6 +39,13 @@ func refreshOutcome(err error) string {
 // no such connection. It copies nothing: cheap enough for every call.
 func (v *Vault) ProviderOf(id string) (string, bool) {
 	e := v.entry(id)
+	if e == nil && !v.loadState.ready.Load() {
+		// Loading (loading.go): the record says, or the load will.
+		if pe, _ := v.peekWait(id); pe != nil {
+			return pe.provider, true
+		}
+		e = v.entry(id)
+	}
 	if e == nil {
 		return "", false
 	}
@@ -60,6 +67,7 @@ func (v *Vault) CountByStatus() []StatusCount {
 		s Status
 	}
 	counts := map[key]int{}
+	v.waitLoadedForever()
 	v.mu.RLock()
 	for _, e := range v.entries {
 		counts[key{e.provider, e.res.Load().status}]++
@@ -88,6 +96,9 @@ const lastUsedBatch = 256
 // connection whose write lock is held (a refresh under way) is skipped: that
 // write persists its last use anyway. It returns how many records it wrote.
 func (v *Vault) FlushLastUsed(ctx context.Context, minStep time.Duration) (int, error) {
+	if err := v.waitLoaded(ctx); err != nil {
+		return 0, err
+	}
 	v.mu.RLock()
 	var due []*entry
 	for _, e := range v.entries {

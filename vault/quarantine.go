@@ -123,7 +123,15 @@ func (v *Vault) quarantined(id string) error {
 }
 
 // IsUnreadable reports whether connection id's record is quarantined.
-func (v *Vault) IsUnreadable(id string) bool { return v.quarantined(id) != nil }
+func (v *Vault) IsUnreadable(id string) bool {
+	if !v.loadState.ready.Load() && v.entry(id) == nil {
+		// Loading (loading.go): the record says, or the load will.
+		if e, err := v.peekWait(id); e != nil || err != nil {
+			return err != nil
+		}
+	}
+	return v.quarantined(id) != nil
+}
 
 // missing is the error for a connection id the vault does not serve:
 // ErrRecordUnreadable if its record is quarantined, else ErrNotFound.
@@ -136,6 +144,7 @@ func (v *Vault) missing(id string) error {
 
 // Unreadable lists the quarantined records in key order.
 func (v *Vault) Unreadable() []UnreadableRecord {
+	v.waitLoadedForever()
 	q := &v.unreadable
 	q.mu.Lock()
 	out := make([]UnreadableRecord, 0, len(q.recs))

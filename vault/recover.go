@@ -22,6 +22,9 @@ import (
 // again. At most recoverConcurrency provider calls run at once; if ctx ends
 // no further one starts.
 func (v *Vault) RecoverInterrupted(ctx context.Context) (int, error) {
+	if err := v.waitLoaded(ctx); err != nil {
+		return 0, err
+	}
 	v.mu.RLock()
 	var todo []*entry
 	for _, e := range v.entries {

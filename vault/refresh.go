@@ -45,6 +45,9 @@ func (v *Vault) AccessToken(ctx context.Context, req TokenRequest) (Token, Token
 	id, credential, minValid, force := req.ID, req.Credential, req.MinValid, req.Force
 	e := v.entry(id)
 	if e == nil {
+		if !v.loadState.ready.Load() {
+			return v.earlyToken(ctx, req) // loading.go
+		}
 		return Token{}, TokenInfo{}, v.missing(id)
 	}
 	if minValid <= 0 {
@@ -388,6 +391,9 @@ func (v *Vault) mergeRefreshed(ctx context.Context, e *entry, marked, refreshed 
 // Refresh refreshes the named credential of connection id now, through the
 // same critical section as AccessToken. The scheduler calls it.
 func (v *Vault) Refresh(ctx context.Context, id, credential string) (*Connection, error) {
+	if err := v.waitLoaded(ctx); err != nil {
+		return nil, err
+	}
 	e := v.entry(id)
 	if e == nil {
 		return nil, v.missing(id)

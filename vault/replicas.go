@@ -174,6 +174,9 @@ func (v *Vault) Follow(ctx context.Context) error {
 	if !ok {
 		return nil
 	}
+	if err := v.waitLoaded(ctx); err != nil {
+		return err
+	}
 	after := v.watchFrom
 	backoff := 50 * time.Millisecond
 	for {

@@ -20,6 +20,9 @@ type RevokeResult struct {
 // and keeps the record with status revoked. Revoking a revoked connection
 // succeeds and calls nobody.
 func (v *Vault) Revoke(ctx context.Context, id, reason string) (*RevokeResult, error) {
+	if err := v.waitLoaded(ctx); err != nil {
+		return nil, err
+	}
 	e := v.entry(id)
 	if e == nil {
 		return nil, v.missing(id)

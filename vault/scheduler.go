@@ -467,6 +467,9 @@ func (s *Scheduler) Stats() SchedulerStats {
 // returns ctx's error. Only one Scheduler runs on a vault at a time; Run
 // returns an error if another is running.
 func (s *Scheduler) Run(ctx context.Context) error {
+	if err := s.v.waitLoaded(ctx); err != nil {
+		return err
+	}
 	if !s.v.sched.CompareAndSwap(nil, s) {
 		return errors.New("vault: a scheduler is already running on this vault")
 	}
@@ -898,6 +901,9 @@ type Validator interface {
 // back as ErrUnavailable. It returns ErrInvalidArgument if the provider
 // cannot validate.
 func (v *Vault) Validate(ctx context.Context, id string) (*Connection, error) {
+	if err := v.waitLoaded(ctx); err != nil {
+		return nil, err
+	}
 	e := v.entry(id)
 	if e == nil {
 		return nil, fmt.Errorf("vault: connection %q: %w", id, ErrNotFound)

@@ -20,7 +20,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -97,6 +96,14 @@ type Config struct {
 	// FailpointAfterCommit), so that a test can kill the process exactly
 	// there. Leave it nil in production; unset it costs one nil check.
 	Failpoint func(name string)
+	// LoadInBackground makes Open return before the connections are
+	// loaded: it reads the outbox's state and the watch revision, starts
+	// loading every connection under ctx, and returns. Until the load ends
+	// (Loaded), AccessToken by id answers from the one record in the store
+	// what it would answer from memory, and every other call that reads the
+	// connections waits for the load (loading.go). A failed load is
+	// LoadErr's. Unset, Open returns with every connection loaded.
+	LoadInBackground bool
 }
 
 // A Vault holds connections and hands out their access tokens. It is safe
@@ -136,6 +143,9 @@ type Vault struct {
 	// What keeps several processes sharing the Store apart and in step
 	// (replicas.go).
 	followState
+
+	// The load of the connections, in Open or after it (loading.go).
+	loadState loadState
 }
 
 // entry is the in-memory state of one connection: its identity, which
@@ -165,8 +175,9 @@ func newEntry(c *Connection) *entry {
 }
 
 // Open loads every connection from the store and returns a Vault serving
-// them. Refreshes that a crash interrupted are found here and resolved by
-// RecoverInterrupted.
+// them; with Config.LoadInBackground it returns once the vault can serve
+// and loads them after (loading.go). Refreshes that a crash interrupted
+// are found by the load and resolved by RecoverInterrupted.
 func Open(ctx context.Context, cfg Config) (*Vault, error) {
 	if cfg.Store == nil || cfg.Keyring == nil {
 		return nil, errors.New("vault: Config needs a Store and a Keyring")
@@ -209,23 +220,16 @@ func Open(ctx context.Context, cfg Config) (*Vault, error) {
 		}
 		v.watchFrom, v.shared = rev, true
 	}
-	all, bad, err := v.loadConnections(ctx)
+	v.loadState.done = make(chan struct{})
+	if cfg.LoadInBackground {
+		go v.loadInBackground(ctx)
+		return v, nil
+	}
+	err := v.load(ctx)
+	close(v.loadState.done)
 	if err != nil {
 		return nil, err
 	}
-	more, err := v.loadUnreadable(ctx, bad, len(all)+len(bad))
-	if err != nil {
-		return nil, err
-	}
-	all = append(all, more...)
-	v.entries = make(map[string]*entry, len(all))
-	v.byOwner = make(map[ownerKey][]*entry, len(all))
-	v.ids = make([]string, 0, len(all))
-	for _, e := range all {
-		v.addEntry(e)
-		v.ids = append(v.ids, e.id)
-	}
-	slices.Sort(v.ids)
 	return v, nil
 }
 
@@ -248,8 +252,10 @@ func (v *Vault) decode(key string, sealed []byte) (*Connection, error) {
 	return &c, nil
 }
 
-// Len returns how many connections the vault holds, of any status.
+// Len returns how many connections the vault holds, of any status. While
+// they load in the background it waits for the load.
 func (v *Vault) Len() int {
+	v.waitLoadedForever()
 	v.mu.RLock()
 	defer v.mu.RUnlock()
 	return len(v.entries)

@@ -1,0 +1,259 @@
+package vault_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/tokenvault/tokenvault/vault"
+	"github.com/tokenvault/tokenvault/vault/bolt"
+	"github.com/tokenvault/tokenvault/vault/seal"
+)
+
+// openHeld opens h's store again with LoadInBackground, its loader held at
+// FailpointLoad until release is called (by the test, or at cleanup).
+func (h *harness) openHeld() (v *vault.Vault, release func()) {
+	h.t.Helper()
+	h.store.Close()
+	st, err := bolt.Open(h.path, bolt.Options{NoSync: true})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	kr, err := vault.OpenKeyring(context.Background(), st, h.mk)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	hold := make(chan struct{})
+	reached := make(chan struct{})
+	v, err = vault.Open(context.Background(), vault.Config{
+		Store: st, Keyring: kr, Providers: map[string]vault.Provider{"fake": h.p}, Now: h.clock.Now,
+		ReturnTo:         []string{"https://app.example/settings"},
+		LoadInBackground: true,
+		Failpoint: func(name string) {
+			if name == vault.FailpointLoad {
+				close(reached)
+				<-hold
+			}
+		},
+	})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	<-reached
+	h.store, h.v = st, v
+	released := false
+	release = func() {
+		if !released {
+			released = true
+			close(hold)
+			<-v.Loaded()
+		}
+	}
+	h.t.Cleanup(release)
+	return v, release
+}
+
+// waits runs call with a short deadline and reports whether it waited
+// for the load (returned the deadline's error).
+func waits(call func(ctx context.Context) error) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	return errors.Is(call(ctx), context.DeadlineExceeded)
+}
+
+func TestLoadInBackground_TokenFromTheStore_OthersWait(t *testing.T) {
+	h := newHarness(t)
+	a := h.connect("alice")
+	b := h.connect("bob")
+	v, release := h.openHeld()
+	ctx := context.Background()
+	if !v.Loading() {
+		t.Fatal("Loading() = false with the loader held")
+	}
+	// The hot path: served from the record, as from memory.
+	tok, info, err := v.AccessToken(ctx, vault.TokenRequest{ID: a.ID})
+	if err != nil || tok.AccessToken != a.Grant.Tokens[0].AccessToken || info.Provider != "fake" || info.ConnectionID != a.ID {
+		t.Fatalf("AccessToken during the load = %q, %+v, %v; want alice's token", tok.AccessToken, info, err)
+	}
+	if tok.RefreshToken != "" {
+		t.Fatal("a token served during the load carries its refresh token")
+	}
+	if p, ok := v.ProviderOf(b.ID); !ok || p != "fake" {
+		t.Fatalf("ProviderOf during the load = %q, %v", p, ok)
+	}
+	if v.IsUnreadable(b.ID) {
+		t.Fatal("IsUnreadable(readable record) during the load")
+	}
+	// Everything else waits, bounded by its context.
+	if !waits(func(ctx context.Context) error {
+		_, err := v.Lookup(ctx, vault.Selector{Owner: "bob", Provider: "fake"})
+		return err
+	}) {
+		t.Error("Lookup did not wait for the load")
+	}
+	if !waits(func(ctx context.Context) error {
+		_, err := v.Update(ctx, vault.UpdateRequest{ID: b.ID, Set: map[string]string{"k": "v"}})
+		return err
+	}) {
+		t.Error("Update did not wait for the load")
+	}
+	// A forced refresh is no read from memory: it waits.
+	if !waits(func(ctx context.Context) error {
+		_, _, err := v.AccessToken(ctx, vault.TokenRequest{ID: a.ID, Force: true})
+		return err
+	}) {
+		t.Error("a forced AccessToken did not wait for the load")
+	}
+	// An unknown id waits too, and is then not found.
+	if !waits(func(ctx context.Context) error {
+		_, _, err := v.AccessToken(ctx, vault.TokenRequest{ID: "conn_nope"})
+		return err
+	}) {
+		t.Error("AccessToken(unknown id) did not wait for the load")
+	}
+
+	// Waiting calls succeed once the loader goes on.
+	type result struct {
+		id  string
+		err error
+	}
+	looked, updated := make(chan result, 1), make(chan error, 1)
+	go func() {
+		id, err := v.Lookup(ctx, vault.Selector{Owner: "bob", Provider: "fake"})
+		looked <- result{id, err}
+	}()
+	go func() {
+		_, err := v.Update(ctx, vault.UpdateRequest{ID: b.ID, Set: map[string]string{"k": "v"}})
+		updated <- err
+	}()
+	select {
+	case r := <-looked:
+		t.Fatalf("Lookup answered during the load: %+v", r)
+	case err := <-updated:
+		t.Fatalf("Update answered during the load: %v", err)
+	case <-time.After(20 * time.Millisecond):
+	}
+	release()
+	if r := <-looked; r.err != nil || r.id != b.ID {
+		t.Fatalf("Lookup after the load = %+v; want %s", r, b.ID)
+	}
+	if err := <-updated; err != nil {
+		t.Fatalf("Update after the load = %v", err)
+	}
+	if v.Loading() || v.LoadErr() != nil || v.Len() != 2 {
+		t.Fatalf("after the load: Loading %v, LoadErr %v, Len %d", v.Loading(), v.LoadErr(), v.Len())
+	}
+	if _, _, err := v.AccessToken(ctx, vault.TokenRequest{ID: "conn_nope"}); !errors.Is(err, vault.ErrNotFound) {
+		t.Fatalf("AccessToken(unknown) after the load = %v; want ErrNotFound", err)
+	}
+	// The use served from the store counts as alice's last use.
+	c, err := v.Get(ctx, a.ID)
+	if err != nil || !c.LastUsedAt.Equal(h.clock.Now()) {
+		t.Fatalf("alice's last use after the load = %v, %v; want %v", c.LastUsedAt, err, h.clock.Now())
+	}
+}
+
+func TestLoadInBackground_ExpiredTokenWaitsAndIsRefreshed(t *testing.T) {
+	h := newHarness(t)
+	a := h.connect("alice")
+	h.clock.Add(2 * time.Hour) // past the token's hour
+	v, release := h.openHeld()
+	if !waits(func(ctx context.Context) error {
+		_, _, err := v.AccessToken(ctx, vault.TokenRequest{ID: a.ID})
+		return err
+	}) {
+		t.Fatal("AccessToken of an expired token did not wait for the load")
+	}
+	if n := h.p.refreshes.Load(); n != 0 {
+		t.Fatalf("%d refreshes during the load; want none", n)
+	}
+	got := make(chan error, 1)
+	go func() {
+		tok, _, err := v.AccessToken(context.Background(), vault.TokenRequest{ID: a.ID})
+		if err == nil && tok.AccessToken == a.Grant.Tokens[0].AccessToken {
+			err = errors.New("served the expired token")
+		}
+		got <- err
+	}()
+	release()
+	if err := <-got; err != nil {
+		t.Fatalf("AccessToken after the load = %v", err)
+	}
+	if n := h.p.refreshes.Load(); n != 1 {
+		t.Fatalf("%d refreshes; want 1", n)
+	}
+}
+
+func TestLoadInBackground_DamagedRecord(t *testing.T) {
+	h := newHarness(t)
+	a := h.connect("alice")
+	b := h.connect("bob")
+	ctx := context.Background()
+	// b's key now holds a's sealed record: it does not open under b's key.
+	val, _, err := h.store.Get(ctx, "conn/"+a.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.store.Apply(ctx, vault.Op{Key: "conn/" + b.ID, Value: val, IfRev: -1}); err != nil {
+		t.Fatal(err)
+	}
+	v, release := h.openHeld()
+	_, _, err = v.AccessToken(ctx, vault.TokenRequest{ID: b.ID})
+	var ue *vault.UnreadableError
+	if !errors.As(err, &ue) || ue.Reason != seal.BrokenAuth {
+		t.Fatalf("AccessToken(damaged) during the load = %v; want ErrRecordUnreadable (%s)", err, seal.BrokenAuth)
+	}
+	if !v.IsUnreadable(b.ID) {
+		t.Fatal("IsUnreadable(damaged) = false during the load")
+	}
+	if _, ok := v.ProviderOf(b.ID); ok {
+		t.Fatal("ProviderOf(damaged) found it during the load")
+	}
+	if n := v.UnreadableCount(); n != 0 {
+		t.Fatalf("UnreadableCount() = %d during the load; the loader quarantines, not the read", n)
+	}
+	release()
+	if n := v.UnreadableCount(); n != 1 {
+		t.Fatalf("UnreadableCount() = %d after the load; want 1", n)
+	}
+	_, _, err2 := v.AccessToken(ctx, vault.TokenRequest{ID: b.ID})
+	if err2 == nil || err2.Error() != err.Error() {
+		t.Fatalf("AccessToken(damaged) after the load = %v; want what it answered during it: %v", err2, err)
+	}
+}
+
+func TestLoadInBackground_FailedLoad(t *testing.T) {
+	h := newHarness(t)
+	h.connect("alice")
+	h.store.Close()
+	st, err := bolt.Open(h.path, bolt.Options{NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	kr, err := vault.OpenKeyring(context.Background(), st, h.mk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.store = st
+	ctx, cancel := context.WithCancel(context.Background())
+	v, err := vault.Open(ctx, vault.Config{
+		Store: st, Keyring: kr, Providers: map[string]vault.Provider{"fake": h.p}, Now: h.clock.Now,
+		LoadInBackground: true,
+		Failpoint: func(name string) {
+			if name == vault.FailpointLoad {
+				cancel() // the load's context ends: the load fails
+			}
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-v.Loaded()
+	if err := v.LoadErr(); !errors.Is(err, context.Canceled) {
+		t.Fatalf("LoadErr() = %v; want the load's failure", err)
+	}
+	if _, err := v.Lookup(context.Background(), vault.Selector{Owner: "alice", Provider: "fake"}); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Lookup after a failed load = %v; want the load's error", err)
+	}
+}
