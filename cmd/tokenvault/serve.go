@@ -38,12 +38,14 @@ var servingGC = gcgoal.Sidecar
 // stays (above all the resident connections): collecting at GOGC 50
 // from the runtime's smallest heap marked the growing set again at every
 // 50% of growth (about eight cycles on the way to 100,000 connections, a
-// seventh of the start's CPU; in dev mode a sixth). Serving begins under
-// servingGC; freeOSAfter later, FreeOSMemory collects once and hands
-// back what is free.
+// seventh of the start's CPU; in dev mode a sixth). It holds while the
+// connections load beside serving (token reads allocate little); the
+// load's end starts servingGC, and freeOSAfter later FreeOSMemory
+// collects once and hands back what is free (awaitLoad).
 const startGOGC = 400
 
-// freeOSAfter is how long into serving the start's garbage is handed back.
+// freeOSAfter is how long after the load the start's garbage is handed
+// back.
 const freeOSAfter = 500 * time.Millisecond
 
 // startingGC sets startGOGC unless the environment sets GOGC; the returned
@@ -230,6 +232,10 @@ func serve(ctx context.Context, args []string, env func(string) string, stdout, 
 		log.Error("no credentials configured (auth.api_keys, auth.unix_socket.peers): every call but health checks will be refused")
 	}
 	metrics := server.NewMetrics()
+	// The connections load beside serving (a token is read from its
+	// record meanwhile); a failed load stops serving, with its error.
+	ctx, stopServing := context.WithCancel(ctx)
+	defer stopServing()
 	v, err := vault.Open(ctx, vault.Config{
 		Store: store, Keyring: kr, Providers: vprovs,
 		ReturnTo: cfg.ReturnTo, DefaultReturnTo: cfg.DefaultReturnTo,
@@ -237,6 +243,7 @@ func serve(ctx context.Context, args []string, env func(string) string, stdout, 
 		StartURL:        server.StartURL(cfg.PublicURL),
 		RefreshPolicies: refreshPolicies(cfg), Failpoint: failpoint(env, log),
 		OnRefresh: metrics.ObserveRefresh, FencedCallTimeout: fencedCallTimeout(store),
+		LoadInBackground: true,
 	})
 	if err != nil {
 		return err
@@ -296,19 +303,14 @@ func serve(ctx context.Context, args []string, env func(string) string, stdout, 
 	hooksDone := make(chan struct{})
 	go func() { defer close(hooksDone); hooks.Run(bgCtx) }()
 	defer func() { stopBG(); <-hooksDone }() // webhook deliveries, and the outbox sweep
-	// Starting decoded every record: hand that garbage back to the OS
-	// soon, not over the next minutes; but beside serving, not on the way
-	// to it (a full collection: tens of ms of CPU with 100,000
-	// connections). The price, measured in dev mode: about 0.5 MiB more
-	// resident than collecting before the servers start, whose first
-	// objects now land among the start's garbage.
-	defer serving()()
-	freeOS := time.AfterFunc(freeOSAfter, debug.FreeOSMemory)
-	defer freeOS.Stop()
+	loadDone := make(chan struct{})
+	var loadErr error // set before loadDone closes
+	go func() { defer close(loadDone); loadErr = awaitLoad(ctx, v, serving, stopServing, log) }()
+	defer func() { stopServing(); <-loadDone }()
 	log.Info("tokenvault serving",
 		slog.String("grpc", gl.Addr().String()), slog.String("json_gateway", gl.Addr().String()), slog.String("public", hl.Addr().String()),
 		slog.String("health", healthL.Addr().String()), slog.String("metrics", metricsL.Addr().String()),
-		slog.String("public_url", cfg.PublicURL), slog.Int("connections", v.Len()),
+		slog.String("public_url", cfg.PublicURL),
 		slog.Int("providers", len(provs)), slog.Bool("dev", f.dev))
 	if f.dev {
 		// Dev mode's keys go to stdout, for the person at the terminal;
@@ -330,7 +332,45 @@ func serve(ctx context.Context, args []string, env func(string) string, stdout, 
 	}
 	err = srv.Serve(ctx, gl, hl, 10*time.Second)
 	log.Info("tokenvault stopped")
+	stopServing()
+	if <-loadDone; loadErr != nil {
+		return loadErr
+	}
 	return err
+}
+
+// awaitLoad waits for v's connections to load. Loaded: it logs so, runs
+// the serving GC (serving) until ctx ends, and hands the load's garbage back to
+// the OS soon, but not on the way to the first calls (a full collection:
+// tens of ms of CPU with 100,000 connections). Failed while serving: it
+// logs why, stops serving (stop) and returns the error, for serve to
+// return.
+func awaitLoad(ctx context.Context, v *vault.Vault, serving func() (stop func()), stop func(), log *slog.Logger) error {
+	select {
+	case <-v.Loaded():
+	case <-ctx.Done():
+		<-v.Loaded() // the load ends with ctx
+	}
+	if err := v.LoadErr(); err != nil {
+		if ctx.Err() != nil {
+			return nil // stopped while loading
+		}
+		log.Error("loading the connections failed; stopping", slog.String("err", err.Error()))
+		stop()
+		return err
+	}
+	defer serving()() // until serve stops
+	log.Info("connections loaded", slog.Int("connections", v.Len()), slog.Int("unreadable", v.UnreadableCount()),
+		slog.Duration("took", v.LoadDuration()))
+	t := time.NewTimer(freeOSAfter)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		debug.FreeOSMemory()
+		<-ctx.Done()
+	case <-ctx.Done():
+	}
+	return nil
 }
 
 // curlHint is a curl command for the JSON gateway on the API listener a.
