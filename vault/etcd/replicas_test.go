@@ -111,6 +111,12 @@ func startReplicas(t *testing.T, c *etcdtest.Cluster, n int, p *rotatingProvider
 	if err != nil {
 		t.Fatal(err)
 	}
+	return startReplicasKeyed(t, c, mk, n, p, clk, opts, cfg, wrap...)
+}
+
+// startReplicasKeyed is startReplicas with the master key mk.
+func startReplicasKeyed(t *testing.T, c *etcdtest.Cluster, mk seal.MasterKey, n int, p *rotatingProvider, clk *testClock, opts etcd.Options, cfg vault.Config, wrap ...func(i int, p vault.Provider) vault.Provider) []*replica {
+	t.Helper()
 	var rs []*replica
 	for i := range n {
 		o := opts
@@ -429,4 +435,64 @@ func TestReplicas_SessionsAndBoundFlows(t *testing.T) {
 	if n, err := rs[1].v.SweepStates(t.Context()); err != nil || n != 1 {
 		t.Errorf("SweepStates = %d, %v; want 1", n, err)
 	}
+}
+
+// A replica that loads in the background serves a token from etcd during
+// its load, waits for the load on what else it is asked, and follows what
+// the others wrote meanwhile from the revision its Open read.
+func TestReplicas_LoadInBackground(t *testing.T) {
+	c := etcdtest.Start(t, 1)
+	clk := &testClock{t: time.Date(2026, 12, 4, 12, 0, 0, 0, time.UTC)}
+	p := &rotatingProvider{lifetime: time.Hour, now: clk.Now, live: map[string]bool{}}
+	mk, err := seal.GenerateMasterKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rs := startReplicasKeyed(t, c, mk, 1, p, clk, etcd.Options{}, vault.Config{})
+	alice := connectOn(t, rs[0], rs, "alice")
+	bob := connectOn(t, rs[0], rs, "bob")
+	hold, reached := make(chan struct{}), make(chan struct{})
+	late := startReplicasKeyed(t, c, mk, 1, p, clk, etcd.Options{}, vault.Config{LoadInBackground: true, Failpoint: func(name string) {
+		if name == vault.FailpointLoad {
+			close(reached)
+			<-hold
+		}
+	}})[0]
+	released := false
+	release := func() {
+		if !released {
+			released = true
+			close(hold)
+		}
+	}
+	t.Cleanup(release)
+	<-reached
+	tok, _, err := late.v.AccessToken(t.Context(), vault.TokenRequest{ID: alice.ID})
+	if err != nil || tok.AccessToken != alice.Grant.Tokens[0].AccessToken {
+		t.Fatalf("AccessToken during the load = %q, %v; want alice's token from etcd", tok.AccessToken, err)
+	}
+	// Written by the other replica during the load: bob revoked, carol
+	// connected.
+	if _, err := rs[0].v.Revoke(t.Context(), bob.ID, ""); err != nil {
+		t.Fatal(err)
+	}
+	carol := connectOn(t, rs[0], rs, "carol")
+	got := make(chan error, 1)
+	go func() {
+		_, _, err := late.v.AccessToken(t.Context(), vault.TokenRequest{ID: bob.ID})
+		got <- err
+	}()
+	select {
+	case err := <-got:
+		t.Fatalf("AccessToken(revoked) answered during the load: %v", err)
+	case <-time.After(20 * time.Millisecond):
+	}
+	release()
+	if err := <-got; !errors.Is(err, vault.ErrRevoked) {
+		t.Fatalf("AccessToken(revoked during the load) = %v; want ErrRevoked", err)
+	}
+	waitFor(t, "carol on the late replica", func() bool {
+		id, err := late.v.Lookup(t.Context(), vault.Selector{Owner: "carol", Provider: "fake"})
+		return err == nil && id == carol.ID
+	})
 }
