@@ -210,7 +210,9 @@ type Deliverer struct {
 	workers []*hookWorker
 }
 
-var endpointName = regexp.MustCompile(`^[a-z0-9][a-z0-9_.-]{0,62}$`)
+// endpointName is compiled on first use: its bounded repetition makes a
+// large program, which a start without webhooks never needs.
+var endpointName = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[a-z0-9][a-z0-9_.-]{0,62}$`) })
 
 // New checks cfg, loads each endpoint's cursor and disabled marker from st
 // (the Store of the vault ob is), and returns a Deliverer of ob's events. A
@@ -243,7 +245,7 @@ func New(ctx context.Context, ob Outbox, st vault.Store, cfg Config) (*Deliverer
 	h := &Deliverer{ob: ob, store: st, cfg: cfg, log: cfg.Logger}
 	names := map[string]bool{}
 	for _, ep := range cfg.Endpoints {
-		if !endpointName.MatchString(ep.Name) {
+		if !endpointName().MatchString(ep.Name) {
 			return nil, fmt.Errorf("webhook: webhook name %q: want 1 to 63 of a-z, 0-9, _ . - (starting with a letter or digit)", ep.Name)
 		}
 		if names[ep.Name] {
