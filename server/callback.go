@@ -29,12 +29,15 @@ type callbackHandler struct {
 	now      func() time.Time
 }
 
-var pageTmpl = template.Must(template.New("page").Parse(`<!doctype html>
+// pageTmpl is parsed on first use, not at start.
+var pageTmpl = sync.OnceValue(func() *template.Template {
+	return template.Must(template.New("page").Parse(`<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{{.Title}}</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <style>body{font-family:system-ui,sans-serif;max-width:36rem;margin:4rem auto;padding:0 1rem;color:#222}h1{font-size:1.4rem}</style>
 </head><body><h1>{{.Title}}</h1><p>{{.Message}}</p>{{if .ConnectionID}}<p>Connection: <code>{{.ConnectionID}}</code></p>{{end}}</body></html>
 `))
+})
 
 type page struct {
 	Title, Message, ConnectionID string
@@ -157,7 +160,7 @@ func render(w http.ResponseWriter, status int, p page) {
 	h.Set("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'")
 	h.Set("X-Content-Type-Options", "nosniff")
 	w.WriteHeader(status)
-	_ = pageTmpl.Execute(w, p)
+	_ = pageTmpl().Execute(w, p)
 }
 
 // withQuery adds key/value pairs to the query of u, which the vault has

@@ -6,9 +6,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 
 	"connectrpc.com/connect"
 	"connectrpc.com/vanguard"
@@ -64,8 +66,31 @@ func httpRules() ([]*annotations.HttpRule, error) {
 }
 
 // newGateway returns the JSON gateway's handler over srv, taking requests
-// of up to maxMsg bytes.
-func newGateway(srv *grpc.Server, maxMsg int) (http.Handler, error) {
+// of up to maxMsg bytes. The transcoder is built at the first request, not
+// on the way to serving gRPC (a few milliseconds of a start: the rules'
+// YAML, the services' descriptors); http_rules.yaml is compiled in and its
+// tests keep it valid, so building it does not fail, and if it did every
+// JSON call would be answered 500 with the error logged.
+func newGateway(srv *grpc.Server, maxMsg int, log *slog.Logger) http.Handler {
+	build := sync.OnceValues(func() (http.Handler, error) {
+		h, err := buildGateway(srv, maxMsg)
+		if err != nil {
+			log.Error("json gateway", slog.String("err", err.Error()))
+		}
+		return h, err
+	})
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h, err := build()
+		if err != nil {
+			http.Error(w, "json gateway unavailable", http.StatusInternalServerError)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+// buildGateway builds the JSON gateway's transcoder (newGateway).
+func buildGateway(srv *grpc.Server, maxMsg int) (http.Handler, error) {
 	rules, err := httpRules()
 	if err != nil {
 		return nil, err

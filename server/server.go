@@ -231,12 +231,8 @@ func New(cfg Config) *Server {
 		metricsMux.Handle("GET /metrics", cfg.Metrics.Handler())
 	}
 	s.metrics = newHTTPServer(metricsMux, s.log)
-	gw, err := newGateway(s.grpc, cfg.MaxRecvMsgSize)
-	if err != nil {
-		panic(err) // http_rules.yaml is compiled in; its tests keep it valid
-	}
 	s.api = &http.Server{
-		Handler:           gw,
+		Handler:           newGateway(s.grpc, cfg.MaxRecvMsgSize, s.log),
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		WriteTimeout:      60 * time.Second,

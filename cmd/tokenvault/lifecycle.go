@@ -11,6 +11,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"sync"
 
 	"google.golang.org/protobuf/encoding/protojson"
 
@@ -288,13 +289,13 @@ func importOutcomeName(o tvv1.ImportOutcome) string {
 }
 
 // unknownField finds the field name in protojson's unknown-field error.
-var unknownField = regexp.MustCompile(`unknown field "([A-Za-z0-9_]{1,64})"`)
+var unknownField = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`unknown field "([A-Za-z0-9_]{1,64})"`) })
 
 // importParseError says why a line is not a record without quoting the
 // line: protojson's messages can quote the offending value, which may be a
 // token.
 func importParseError(err error) string {
-	if m := unknownField.FindStringSubmatch(err.Error()); m != nil {
+	if m := unknownField().FindStringSubmatch(err.Error()); m != nil {
 		return fmt.Sprintf("unknown field %q", m[1])
 	}
 	return "malformed JSON, or a field of the wrong type"

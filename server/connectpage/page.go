@@ -20,6 +20,7 @@ import (
 	"net/url"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -260,9 +261,13 @@ func (h *Handler) Register(mux *http.ServeMux) {
 //go:embed assets
 var assets embed.FS
 
-var tmpl = template.Must(template.New("").Funcs(template.FuncMap{
-	"monogram": monogram,
-}).ParseFS(assets, "assets/*.html"))
+// tmpl parses the page templates on first use, not in every process's
+// start (a bad template is a programming error the tests catch).
+var tmpl = sync.OnceValue(func() *template.Template {
+	return template.Must(template.New("").Funcs(template.FuncMap{
+		"monogram": monogram,
+	}).ParseFS(assets, "assets/*.html"))
+})
 
 // view is what the templates render.
 type view struct {
@@ -322,7 +327,7 @@ func (h *Handler) render(w http.ResponseWriter, r *http.Request, status int, v v
 	if r.Method == http.MethodHead {
 		return
 	}
-	if err := tmpl.ExecuteTemplate(w, "page.html", v); err != nil {
+	if err := tmpl().ExecuteTemplate(w, "page.html", v); err != nil {
 		h.log.LogAttrs(r.Context(), slog.LevelError, "connect page: render", slog.String("err", err.Error()))
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 )
 
 // The pod annotations the injector reads (and writes: Status).
@@ -132,13 +133,19 @@ func hasContainer(p pod, name string) bool {
 	return false
 }
 
+// The patterns are compiled on first use: only the injector needs them,
+// not every start of the binary.
 var (
 	// A DNS-1123 subdomain: the names of Secrets, ConfigMaps and claims.
-	dnsSubdomain = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`)
-	imageRef     = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._/:@+-]*$`)
-	memQuantity  = regexp.MustCompile(`^([0-9]+(?:\.[0-9]+)?)(Ki|Mi|Gi|Ti|k|M|G|T)?$`)
-	cpuQuantity  = regexp.MustCompile(`^(?:([0-9]+)m|([0-9]+(?:\.[0-9]{1,3})?))$`)
+	dnsSubdomain = lazyRegexp(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`)
+	imageRef     = lazyRegexp(`^[A-Za-z0-9][A-Za-z0-9._/:@+-]*$`)
+	memQuantity  = lazyRegexp(`^([0-9]+(?:\.[0-9]+)?)(Ki|Mi|Gi|Ti|k|M|G|T)?$`)
+	cpuQuantity  = lazyRegexp(`^(?:([0-9]+)m|([0-9]+(?:\.[0-9]{1,3})?))$`)
 )
+
+func lazyRegexp(expr string) func() *regexp.Regexp {
+	return sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(expr) })
+}
 
 func readSettings(cfg Config, ann map[string]string) (settings, error) {
 	var unknown []string
@@ -184,14 +191,14 @@ func readSettings(cfg Config, ann map[string]string) (settings, error) {
 		{AnnotationConfigMap, s.configMap}, {AnnotationMasterKeySecret, s.masterKey},
 		{AnnotationProvidersSecret, s.providers}, {AnnotationEtcdTLSSecret, s.etcdTLS}, {AnnotationDataClaim, s.dataClaim},
 	} {
-		if n.v != "" && (len(n.v) > 253 || !dnsSubdomain.MatchString(n.v)) {
+		if n.v != "" && (len(n.v) > 253 || !dnsSubdomain().MatchString(n.v)) {
 			return s, refuse("%s is %.64q: not the name of a Kubernetes object (lower case letters, digits, '-' and '.')", n.ann, n.v)
 		}
 	}
 	if s.image == "" {
 		return s, refuse("no image for the sidecar: set %s or the injector's --image", AnnotationImage)
 	}
-	if len(s.image) > 512 || !imageRef.MatchString(s.image) {
+	if len(s.image) > 512 || !imageRef().MatchString(s.image) {
 		return s, refuse("%s is %.64q: not an image reference", AnnotationImage, s.image)
 	}
 	if err := checkSocketPath(s.socket); err != nil {
@@ -251,7 +258,7 @@ func checkSocketPath(p string) error {
 var memUnits = map[string]float64{"": 1, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40}
 
 func memBytes(ann, q string) (int64, error) {
-	m := memQuantity.FindStringSubmatch(q)
+	m := memQuantity().FindStringSubmatch(q)
 	if len(q) > 32 || m == nil {
 		return 0, refuse("%s is %.32q: want a memory quantity such as 256Mi or 1Gi", ann, q)
 	}
@@ -263,7 +270,7 @@ func memBytes(ann, q string) (int64, error) {
 }
 
 func milliCPU(ann, q string) (int64, error) {
-	m := cpuQuantity.FindStringSubmatch(q)
+	m := cpuQuantity().FindStringSubmatch(q)
 	if len(q) > 16 || m == nil {
 		return 0, refuse("%s is %.32q: want a CPU quantity such as 50m, 0.5 or 1", ann, q)
 	}
