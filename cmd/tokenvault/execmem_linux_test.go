@@ -58,7 +58,7 @@ func exeReadOnly(t *testing.T, pid int, exe string) (size, rss int64) {
 
 // TestServe_ReleasesExecutablePages: soon after the real binary starts
 // serving, its code and read-only data leave the resident set
-// (internal/execmem), and it serves on: health checks, a connect flow and
+// (cmd/tokenvault/internal/execmem), and it serves on: health checks, a connect flow and
 // tokens.
 func TestServe_ReleasesExecutablePages(t *testing.T) {
 	if testing.Short() {

@@ -18,7 +18,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/tokenvault/tokenvault/internal/execmem"
+	"github.com/tokenvault/tokenvault/cmd/tokenvault/internal/execmem"
 	"github.com/tokenvault/tokenvault/providers"
 	"github.com/tokenvault/tokenvault/server"
 	"github.com/tokenvault/tokenvault/server/gcgoal"
@@ -383,7 +383,8 @@ func awaitLoad(ctx context.Context, v *vault.Vault, serving func() (stop func())
 }
 
 // releaseExecutable drops the executable's read-only pages from the
-// resident set (internal/execmem). A failure costs memory, not service: it
+// resident set (cmd/tokenvault/internal/execmem). A failure costs memory,
+// not service: it
 // is logged.
 func releaseExecutable(log *slog.Logger) {
 	n, err := execmem.Release()
