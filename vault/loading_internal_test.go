@@ -2,11 +2,7 @@ package vault
 
 import (
 	"go/ast"
-	"go/parser"
-	"go/token"
-	"os"
 	"slices"
-	"strings"
 	"testing"
 )
 
@@ -25,38 +21,23 @@ func TestVault_EveryReaderOfTheConnectionsWaitsForTheLoad(t *testing.T) {
 	free := []string{"StartConnect", "BeginConnect", "SweepStates", "LastEventSequence", "Events", "SweepEvents",
 		"Subscribe", "CreateSession", "Session", "RekeyMaster", "FenceLost", "UnreadableCount",
 		"Loaded", "LoadErr", "LoadDuration", "Loading", "WaitLoaded"}
-	files, err := os.ReadDir(".")
-	if err != nil {
-		t.Fatal(err)
-	}
-	fset := token.NewFileSet()
+	fset, funcs := packageFuncs(t)
 	seen := map[string]bool{}
-	for _, f := range files {
-		name := f.Name()
-		if !strings.HasSuffix(name, ".go") || strings.HasSuffix(name, "_test.go") {
+	for _, fn := range funcs {
+		if fn.Recv == nil || !fn.Name.IsExported() || !isVaultRecv(fn.Recv) {
 			continue
 		}
-		file, err := parser.ParseFile(fset, name, nil, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, d := range file.Decls {
-			fn, ok := d.(*ast.FuncDecl)
-			if !ok || fn.Recv == nil || !fn.Name.IsExported() || !isVaultRecv(fn.Recv) {
-				continue
+		m := fn.Name.Name
+		seen[m] = true
+		switch {
+		case slices.Contains(loadAware, m):
+		case slices.Contains(free, m):
+			if touchesIndex(fn.Body) {
+				t.Errorf("%s: %s reads the connections: it must wait for the load", fset.Position(fn.Pos()), m)
 			}
-			m := fn.Name.Name
-			seen[m] = true
-			switch {
-			case slices.Contains(loadAware, m):
-			case slices.Contains(free, m):
-				if touchesIndex(fn.Body) {
-					t.Errorf("%s: %s reads the connections: it must wait for the load", fset.Position(fn.Pos()), m)
-				}
-			default:
-				if !waitsFirst(fn.Body) {
-					t.Errorf("%s: %s does not wait for the load (v.waitLoaded) before its first use of the connections", fset.Position(fn.Pos()), m)
-				}
+		default:
+			if !waitsFirst(fn.Body) {
+				t.Errorf("%s: %s does not wait for the load (v.waitLoaded) before its first use of the connections", fset.Position(fn.Pos()), m)
 			}
 		}
 	}

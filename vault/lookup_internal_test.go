@@ -15,11 +15,44 @@ import (
 // (Lookup) true. A connection added or deleted elsewhere would be missing
 // from Lookup, or found there after it is gone.
 func TestVault_EntriesChangeThroughTheIndex(t *testing.T) {
+	fset, funcs := packageFuncs(t)
+	for _, fn := range funcs {
+		if fn.Body == nil || fn.Name.Name == "addEntry" || fn.Name.Name == "removeEntry" {
+			continue
+		}
+		ast.Inspect(fn.Body, func(n ast.Node) bool {
+			switch n := n.(type) {
+			case *ast.AssignStmt:
+				for _, lhs := range n.Lhs {
+					if ix, ok := lhs.(*ast.IndexExpr); ok && isEntries(ix.X) {
+						t.Errorf("%s: %s sets v.entries[...]: call addEntry, which keeps the owner index", fset.Position(n.Pos()), fn.Name.Name)
+					}
+				}
+			case *ast.CallExpr:
+				if id, ok := n.Fun.(*ast.Ident); ok && id.Name == "delete" && len(n.Args) > 0 && isEntries(n.Args[0]) {
+					t.Errorf("%s: %s deletes from v.entries: call removeEntry, which keeps the owner index", fset.Position(n.Pos()), fn.Name.Name)
+				}
+			}
+			return true
+		})
+	}
+}
+
+func isEntries(x ast.Expr) bool {
+	s, ok := x.(*ast.SelectorExpr)
+	return ok && s.Sel.Name == "entries"
+}
+
+// packageFuncs parses the package's own (non-test) files and returns their
+// function declarations, for the tests that check a rule over all of them.
+func packageFuncs(t *testing.T) (*token.FileSet, []*ast.FuncDecl) {
+	t.Helper()
 	files, err := os.ReadDir(".")
 	if err != nil {
 		t.Fatal(err)
 	}
 	fset := token.NewFileSet()
+	var funcs []*ast.FuncDecl
 	for _, f := range files {
 		name := f.Name()
 		if !strings.HasSuffix(name, ".go") || strings.HasSuffix(name, "_test.go") {
@@ -30,32 +63,12 @@ func TestVault_EntriesChangeThroughTheIndex(t *testing.T) {
 			t.Fatal(err)
 		}
 		for _, d := range file.Decls {
-			fn, ok := d.(*ast.FuncDecl)
-			if !ok || fn.Body == nil || fn.Name.Name == "addEntry" || fn.Name.Name == "removeEntry" {
-				continue
+			if fn, ok := d.(*ast.FuncDecl); ok {
+				funcs = append(funcs, fn)
 			}
-			ast.Inspect(fn.Body, func(n ast.Node) bool {
-				switch n := n.(type) {
-				case *ast.AssignStmt:
-					for _, lhs := range n.Lhs {
-						if ix, ok := lhs.(*ast.IndexExpr); ok && isEntries(ix.X) {
-							t.Errorf("%s: %s sets v.entries[...]: call addEntry, which keeps the owner index", fset.Position(n.Pos()), fn.Name.Name)
-						}
-					}
-				case *ast.CallExpr:
-					if id, ok := n.Fun.(*ast.Ident); ok && id.Name == "delete" && len(n.Args) > 0 && isEntries(n.Args[0]) {
-						t.Errorf("%s: %s deletes from v.entries: call removeEntry, which keeps the owner index", fset.Position(n.Pos()), fn.Name.Name)
-					}
-				}
-				return true
-			})
 		}
 	}
-}
-
-func isEntries(x ast.Expr) bool {
-	s, ok := x.(*ast.SelectorExpr)
-	return ok && s.Sel.Name == "entries"
+	return fset, funcs
 }
 
 // TestVault_RemoveEntry_LeavesTheIndex: a removed connection is gone from
