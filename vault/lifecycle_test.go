@@ -433,22 +433,7 @@ func TestVault_ExchangeLegacy(t *testing.T) {
 func (h *harness) swapProvider(name string, p vault.Provider) {
 	h.t.Helper()
 	h.store.Close()
-	st, err := bolt.Open(h.path, bolt.Options{NoSync: true})
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	kr, err := vault.OpenKeyring(context.Background(), st, h.mk)
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	h.faults = &faultyStore{Store: st}
-	v, err := vault.Open(context.Background(), vault.Config{
-		Store: h.faults, Keyring: kr, Providers: map[string]vault.Provider{name: p}, Now: h.clock.Now,
-	})
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	h.store, h.v = st, v
+	h.openWith(context.Background(), func(c *vault.Config) { c.Providers = map[string]vault.Provider{name: p} })
 }
 
 // BenchmarkVault_Import imports b.N connections in batches of 500, as

@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/tokenvault/tokenvault/vault"
-	"github.com/tokenvault/tokenvault/vault/bolt"
 	"github.com/tokenvault/tokenvault/vault/seal"
 )
 
@@ -16,32 +15,19 @@ import (
 func (h *harness) openHeld() (v *vault.Vault, release func()) {
 	h.t.Helper()
 	h.store.Close()
-	st, err := bolt.Open(h.path, bolt.Options{NoSync: true})
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	kr, err := vault.OpenKeyring(context.Background(), st, h.mk)
-	if err != nil {
-		h.t.Fatal(err)
-	}
 	hold := make(chan struct{})
 	reached := make(chan struct{})
-	v, err = vault.Open(context.Background(), vault.Config{
-		Store: st, Keyring: kr, Providers: map[string]vault.Provider{"fake": h.p}, Now: h.clock.Now,
-		ReturnTo:         []string{"https://app.example/settings"},
-		LoadInBackground: true,
-		Failpoint: func(name string) {
+	h.openWith(context.Background(), func(c *vault.Config) {
+		c.LoadInBackground = true
+		c.Failpoint = func(name string) {
 			if name == vault.FailpointLoad {
 				close(reached)
 				<-hold
 			}
-		},
+		}
 	})
-	if err != nil {
-		h.t.Fatal(err)
-	}
 	<-reached
-	h.store, h.v = st, v
+	v = h.v
 	released := false
 	release = func() {
 		if !released {
@@ -227,28 +213,16 @@ func TestLoadInBackground_FailedLoad(t *testing.T) {
 	h := newHarness(t)
 	h.connect("alice")
 	h.store.Close()
-	st, err := bolt.Open(h.path, bolt.Options{NoSync: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	kr, err := vault.OpenKeyring(context.Background(), st, h.mk)
-	if err != nil {
-		t.Fatal(err)
-	}
-	h.store = st
 	ctx, cancel := context.WithCancel(context.Background())
-	v, err := vault.Open(ctx, vault.Config{
-		Store: st, Keyring: kr, Providers: map[string]vault.Provider{"fake": h.p}, Now: h.clock.Now,
-		LoadInBackground: true,
-		Failpoint: func(name string) {
+	h.openWith(ctx, func(c *vault.Config) {
+		c.LoadInBackground = true
+		c.Failpoint = func(name string) {
 			if name == vault.FailpointLoad {
 				cancel() // the load's context ends: the load fails
 			}
-		},
+		}
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	v := h.v
 	<-v.Loaded()
 	if err := v.LoadErr(); !errors.Is(err, context.Canceled) {
 		t.Fatalf("LoadErr() = %v; want the load's failure", err)

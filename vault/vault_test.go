@@ -194,22 +194,30 @@ func newHarness(t testing.TB) *harness {
 	return h
 }
 
-func (h *harness) open() {
+func (h *harness) open() { h.openWith(context.Background(), nil) }
+
+// openWith opens h's store, its keyring and a vault on them with the
+// harness's configuration, changed by edit if it is not nil.
+func (h *harness) openWith(ctx context.Context, edit func(*vault.Config)) {
 	h.t.Helper()
 	st, err := bolt.Open(h.path, bolt.Options{NoSync: true})
 	if err != nil {
 		h.t.Fatal(err)
 	}
-	kr, err := vault.OpenKeyring(context.Background(), st, h.mk)
+	kr, err := vault.OpenKeyring(ctx, st, h.mk)
 	if err != nil {
 		h.t.Fatal(err)
 	}
 	h.faults = &faultyStore{Store: st}
-	v, err := vault.Open(context.Background(), vault.Config{
+	cfg := vault.Config{
 		Store: h.faults, Keyring: kr, Providers: map[string]vault.Provider{"fake": h.p},
 		ReturnTo: []string{"https://app.example/settings"}, Now: h.clock.Now,
 		StartURL: func(flow string) string { return "https://tv.example/connect/start?flow=" + flow },
-	})
+	}
+	if edit != nil {
+		edit(&cfg)
+	}
+	v, err := vault.Open(ctx, cfg)
 	if err != nil {
 		h.t.Fatal(err)
 	}
