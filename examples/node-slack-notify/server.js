@@ -15,5 +15,14 @@ const app = createApp({
   appURL: env.APP_URL ?? `http://127.0.0.1:${port}`,
   slackAPI: env.SLACK_API,
 });
-const server = app.listen(port, env.HOST ?? "127.0.0.1", () => console.log(`listening on ${env.HOST ?? "127.0.0.1"}:${port}`));
+const host = env.HOST ?? "127.0.0.1";
+// Express 5 hands a failure to listen (a port already taken) to this
+// callback rather than throwing it.
+const server = app.listen(port, host, (err) => {
+  if (err) {
+    console.error(`cannot listen on ${host}:${port}: ${err.code ?? err.message}`);
+    process.exit(1);
+  }
+  console.log(`listening on ${host}:${port}`);
+});
 for (const sig of ["SIGINT", "SIGTERM"]) process.on(sig, () => server.close(() => process.exit(0)));
