@@ -76,45 +76,79 @@ func (a *app) do(method, path string, body any, out any) int {
 	return resp.StatusCode
 }
 
+// appListens waits until the app says it listens on port (true), or exits
+// because the port is taken (false); anything else fails the test.
+func appListens(t *testing.T, logs *exampletest.SyncBuffer, exited <-chan struct{}, port int) bool {
+	t.Helper()
+	listening := fmt.Sprintf("listening on 127.0.0.1:%d", port)
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		if strings.Contains(logs.String(), listening) {
+			return true
+		}
+		select {
+		case <-exited:
+			if strings.Contains(logs.String(), "EADDRINUSE") {
+				return false
+			}
+			t.Fatalf("the app exited: %s", logs)
+		case <-time.After(20 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the app did not start: %s", logs)
+		}
+	}
+}
+
 // TestNodeSlackNotify runs the tutorial: connect Slack, pick a channel,
 // post a deployment alert; then Slack revokes the grant, the app sends the
 // user to reconnect and learns it by webhook too; after reconnecting the
 // alert goes out again.
 func TestNodeSlackNotify(t *testing.T) {
 	nodeBin := node(t)
-	port := exampletest.FreePort(t)
-	base := fmt.Sprintf("http://127.0.0.1:%d", port)
-	key := make([]byte, 32)
-	rand.Read(key)
-	secret := "whsec_" + base64.StdEncoding.EncodeToString(key)
-	st := exampletest.Start(t, exampletest.Options{
-		Webhooks: []exampletest.Webhook{{URL: base + "/webhooks/tokenvault", Secret: secret}},
-		ReturnTo: []string{base + "/"},
-	})
+	var (
+		st   *exampletest.Stack
+		base string
+		logs *exampletest.SyncBuffer
+	)
+	// The app's port is chosen before the sidecar starts (its webhook and
+	// return_to name the app), so another process may take it meanwhile;
+	// then the app cannot listen, and the whole setup is tried again on
+	// another port. Nothing is asked of the port before the app says it
+	// listens there: a server of another test on it would answer too.
+	for attempt := 1; ; attempt++ {
+		port := exampletest.FreePort(t)
+		base = fmt.Sprintf("http://127.0.0.1:%d", port)
+		key := make([]byte, 32)
+		rand.Read(key)
+		secret := "whsec_" + base64.StdEncoding.EncodeToString(key)
+		st = exampletest.Start(t, exampletest.Options{
+			Webhooks: []exampletest.Webhook{{URL: base + "/webhooks/tokenvault", Secret: secret}},
+			ReturnTo: []string{base + "/"},
+		})
 
-	ctx, cancel := context.WithCancel(context.Background())
-	cmd := exec.CommandContext(ctx, nodeBin, "server.js")
-	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), fmt.Sprintf("PORT=%d", port), "TOKENVAULT_ADDR=" + st.GRPCAddr,
-		"TOKENVAULT_API_KEY=" + st.AppKey, "TOKENVAULT_WEBHOOK_SECRET=" + secret, "SLACK_API=" + st.Slack.URL() + "/api", "APP_URL=" + base}
-	var logs bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &logs, &logs
-	cmd.Cancel = func() error { return cmd.Process.Signal(os.Interrupt) }
-	cmd.WaitDelay = 10 * time.Second
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cancel(); cmd.Wait() })
-	a := &app{t: t, base: base, hc: &http.Client{Timeout: 30 * time.Second}}
-	for deadline := time.Now().Add(30 * time.Second); ; {
-		if resp, err := a.hc.Get(base + "/healthz"); err == nil {
-			resp.Body.Close()
+		ctx, cancel := context.WithCancel(context.Background())
+		cmd := exec.CommandContext(ctx, nodeBin, "server.js")
+		cmd.Env = []string{"PATH=" + os.Getenv("PATH"), fmt.Sprintf("PORT=%d", port), "TOKENVAULT_ADDR=" + st.GRPCAddr,
+			"TOKENVAULT_API_KEY=" + st.AppKey, "TOKENVAULT_WEBHOOK_SECRET=" + secret, "SLACK_API=" + st.Slack.URL() + "/api", "APP_URL=" + base}
+		logs = &exampletest.SyncBuffer{}
+		cmd.Stdout, cmd.Stderr = logs, logs
+		cmd.Cancel = func() error { return cmd.Process.Signal(os.Interrupt) }
+		cmd.WaitDelay = 10 * time.Second
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		exited := make(chan struct{})
+		go func() { cmd.Wait(); close(exited) }()
+		t.Cleanup(func() { cancel(); <-exited })
+		if appListens(t, logs, exited, port) {
 			break
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the app did not start: %s", logs.String())
+		if attempt == 3 {
+			t.Fatalf("the app could not listen on a free port in 3 attempts: %s", logs)
 		}
-		time.Sleep(100 * time.Millisecond)
+		t.Logf("port %d was taken before the app started; again on another", port)
 	}
+	a := &app{t: t, base: base, hc: &http.Client{Timeout: 30 * time.Second}}
 	var status struct {
 		Slack                string `json:"slack"`
 		WebhookSaysReconnect any    `json:"webhookSaysReconnect"`

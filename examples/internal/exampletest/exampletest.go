@@ -54,7 +54,7 @@ type Stack struct {
 	AppKey, OperatorKey string
 	// Client is a Go client with the application key.
 	Client *client.Client
-	logs   *syncBuffer
+	logs   *SyncBuffer
 }
 
 // Logs returns what the sidecar logged so far.
@@ -132,7 +132,7 @@ func Start(t *testing.T, opts Options) *Stack {
 		"--grpc-addr", "127.0.0.1:0", "--public-addr", httpAddr, "--health-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0",
 		"--ready-file", readyFile, "--log-level", "warn")
 	cmd.Env = env
-	logs := &syncBuffer{}
+	logs := &SyncBuffer{}
 	cmd.Stderr = logs
 	cmd.Cancel = func() error { return cmd.Process.Signal(os.Interrupt) }
 	cmd.WaitDelay = 15 * time.Second
@@ -318,18 +318,20 @@ func (s *Stack) RevokeAtSlack(t *testing.T, connectionID string) {
 	}
 }
 
-type syncBuffer struct {
+// SyncBuffer collects a child process's output; it may be read while the
+// process writes.
+type SyncBuffer struct {
 	mu sync.Mutex
 	b  strings.Builder
 }
 
-func (b *syncBuffer) Write(p []byte) (int, error) {
+func (b *SyncBuffer) Write(p []byte) (int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.b.Write(p)
 }
 
-func (b *syncBuffer) String() string {
+func (b *SyncBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.b.String()
