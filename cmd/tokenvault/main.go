@@ -21,6 +21,9 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	// First of the program's own packages to initialise: see its doc.
+	_ "github.com/tokenvault/tokenvault/cmd/tokenvault/internal/hugestart"
 )
 
 func main() {

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/tokenvault/tokenvault/cmd/tokenvault/internal/execmem"
+	"github.com/tokenvault/tokenvault/cmd/tokenvault/internal/hugestart"
 	"github.com/tokenvault/tokenvault/providers"
 	"github.com/tokenvault/tokenvault/server"
 	"github.com/tokenvault/tokenvault/server/gcgoal"
@@ -367,6 +368,9 @@ func awaitLoad(ctx context.Context, v *vault.Vault, serving func() (stop func())
 	defer t.Stop()
 	select {
 	case <-t.C:
+		// The start is over: no more huge pages on its heap chunk, before
+		// the collection below splits those it has.
+		hugestart.End()
 		debug.FreeOSMemory()
 		// After that collection (whose stack scans read the binary's
 		// tables), the executable's read-only pages leave the resident
