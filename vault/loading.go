@@ -86,9 +86,17 @@ func (v *Vault) load(ctx context.Context) error {
 	return nil
 }
 
-// loadInBackground runs load, then closes done.
-func (v *Vault) loadInBackground(ctx context.Context) {
+// loadInBackground runs load once LoadAfter allows, then closes done.
+func (v *Vault) loadInBackground(ctx context.Context, after <-chan struct{}) {
 	defer close(v.loadState.done)
+	if after != nil {
+		select {
+		case <-after:
+		case <-ctx.Done():
+			v.loadState.err = fmt.Errorf("vault: load: %w", ctx.Err())
+			return
+		}
+	}
 	v.failpoint(FailpointLoad)
 	if err := v.load(ctx); err != nil {
 		v.loadState.err = fmt.Errorf("vault: load: %w", err)

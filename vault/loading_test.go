@@ -231,3 +231,66 @@ func TestLoadInBackground_FailedLoad(t *testing.T) {
 		t.Fatalf("Lookup after a failed load = %v; want the load's error", err)
 	}
 }
+
+// LoadAfter holds the load back: it does not reach FailpointLoad until the
+// channel closes, a token is served from its record meanwhile, and the
+// load then runs as usual.
+func TestLoadInBackground_LoadAfter(t *testing.T) {
+	h := newHarness(t)
+	a := h.connect("alice")
+	h.store.Close()
+	after := make(chan struct{})
+	reached := make(chan struct{})
+	h.openWith(context.Background(), func(c *vault.Config) {
+		c.LoadInBackground = true
+		c.LoadAfter = after
+		c.Failpoint = func(name string) {
+			if name == vault.FailpointLoad {
+				close(reached)
+			}
+		}
+	})
+	v := h.v
+	select {
+	case <-reached:
+		t.Fatal("the load began before LoadAfter closed")
+	case <-time.After(50 * time.Millisecond):
+	}
+	if !v.Loading() {
+		t.Fatal("Loading() = false before LoadAfter closed")
+	}
+	if tok, _, err := v.AccessToken(context.Background(), vault.TokenRequest{ID: a.ID}); err != nil || tok.AccessToken != a.Grant.Tokens[0].AccessToken {
+		t.Fatalf("AccessToken before the load = %q, %v; want alice's token from its record", tok.AccessToken, err)
+	}
+	close(after)
+	<-reached
+	<-v.Loaded()
+	if err := v.LoadErr(); err != nil {
+		t.Fatalf("LoadErr() = %v", err)
+	}
+	if _, err := v.Lookup(context.Background(), vault.Selector{Owner: "alice", Provider: "fake"}); err != nil {
+		t.Fatalf("Lookup after the load: %v", err)
+	}
+}
+
+// A load held back by LoadAfter fails with ctx's error if ctx ends first.
+func TestLoadInBackground_LoadAfterCanceled(t *testing.T) {
+	h := newHarness(t)
+	h.connect("alice")
+	h.store.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	h.openWith(ctx, func(c *vault.Config) {
+		c.LoadInBackground = true
+		c.LoadAfter = make(chan struct{}) // never closed
+		c.Failpoint = func(name string) {
+			if name == vault.FailpointLoad {
+				t.Error("the load began though LoadAfter never closed")
+			}
+		}
+	})
+	cancel()
+	<-h.v.Loaded()
+	if err := h.v.LoadErr(); !errors.Is(err, context.Canceled) {
+		t.Fatalf("LoadErr() = %v; want context.Canceled", err)
+	}
+}

@@ -104,6 +104,12 @@ type Config struct {
 	// connections waits for the load (loading.go). A failed load is
 	// LoadErr's. Unset, Open returns with every connection loaded.
 	LoadInBackground bool
+	// LoadAfter, with LoadInBackground, holds the load back until it is
+	// closed (nil: the load begins at once). The sidecar closes it once it
+	// serves: on two cores a load of thousands of records beside the start
+	// slowed the way to the first call it answers. If ctx ends first, the
+	// load fails with ctx's error.
+	LoadAfter <-chan struct{}
 }
 
 // A Vault holds connections and hands out their access tokens. It is safe
@@ -222,7 +228,7 @@ func Open(ctx context.Context, cfg Config) (*Vault, error) {
 	}
 	v.loadState.done = make(chan struct{})
 	if cfg.LoadInBackground {
-		go v.loadInBackground(ctx)
+		go v.loadInBackground(ctx, cfg.LoadAfter)
 		return v, nil
 	}
 	err := v.load(ctx)

@@ -235,9 +235,12 @@ func serve(ctx context.Context, args []string, env func(string) string, stdout, 
 	}
 	metrics := server.NewMetrics()
 	// The connections load beside serving (a token is read from its
-	// record meanwhile); a failed load stops serving, with its error.
+	// record meanwhile), from when the server serves (loadAfter): begun
+	// here, the load took one of two cores from the start. A failed load
+	// stops serving, with its error.
 	ctx, stopServing := context.WithCancel(ctx)
 	defer stopServing()
+	loadAfter := make(chan struct{})
 	v, err := vault.Open(ctx, vault.Config{
 		Store: store, Keyring: kr, Providers: vprovs,
 		ReturnTo: cfg.ReturnTo, DefaultReturnTo: cfg.DefaultReturnTo,
@@ -245,7 +248,7 @@ func serve(ctx context.Context, args []string, env func(string) string, stdout, 
 		StartURL:        server.StartURL(cfg.PublicURL),
 		RefreshPolicies: refreshPolicies(cfg), Failpoint: failpoint(env, log),
 		OnRefresh: metrics.ObserveRefresh, FencedCallTimeout: fencedCallTimeout(store),
-		LoadInBackground: true,
+		LoadInBackground: true, LoadAfter: loadAfter,
 	})
 	if err != nil {
 		return err
@@ -332,6 +335,7 @@ func serve(ctx context.Context, args []string, env func(string) string, stdout, 
 			return fmt.Errorf("ready file: %w", err)
 		}
 	}
+	close(loadAfter) // Serve accepts at once: the listeners are open
 	err = srv.Serve(ctx, gl, hl, 10*time.Second)
 	log.Info("tokenvault stopped")
 	stopServing()
