@@ -102,7 +102,7 @@ func (s *tokenService) CreateConnectSession(ctx context.Context, req *tvv1.Creat
 	if c != nil && c.Limited() {
 		for _, p := range provs {
 			if !c.AllowsProvider(p) {
-				return nil, errProviderDenied
+				return nil, accessErrors().providerDenied
 			}
 		}
 		if len(provs) == 0 {
@@ -114,7 +114,7 @@ func (s *tokenService) CreateConnectSession(ctx context.Context, req *tvv1.Creat
 			if len(provs) == 0 {
 				// None of its providers is configured: an empty list
 				// would offer every provider.
-				return nil, errProviderDenied
+				return nil, accessErrors().providerDenied
 			}
 		}
 	}
