@@ -54,16 +54,14 @@ func init() {
 func disabled(godebug string) bool {
 	const name = "disablethp="
 	off := false
-	for len(godebug) > 0 {
+	for godebug != "" {
 		kv := godebug
-		for i := 0; i < len(godebug); i++ {
-			if godebug[i] == ',' {
-				kv, godebug = godebug[:i], godebug[i+1:]
+		godebug = ""
+		for i := 0; i < len(kv); i++ {
+			if kv[i] == ',' {
+				kv, godebug = kv[:i], kv[i+1:]
 				break
 			}
-		}
-		if kv == godebug {
-			godebug = ""
 		}
 		if len(kv) > len(name) && kv[:len(name)] == name {
 			off = kv[len(name):] == "1"

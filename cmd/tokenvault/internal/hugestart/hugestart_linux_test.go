@@ -28,15 +28,17 @@ func TestAdviceValuesAreLinuxs(t *testing.T) {
 
 func TestDisabled(t *testing.T) {
 	for godebug, want := range map[string]bool{
-		"":                               false,
-		"disablethp=1":                   true,
-		"disablethp=0":                   false,
-		"gctrace=1,disablethp=1":         true,
-		"disablethp=1,gctrace=1":         true,
-		"disablethp=1,disablethp=0":      false, // the last one wins
-		"xdisablethp=1":                  false,
-		"disablethp=10":                  false,
-		"madvdontneed=1,,disablethp=1,x": true,
+		"":                                 false,
+		"disablethp=1":                     true,
+		"disablethp=0":                     false,
+		"gctrace=1,disablethp=1":           true,
+		"disablethp=1,gctrace=1":           true,
+		"disablethp=1,disablethp=0":        false, // the last one wins
+		"disablethp=0,disablethp=1":        true,
+		"gctrace=1,gctrace=1,disablethp=1": true,
+		"xdisablethp=1":                    false,
+		"disablethp=10":                    false,
+		"madvdontneed=1,,disablethp=1,x":   true,
 	} {
 		if got := disabled(godebug); got != want {
 			t.Errorf("disabled(%q) = %v, want %v", godebug, got, want)
