@@ -29,6 +29,20 @@ type probeSetup struct {
 	connections int  // in the store it starts on
 	dev         bool // serve --dev on an empty data dir
 	etcd        bool // on the etcd member (-etcd), not a bbolt file
+	floor       bool // not the sidecar: the bare grpc-go server of ./floor
+}
+
+// label names the setup in the summary.
+func (s probeSetup) label() string {
+	switch {
+	case s.floor:
+		return "floor (bare grpc-go)"
+	case s.dev:
+		return "dev mode"
+	case s.etcd:
+		return fmt.Sprintf("etcd, %d connections", s.connections)
+	}
+	return fmt.Sprintf("bbolt, %d connections", s.connections)
 }
 
 // probeRun is what one start measured.
@@ -49,6 +63,7 @@ type probeResult struct {
 // probeEnv is what every start of a probe shares.
 type probeEnv struct {
 	bin, seedPath, keyPath, fakeAddr string
+	floorBin                         string // the floor's binary (buildFloor)
 	settle                           time.Duration
 	etcd                             *etcdMember // with -etcd
 }
@@ -71,6 +86,13 @@ var emptyPrefixes atomic.Int64
 // a copy of the seeded store of o.connections connections. Resident memory
 // per connection is the difference of the last two's medians.
 //
+// Each round of the rotation starts with the floor: a bare grpc-go server
+// serving only health (./floor, built for the run), started and polled the
+// same way. Every start of the sidecar is reported as a ratio to the
+// floor's start of the same round, so that a figure says what the sidecar
+// adds to what any Go gRPC server costs to start on the machine at the
+// time, whatever the machine and its load.
+//
 // With o.etcd it starts a one-member etcd cluster on 127.0.0.1 (etcd.go),
 // copies the seeded store into it with the binary's own `store migrate`,
 // and adds two setups to the rotation: a sidecar configured with
@@ -89,7 +111,11 @@ func probeStartup(o options, dir, fakeAddr string) ([]probeResult, error) {
 	}
 	env := probeEnv{bin: bin, seedPath: filepath.Join(dir, "seed.db"), keyPath: filepath.Join(dir, "master.key"),
 		fakeAddr: fakeAddr, settle: o.settle}
-	setups := []probeSetup{{name: "dev", dev: true}, {name: "empty"}, {name: strconv.Itoa(o.connections), connections: o.connections}}
+	if env.floorBin, err = buildFloor(dir); err != nil {
+		return nil, err
+	}
+	setups := []probeSetup{{name: "floor", floor: true}, {name: "dev", dev: true}, {name: "empty"},
+		{name: strconv.Itoa(o.connections), connections: o.connections}}
 	if o.etcd {
 		etcdDir, err := os.MkdirTemp("", "tokenvault-probe-etcd-")
 		if err != nil {
@@ -142,13 +168,7 @@ func probeStartup(o options, dir, fakeAddr string) ([]probeResult, error) {
 			file = append(file, r.rssFile/1024)
 		}
 		med[i] = median(rss)
-		label := fmt.Sprintf("bbolt, %d connections", s.connections)
-		switch {
-		case s.dev:
-			label = "dev mode"
-		case s.etcd:
-			label = fmt.Sprintf("etcd, %d connections", s.connections)
-		}
+		label := s.label()
 		member := ""
 		if s.etcd {
 			member = fmt.Sprintf(" (etcd member %s ms)", spread(etcdCPU, "%.0f"))
@@ -156,15 +176,49 @@ func probeStartup(o options, dir, fakeAddr string) ([]probeResult, error) {
 		fmt.Printf("%-25s ready %s ms, CPU by then %s ms%s; RSS then %s MiB; idle RSS %s MiB, of it file-backed %s MiB\n", label,
 			spread(ready, "%.1f"), spread(cpu, "%.0f"), member, spread(atReady, "%.1f"), spread(rss, "%.1f"), spread(file, "%.1f"))
 	}
+	fmt.Printf("\nexec -> first SERVING health check against the floor's start of the same round, %d rounds: median (min–max)\n", o.runs)
+	for _, res := range results[1:] {
+		fmt.Printf("%-25s %s× the floor\n", res.setup.label(), spread(floorRatios(results[0], res), "%.2f"))
+	}
 	if o.connections > 0 {
 		fmt.Printf("resident memory per connection (idle RSS medians, %d connections against none): bbolt %.0f bytes",
-			o.connections, (med[2]-med[1])*1024*1024/float64(o.connections))
+			o.connections, (med[3]-med[2])*1024*1024/float64(o.connections))
 		if o.etcd {
-			fmt.Printf(", etcd %.0f bytes", (med[4]-med[3])*1024*1024/float64(o.connections))
+			fmt.Printf(", etcd %.0f bytes", (med[5]-med[4])*1024*1024/float64(o.connections))
 		}
 		fmt.Println()
 	}
 	return results, nil
+}
+
+// floorRatios pairs each start of res with the floor's start of the same
+// round (the rotation starts each round with the floor) and returns the
+// ratios of their times to first health check.
+func floorRatios(floor, res probeResult) []float64 {
+	ratios := make([]float64, 0, len(res.runs))
+	for i, r := range res.runs {
+		if i < len(floor.runs) && floor.runs[i].ready > 0 {
+			ratios = append(ratios, float64(r.ready)/float64(floor.runs[i].ready))
+		}
+	}
+	return ratios
+}
+
+// floorPkg is the floor's main package: a bare grpc-go server serving
+// health.
+const floorPkg = "github.com/tokenvault/tokenvault/cmd/tokenvault-bench/floor"
+
+// buildFloor builds the floor into dir with the go command on PATH, the
+// way make build builds the sidecar (CGO_ENABLED=0), and returns its path.
+// It runs where the bench is run from: inside the module.
+func buildFloor(dir string) (string, error) {
+	out := filepath.Join(dir, "floor")
+	cmd := exec.Command("go", "build", "-o", out, floorPkg)
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("building the floor (%s): %w: %s", floorPkg, err, b)
+	}
+	return out, nil
 }
 
 // migrateToEtcd copies the seeded store to the etcd member under
@@ -297,7 +351,10 @@ func probeOnce(env probeEnv, s probeSetup) (probeRun, error) {
 	}
 	args := []string{"serve", "--grpc-addr", grpcAddr, "--public-addr", httpAddr, "--health-addr", "127.0.0.1:0", "--metrics-addr", metricsAddr,
 		"--data-dir", data, "--log-level", "error"}
+	bin := env.bin
 	switch {
+	case s.floor:
+		bin, args = env.floorBin, []string{"-addr", grpcAddr}
 	case s.dev:
 		args = append(args, "--dev")
 	case s.etcd:
@@ -325,7 +382,7 @@ func probeOnce(env probeEnv, s probeSetup) (probeRun, error) {
 		}
 		args = append(args, "--config", cfgPath)
 	}
-	cmd := exec.Command(env.bin, args...)
+	cmd := exec.Command(bin, args...)
 	cmd.Dir = runDir // dev mode writes nothing outside --data-dir; be sure
 	cmd.Env = append(os.Environ(), "TOKENVAULT_PROBE_CLIENT_SECRET="+clientSecret)
 	var stderr strings.Builder
@@ -398,6 +455,9 @@ func probeOnce(env probeEnv, s probeSetup) (probeRun, error) {
 	st = statusOf(cmd.Process.Pid)
 	r.rss, r.rssAnon, r.rssFile = st["VmRSS"], st["RssAnon"], st["RssFile"]
 	// After the memory is read: the scrape allocates.
+	if s.floor {
+		return r, stop()
+	}
 	n, err := connectionsServed(metricsAddr)
 	if err == nil && n != s.connections {
 		err = fmt.Errorf("serves %d connections, want %d", n, s.connections)

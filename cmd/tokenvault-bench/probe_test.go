@@ -65,10 +65,13 @@ func TestProbeEtcd(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(results) != 5 {
-		t.Fatalf("%d setups measured, want 5 (dev, bbolt empty and seeded, etcd empty and seeded)", len(results))
+	if len(results) != 6 {
+		t.Fatalf("%d setups measured, want 6 (the floor, dev, bbolt empty and seeded, etcd empty and seeded)", len(results))
 	}
-	last := results[4]
+	if !results[0].setup.floor {
+		t.Fatalf("first setup %+v, want the floor", results[0].setup)
+	}
+	last := results[5]
 	if !last.setup.etcd || last.setup.connections != o.connections {
 		t.Fatalf("last setup %+v, want etcd with %d connections", last.setup, o.connections)
 	}
@@ -79,6 +82,34 @@ func TestProbeEtcd(t *testing.T) {
 		if r := res.runs[0]; r.ready <= 0 || r.rss <= 0 {
 			t.Errorf("%s: ready %v, idle RSS %v KiB: want both positive", res.setup.name, r.ready, r.rss)
 		}
+	}
+	for _, res := range results[1:] {
+		want := float64(res.runs[0].ready) / float64(results[0].runs[0].ready)
+		if got := floorRatios(results[0], res); len(got) != 1 || got[0] != want {
+			t.Errorf("%s: ratios to the floor %v, want [%v]", res.setup.name, got, want)
+		}
+	}
+}
+
+// TestProbeFloor: the floor is a bare gRPC server, not the sidecar: it
+// answers health SERVING, and it has no /metrics (probeOnce skips the
+// connections check for it), so a start of the sidecar can never be
+// counted as the floor's.
+func TestProbeFloor(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and starts the floor")
+	}
+	floor, err := buildFloor(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := probeEnv{bin: "/nonexistent/tokenvault", floorBin: floor, settle: 10 * time.Millisecond}
+	r, err := probeOnce(env, probeSetup{name: "floor", floor: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.ready <= 0 || r.rss <= 0 {
+		t.Fatalf("floor: ready %v, idle RSS %v KiB: want both positive", r.ready, r.rss)
 	}
 }
 
