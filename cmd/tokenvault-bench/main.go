@@ -14,7 +14,8 @@
 // With -probe BINARY it measures the real sidecar instead, as a
 // Kubernetes probe sees it (probe.go): exec -> first SERVING gRPC health
 // check, and idle resident memory, in dev mode, on an empty store and on a
-// copy of the seeded one, -runs times each:
+// copy of the seeded one, -runs times each, each round after the floor (a
+// bare grpc-go server, ./floor) and as a ratio to it:
 //
 //	make build && go run ./cmd/tokenvault-bench -connections 10000 -probe .bin/tokenvault
 //
