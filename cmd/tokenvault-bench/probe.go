@@ -111,7 +111,12 @@ func probeStartup(o options, dir, fakeAddr string) ([]probeResult, error) {
 	}
 	env := probeEnv{bin: bin, seedPath: filepath.Join(dir, "seed.db"), keyPath: filepath.Join(dir, "master.key"),
 		fakeAddr: fakeAddr, settle: o.settle}
-	if env.floorBin, err = buildFloor(dir); err != nil {
+	floorDir, err := os.MkdirTemp("", "tokenvault-probe-floor-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(floorDir)
+	if env.floorBin, err = buildFloor(floorDir); err != nil {
 		return nil, err
 	}
 	setups := []probeSetup{{name: "floor", floor: true}, {name: "dev", dev: true}, {name: "empty"},
